@@ -1,0 +1,24 @@
+"""pvdesc: place and describe the arm64 KVM stolen-time region.
+
+KVM's paravirtualised stolen time (Arm DEN0057A, Linux
+``Documentation/virt/kvm/arm/pvtime.rst``) gives every vCPU a 64-byte structure
+in guest memory that the hypervisor keeps writing.  pvdesc allocates that region
+from a YAML description of a VM and emits a matched pair: the firmware
+description (devicetree, ACPI, or a deliberate omission) and the hypervisor
+configuration (memslots, per-vCPU IPAs), proven never to let the region overlap
+RAM the guest was told it may use.
+
+Layers, each with its own error class (see :mod:`pvdesc.errors`):
+
+- :mod:`pvdesc.kvm`: the KVM/SMCCC ABI facts (constants, with sources).
+- :mod:`pvdesc.model`: the immutable description of a VM.
+- :mod:`pvdesc.description`: YAML -> model, with file:line:column errors.
+- :mod:`pvdesc.layout`: the pure allocation rules -> :class:`pvdesc.layout.Layout`.
+- :mod:`pvdesc.dt`: Layout -> DTS/DTB (the only module that touches ``fdt``).
+- :mod:`pvdesc.dtb`: reading untrusted DTBs with libfdt.
+- :mod:`pvdesc.hypervisor`: Layout -> hypervisor config JSON.
+- :mod:`pvdesc.build`: all outputs, written atomically.
+- :mod:`pvdesc.cli`: the ``pvdesc`` command.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""``pvdesc build``: every output for a description, rendered in memory, written atomically.
+
+All outputs are rendered before anything touches the output directory, so any
+error leaves it untouched.  Each file is then written to a temporary file in
+the same directory, flushed and fsynced, and renamed into place; the manifest
+(which pairs the files and records their hashes) is renamed last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvdesc import __version__, dt, hypervisor, layout, templating
+from pvdesc.description import LoadedDescription, load
+from pvdesc.errors import OutputError, PvdescError
+from pvdesc.layout import Layout
+from pvdesc.model import Describe
+
+MANIFEST_FORMAT = "pvdesc.manifest/1"
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output file.
+
+    Attributes:
+        name: file name inside the output directory.
+        kind: what it is (dts, dtb, hypervisor-config, ...).
+        data: its exact bytes.
+    """
+
+    name: str
+    kind: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced.
+
+    Attributes:
+        loaded: the parsed description.
+        layout: the allocated layout.
+        outputs: every file, manifest last.
+    """
+
+    loaded: LoadedDescription
+    layout: Layout
+    outputs: tuple[Output, ...]
+
+
+def describe_text(lay: Layout) -> str:
+    """How the firmware description keeps the guest off the region, in words."""
+    region = lay.region
+    if lay.describe is Describe.NONE:
+        return "nothing: the region is outside every /memory node (deliberate omission)"
+    if lay.describe is Describe.EXCLUDE:
+        return f"its absence: /memory is split around {region}"
+    if lay.describe is Describe.RESERVED_MEMORY:
+        return f"/reserved-memory/{dt.REGION_NODE}@{dt.unit_address(region.base)} (no-map)"
+    return "SSDT device \\_SB.PVTM (PNP0C02) claiming it; outside every /memory node"
+
+
+def render_outputs(loaded: LoadedDescription, lay: Layout) -> tuple[Output, ...]:
+    """Render every output for a layout, manifest last.  Pure: no I/O."""
+    desc = lay.description
+    header = templating.render(
+        "dts-header.j2",
+        desc=desc,
+        layout=lay,
+        version=__version__,
+        source=Path(loaded.source.file).name,
+        describe_text=describe_text(lay),
+    )
+    tree = dt.render(lay, header)
+    outputs = [
+        Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
+        Output(f"{desc.name}.dtb", "dtb", tree.dtb),
+        Output(f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()),
+    ]
+    outputs.append(manifest(loaded, lay, outputs))
+    return tuple(outputs)
+
+
+def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) -> Output:
+    """The manifest: which files belong together, their hashes, and what they pair with."""
+    desc = lay.description
+    data: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "generator": f"pvdesc {__version__}",
+        "vm": desc.name,
+        "description": {
+            "path": loaded.source.file,
+            "sha256": hashlib.sha256(loaded.text).hexdigest(),
+        },
+        "vmm": str(desc.vmm),
+        "boot": str(desc.boot),
+        "placement": str(lay.placement),
+        "describe": str(lay.describe),
+        "region": {"base": lay.region.base, "size": lay.region.size},
+        "files": [
+            {"path": o.name, "kind": o.kind, "bytes": len(o.data), "sha256": o.sha256}
+            for o in outputs
+        ],
+    }
+    text = json.dumps(data, indent=2) + "\n"
+    return Output(f"{desc.name}.manifest.json", "manifest", text.encode())
+
+
+def write_outputs(outdir: Path, outputs: Sequence[Output]) -> None:
+    """Write all files via temp file + fsync + rename; nothing half-written on error."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory: {exc.strerror}", str(outdir)) from None
+    temps: list[tuple[str, Path]] = []
+    try:
+        for out in outputs:
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=outdir)
+            temps.append((tmp, outdir / out.name))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(out.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, final in temps:
+            os.replace(tmp, final)
+        temps.clear()
+        dirfd = os.open(outdir, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError as exc:
+        raise OutputError(f"cannot write outputs: {exc.strerror}", str(outdir)) from None
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def plan(path: str | Path) -> BuildResult:
+    """Load, allocate and render (no writing).  Errors name file:line:column."""
+    loaded = load(path)
+    try:
+        lay = layout.allocate(loaded.description)
+        outputs = render_outputs(loaded, lay)
+    except PvdescError as err:
+        raise loaded.source.resolve(err) from None
+    return BuildResult(loaded, lay, outputs)
+
+
+def build(path: str | Path, outdir: str | Path) -> BuildResult:
+    """Plan, then write every output into ``outdir``."""
+    result = plan(path)
+    write_outputs(Path(outdir), result.outputs)
+    return result
+
+
+def summary(result: BuildResult, outdir: str | Path) -> str:
+    """The short human summary ``pvdesc build`` prints."""
+    lay = result.layout
+    return templating.render(
+        "summary.txt.j2",
+        desc=lay.description,
+        layout=lay,
+        describe_text=describe_text(lay),
+        rationale=layout.rationale(lay),
+        files=[str(Path(outdir) / o.name) for o in result.outputs],
+    )

@@ -1,0 +1,301 @@
+"""Load a YAML VM description into the model, with file:line:column on every error.
+
+The YAML is composed (not constructed) with PyYAML's safe loader, so every
+value keeps its mark; the plain data is then validated against the JSON Schema
+shipped in ``pvdesc/schema/description.schema.json`` and converted to a
+:class:`~pvdesc.model.VmDescription`.  A :class:`SourceMap` maps key paths back
+to ``file:line:column`` so that errors raised later (by :mod:`pvdesc.model` or
+:mod:`pvdesc.layout`, which only know key paths) can name the place too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvdesc import kvm
+from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath
+from pvdesc.model import (
+    AcpiIds,
+    Boot,
+    Describe,
+    Device,
+    Placement,
+    RamBank,
+    Range,
+    StolenTimeSpec,
+    VmDescription,
+    Vmm,
+    validate,
+)
+
+#: Refuse larger files outright: a real description is a few KiB.
+MAX_FILE_BYTES = 1 << 20
+#: Refuse documents with more YAML nodes than this (also stops alias bombs,
+#: which would otherwise expand exponentially when walked).
+MAX_NODES = 100_000
+
+_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_QUANTITY_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+[KMGT]?)$")
+
+
+@dataclass(frozen=True)
+class SourceMap:
+    """Where each key path of a description was written.
+
+    Attributes:
+        file: the description's path as given.
+        values: key path -> (line, column), 1-based, of the value.
+        keys: key path -> (line, column) of the mapping key itself.
+    """
+
+    file: str
+    values: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: KeyPath, *, key: bool = False) -> str:
+        """``file:line:col`` of the longest known prefix of ``path``."""
+        table = self.keys if key else self.values
+        probe = tuple(path)
+        while probe:
+            pos = table.get(probe) or self.values.get(probe)
+            if pos is not None:
+                return f"{self.file}:{pos[0]}:{pos[1]}"
+            probe = probe[:-1]
+        pos = self.values.get(())
+        return f"{self.file}:{pos[0]}:{pos[1]}" if pos else f"{self.file}:1:1"
+
+    def where(self, path: KeyPath) -> str:
+        """``file:line:col: key.path`` for an error message."""
+        return f"{self.locate(path)}: {format_keypath(path)}"
+
+    def resolve(self, err: PvdescError) -> PvdescError:
+        """Return ``err`` with a key-path ``where`` turned into file:line:col text."""
+        if isinstance(err.where, tuple):
+            err.where = self.where(err.where)
+        elif err.where is None:
+            err.where = self.file
+        return err
+
+
+@dataclass(frozen=True)
+class LoadedDescription:
+    """A parsed, validated description and where it came from.
+
+    Attributes:
+        description: the model.
+        source: the source map for error locations.
+        text: the exact bytes read (the manifest records their hash).
+    """
+
+    description: VmDescription
+    source: SourceMap
+    text: bytes
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema for descriptions (also usable by editors)."""
+    raw = resources.files("pvdesc").joinpath("schema/description.schema.json").read_text("utf-8")
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+def parse_quantity(value: int | str) -> int:
+    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix."""
+    if isinstance(value, int):
+        return value
+    if not _QUANTITY_RE.match(value):
+        raise ValueError(f"not a size or address: {value!r}")
+    if value[:2].lower() == "0x":
+        return int(value, 16)
+    if value[-1] in _SUFFIX:
+        return int(value[:-1]) * _SUFFIX[value[-1]]
+    return int(value)
+
+
+def _to_data(
+    loader: yaml.SafeLoader, node: yaml.Node, smap: SourceMap, path: KeyPath, budget: list[int]
+) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise DescriptionError(
+            f"description has more than {MAX_NODES} YAML nodes (or an alias bomb)",
+            f"{smap.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}",
+        )
+    smap.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            kpos = f"{smap.file}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}"
+            merge = key_node.tag == "tag:yaml.org,2002:merge"
+            if not isinstance(key_node, yaml.ScalarNode) or merge:
+                raise DescriptionError("keys must be plain names (no merge keys)", kpos)
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str):
+                kind = type(key).__name__
+                raise DescriptionError(f"key {key!r} must be a name, not {kind}", kpos)
+            if key in out:
+                raise DescriptionError(f"duplicate key {key!r}", kpos)
+            child = (*path, key)
+            smap.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _to_data(loader, value_node, smap, child, budget)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_data(loader, item, smap, (*path, i), budget) for i, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node)
+
+
+def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
+    """Turn a jsonschema error into (key path, one-line message, points-at-key)."""
+    path: KeyPath = tuple(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        bad = extra[0]
+        hint = difflib.get_close_matches(bad, allowed, n=1)
+        tip = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
+        return (*path, bad), f"unknown key {bad!r}{tip}", True
+    if err.validator == "required":
+        return path, err.message, False
+    if err.validator == "enum":
+        choices = " | ".join(str(c) for c in err.validator_value)
+        return path, f"{err.instance!r} is not one of: {choices}", False
+    if err.validator == "oneOf" and path and path[-1] in ("base", "size"):
+        return (
+            path,
+            (
+                f'{err.instance!r} is not an address or size: use an integer, "0x...", or a '
+                "number with K/M/G/T"
+            ),
+            False,
+        )
+    if err.validator == "pattern" and path == ("name",):
+        return (
+            path,
+            (
+                f"name {err.instance!r} must match [a-z0-9][a-z0-9-]*: it names the output "
+                "files, so no paths, dots or capitals"
+            ),
+            False,
+        )
+    return path, err.message, False
+
+
+def _check_schema(data: Any, smap: SourceMap) -> None:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema())
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+
+    def order(e: Any) -> tuple[int, int, int]:
+        # Report the error that comes first in the file; deepest first at a tie.
+        loc = smap.values.get(tuple(e.absolute_path), (10**9, 0))
+        return (loc[0], loc[1], -len(e.absolute_path))
+
+    first = min(errors, key=order)
+    path, message, at_key = _schema_error_message(first, data)
+    raise DescriptionError(message, f"{smap.locate(path, key=at_key)}: {format_keypath(path)}")
+
+
+def _build(data: dict[str, Any]) -> VmDescription:
+    memory = tuple(
+        RamBank(Range(parse_quantity(b["base"]), parse_quantity(b["size"])), b.get("numa_node"), i)
+        for i, b in enumerate(data["memory"])
+    )
+    devices = tuple(
+        Device(d["name"], Range(parse_quantity(d["base"]), parse_quantity(d["size"])), i)
+        for i, d in enumerate(data.get("devices", []))
+    )
+    st = data.get("stolen_time", {})
+    spec = StolenTimeSpec(
+        placement=Placement(st.get("placement", "hole")),
+        base=parse_quantity(st["base"]) if "base" in st else None,
+        describe=Describe(st.get("describe", "auto")),
+    )
+    acpi = data.get("acpi", {})
+    defaults = AcpiIds()
+    ids = AcpiIds(
+        oem_id=acpi.get("oem_id", defaults.oem_id),
+        oem_table_id=acpi.get("oem_table_id", defaults.oem_table_id),
+        oem_revision=acpi.get("oem_revision", defaults.oem_revision),
+    )
+    vcpus = data["vcpus"]
+    return VmDescription(
+        name=data["name"],
+        vcpus=vcpus,
+        max_vcpus=data.get("max_vcpus", vcpus),
+        ipa_bits=data.get("ipa_bits", kvm.IPA_BITS_DEFAULT),
+        boot=Boot(data.get("boot", "linux-dt")),
+        vmm=Vmm(data.get("vmm", "generic-kvm")),
+        memory=memory,
+        devices=devices,
+        stolen_time=spec,
+        acpi=ids,
+    )
+
+
+def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
+    """Parse and validate description bytes; errors carry ``file:line:col``."""
+    smap = SourceMap(file)
+    if len(text) > MAX_FILE_BYTES:
+        raise DescriptionError(
+            f"file is {len(text)} bytes; descriptions are limited to {MAX_FILE_BYTES}", file
+        )
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = text[: exc.start].count(b"\n") + 1
+        raise DescriptionError(f"not UTF-8 text (byte {exc.start})", f"{file}:{line}:1") from None
+    try:
+        loader = yaml.SafeLoader(decoded)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise DescriptionError("empty document: a description is a YAML mapping", file)
+            data = _to_data(loader, node, smap, (), [MAX_NODES])
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise DescriptionError(f"YAML syntax: {problem}", where) from None
+    except yaml.YAMLError as exc:
+        raise DescriptionError(f"YAML: {str(exc).splitlines()[0]}", file) from None
+    except RecursionError:
+        raise DescriptionError("YAML nested too deeply", file) from None
+    if not isinstance(data, dict):
+        raise DescriptionError(
+            "a description is a YAML mapping (name:, vcpus:, memory:, ...)", smap.locate(())
+        )
+    _check_schema(data, smap)
+    desc = _build(data)
+    try:
+        validate(desc)
+    except DescriptionError as err:
+        raise smap.resolve(err) from None
+    return LoadedDescription(desc, smap, text)
+
+
+def load(path: str | Path) -> LoadedDescription:
+    """Read and parse a description file."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            text = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise DescriptionError(f"cannot read: {exc.strerror}", str(path)) from None
+    return loads(text, str(path))

@@ -1,0 +1,133 @@
+"""Write the guest devicetree (DTS and DTB) for a layout.
+
+This is the only module that imports the ``fdt`` package (pyFDT 0.3.3).  Its
+DTB output is byte-identical to dtc's for the same tree (python-dt-libs.md §1),
+but it has bugs on exactly our paths, so this wrapper:
+
+- always passes ``entries=[]`` (bug 1: a shared mutable default);
+- writes booleans such as ``no-map`` as empty :class:`fdt.Property` (bug 6:
+  ``True`` becomes ``<1>``);
+- splits every 64-bit value into u32 cells itself and never relies on the
+  package's ``assert`` checks (bug 5: they vanish under ``python -O``);
+- validates node names itself (bug 8) and never emits /memreserve/ (bug 10);
+- imports it with warnings silenced (bug 11: ``SyntaxWarning`` under ``-W error``);
+- never calls ``parse_dts``/``parse_dtb`` (bugs 2, 4, 12): DTBs are read with
+  libfdt in :mod:`pvdesc.dtb`.
+
+Tree shape (DT spec §3; Linux reserved-memory binding; pvtime ref §4):
+
+- ``/``: ``#address-cells = <2>``, ``#size-cells = <2>``, ``compatible``, ``model``;
+- one ``memory@<base>`` per RAM range the guest may know of, with
+  ``device_type = "memory"``, ``reg`` and (with NUMA) ``numa-node-id``;
+- with reserved ranges: ``/reserved-memory`` with the root's cells and an empty
+  ``ranges``, holding ``stolen-time@<base>`` with ``reg`` and empty ``no-map``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from pvdesc.errors import DTError
+from pvdesc.layout import Layout
+from pvdesc.model import Range
+
+#: Root cells: 2/2, so any 64-bit address and size fits (the issue; QEMU does the same).
+ADDRESS_CELLS = 2
+SIZE_CELLS = 2
+#: Write DTB version 17, last compatible 16 (python-dt-libs.md §3 "DTB version").
+DTB_VERSION = 17
+#: The ``compatible`` of QEMU's virt root node, which pvdesc's tree is merged into.
+ROOT_COMPATIBLE = "linux,dummy-virt"
+#: Node name of the region's reserved-memory child.  The reserved-memory binding asks
+#: that names "reflect the purpose of the node" (pvtime ref §4).
+REGION_NODE = "stolen-time"
+
+_NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9,._+-]*(@(0|[1-9a-f][0-9a-f]*))?$")
+
+
+def _fdt() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import fdt
+
+        return fdt
+
+
+@dataclass(frozen=True)
+class Devicetree:
+    """The emitted devicetree.
+
+    Attributes:
+        dts: DTS source text (compiles with dtc to exactly ``dtb``).
+        dtb: the flattened blob, version 17.
+    """
+
+    dts: str
+    dtb: bytes
+
+
+def unit_address(addr: int) -> str:
+    """Lowercase hex, no ``0x``, no leading zeros (dtc ``unit_address_format``)."""
+    return f"{addr:x}"
+
+
+def cells(value: int, n: int) -> list[int]:
+    """Split ``value`` into ``n`` big-endian u32 cells; refuse values that do not fit."""
+    if value < 0 or value >> (32 * n):
+        raise DTError(f"value {value:#x} does not fit in {n} cells")
+    return [(value >> (32 * (n - 1 - i))) & 0xFFFFFFFF for i in range(n)]
+
+
+def reg(r: Range) -> list[int]:
+    """A ``reg`` entry under 2/2 cells."""
+    return cells(r.base, ADDRESS_CELLS) + cells(r.size, SIZE_CELLS)
+
+
+def _node(fdt: Any, name: str) -> Any:
+    if not _NODE_NAME_RE.match(name):
+        raise DTError(f"invalid node name {name!r}")
+    return fdt.Node(name)
+
+
+def build_tree(layout: Layout) -> Any:
+    """The ``fdt.FDT`` object for a layout (property order fixed for stable bytes)."""
+    fdt = _fdt()
+    tree = fdt.FDT(entries=[])
+    root = tree.root
+    root.append(fdt.PropWords("#address-cells", ADDRESS_CELLS))
+    root.append(fdt.PropWords("#size-cells", SIZE_CELLS))
+    root.append(fdt.PropStrings("compatible", ROOT_COMPATIBLE))
+    root.append(fdt.PropStrings("model", f"pvdesc {layout.description.name}"))
+    for mem in layout.memory_nodes:
+        node = _node(fdt, f"memory@{unit_address(mem.range.base)}")
+        node.append(fdt.PropStrings("device_type", "memory"))
+        node.append(fdt.PropWords("reg", *reg(mem.range)))
+        if mem.numa_node is not None:
+            node.append(fdt.PropWords("numa-node-id", mem.numa_node))
+        root.append(node)
+    if layout.reserved:
+        parent = _node(fdt, "reserved-memory")
+        parent.append(fdt.PropWords("#address-cells", ADDRESS_CELLS))
+        parent.append(fdt.PropWords("#size-cells", SIZE_CELLS))
+        parent.append(fdt.Property("ranges"))
+        for r in layout.reserved:
+            child = _node(fdt, f"{REGION_NODE}@{unit_address(r.base)}")
+            child.append(fdt.PropWords("reg", *reg(r)))
+            child.append(fdt.Property("no-map"))
+            parent.append(child)
+        root.append(parent)
+    return tree
+
+
+def render(layout: Layout, header: str = "") -> Devicetree:
+    """DTS text (``header`` first, as a comment block) and the DTB for a layout."""
+    tree = build_tree(layout)
+    dtb = bytes(tree.to_dtb(version=DTB_VERSION))
+    body = tree.to_dts()
+    # pyFDT starts with "/dts-v1/;" preceded by "// version:" comment lines; keep ours.
+    lines = [ln for ln in body.splitlines() if not ln.startswith("//")]
+    dts = header + "\n".join(lines).strip() + "\n"
+    return Devicetree(dts=dts, dtb=dtb)

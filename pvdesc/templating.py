@@ -1,0 +1,41 @@
+"""Render text outputs from ``templates/`` with Jinja2 (strict: an undefined name is an error)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import jinja2
+
+
+def hexa(value: int, width: int = 0) -> str:
+    """``0x``-prefixed lowercase hex, zero-padded to ``width`` digits."""
+    return f"{value:#0{width + 2}x}" if width else f"{value:#x}"
+
+
+def human(size: int) -> str:
+    """A byte count in the largest binary unit that divides it exactly (``64 KiB``)."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pvdesc", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["hex"] = hexa
+    env.filters["human"] = human
+    return env
+
+
+def render(name: str, **context: Any) -> str:
+    """Render ``templates/<name>`` with ``context``."""
+    return environment().get_template(name).render(**context)
