@@ -264,7 +264,9 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
         try:
             node = loader.get_single_node()
             if node is None:
-                raise DescriptionError("empty document: a description is a YAML mapping", file)
+                raise DescriptionError(
+                    "empty document: a description is a YAML mapping", f"{file}:1:1"
+                )
             data = _to_data(loader, node, smap, (), [MAX_NODES])
         finally:
             loader.dispose()

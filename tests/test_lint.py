@@ -1,0 +1,17 @@
+"""ruff and mypy (strict) are part of the suite: a lint or type error fails CI."""
+
+from __future__ import annotations
+
+import sys
+
+from tools import ROOT, run
+
+
+def test_ruff_clean() -> None:
+    res = run([sys.executable, "-m", "ruff", "check", "pvdesc", "tests", "bench"], cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mypy_clean() -> None:
+    res = run([sys.executable, "-m", "mypy"], cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr

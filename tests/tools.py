@@ -1,0 +1,108 @@
+"""External checkers the tests run on pvdesc's outputs: dtc, libfdt, dt-validate.
+
+Each raises ``AssertionError`` with the tool's own words when the output is bad.
+These tools are installed by ``scripts/setup --test``; a missing one is a test
+failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import libfdt
+
+ROOT = Path(__file__).resolve().parent.parent
+DTC_CHECKS = (
+    "reg_format",
+    "ranges_format",
+    "unique_unit_address",
+    "unit_address_vs_reg",
+    "unit_address_format",
+    "avoid_default_addr_size",
+    "simple_bus_reg",
+)
+
+
+def run(args: list[str], *, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def pvdesc(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the pvdesc CLI in a fresh interpreter."""
+    return run([sys.executable, "-m", "pvdesc.cli", *args], cwd=cwd or ROOT, env=env)
+
+
+def dtc_check(dtb: Path) -> str:
+    """Decompile with every relevant check an error; fail on any stderr. Returns the DTS."""
+    flags = [f for c in DTC_CHECKS for f in ("-E", c)]
+    res = run(["dtc", "-I", "dtb", "-O", "dts", *flags, str(dtb)])
+    assert res.returncode == 0 and res.stderr == "", f"dtc on {dtb}: {res.stderr}"
+    return res.stdout
+
+
+def libfdt_check(blob: bytes) -> libfdt.Fdt:
+    """Parse with libfdt and run fdt_check_full."""
+    fdt = libfdt.Fdt(blob)
+    rc = libfdt.fdt_check_full(fdt._fdt, len(blob))  # type: ignore[attr-defined]
+    assert rc == 0, f"fdt_check_full: {libfdt.fdt_strerror(rc)}"  # type: ignore[attr-defined]
+    return fdt
+
+
+class DtValidate:
+    """dt-validate with the dtschema core schemas plus tests/schemas (compiled once)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.schema = workdir / "processed-schema.json"
+        res = run(
+            ["dt-mk-schema", "-j", "-o", str(self.schema), str(ROOT / "tests" / "schemas")],
+            timeout=300,
+        )
+        assert res.returncode == 0 and self.schema.stat().st_size > 10_000, res.stderr
+
+    def errors(self, dtb: Path) -> list[dict[str, object]]:
+        """The diagnostics dt-validate reports (it exits 0 even on errors: read its JSON)."""
+        out = dtb.with_suffix(".dtvalidate.json")
+        out.unlink(missing_ok=True)
+        res = run(
+            ["dt-validate", "-s", str(self.schema), "--json-output", str(out), str(dtb)],
+            timeout=120,
+        )
+        assert res.returncode == 0, f"dt-validate failed to run: {res.stderr}"
+        assert out.exists(), f"dt-validate wrote no JSON for {dtb}: {res.stdout}{res.stderr}"
+        result: list[dict[str, object]] = json.loads(out.read_text() or "[]")
+        return result
+
+
+def decode_reg(fdt: libfdt.Fdt, offset: int) -> list[tuple[int, int]]:
+    """A node's reg as (base, size) pairs, using the parent's cells (default 2/1)."""
+    parent = fdt.parent_offset(offset)
+    ac = libfdt.fdt_address_cells(fdt._fdt, parent)  # type: ignore[attr-defined]
+    sc = libfdt.fdt_size_cells(fdt._fdt, parent)  # type: ignore[attr-defined]
+    words = fdt.getprop(offset, "reg").as_uint32_list()
+    step = ac + sc
+    assert len(words) % step == 0, "reg length is not a multiple of the parent's cells"
+    out = []
+    for i in range(0, len(words), step):
+        base = 0
+        for w in words[i : i + ac]:
+            base = (base << 32) | w
+        size = 0
+        for w in words[i + ac : i + step]:
+            size = (size << 32) | w
+        out.append((base, size))
+    return out
+
+
+def walk(fdt: libfdt.Fdt) -> list[tuple[str, int]]:
+    """Every node's (path, offset)."""
+    nodes = []
+    off, depth = 0, 0
+    while off >= 0 and depth >= 0:
+        nodes.append((fdt.get_path(off), off))
+        off, depth = fdt.next_node(off, depth, (libfdt.NOTFOUND,))  # type: ignore[misc]
+    return nodes
