@@ -8,7 +8,8 @@ from tools import ROOT, run
 
 
 def test_ruff_clean() -> None:
-    res = run([sys.executable, "-m", "ruff", "check", "pvdesc", "tests", "bench"], cwd=ROOT)
+    targets = [d for d in ("pvdesc", "tests", "bench") if (ROOT / d).is_dir()]
+    res = run([sys.executable, "-m", "ruff", "check", *targets], cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
