@@ -63,9 +63,14 @@ class Describe(enum.StrEnum):
 
 
 class Vmm(enum.StrEnum):
-    """The VMM whose conventions the outputs follow."""
+    """The VMM whose conventions the outputs follow (its profile: :mod:`pvdesc.profiles`)."""
 
     GENERIC_KVM = "generic-kvm"
+    QEMU_VIRT = "qemu-virt"
+    KVMTOOL = "kvmtool"
+    CROSVM = "crosvm"
+    FIRECRACKER = "firecracker"
+    CLOUD_HYPERVISOR = "cloud-hypervisor"
 
 
 @dataclass(frozen=True, order=True)
