@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvdesc import __version__, dt, hypervisor, layout, patch, templating, vmmconfig
+from pvdesc import __version__, dt, hypervisor, layout, patch, profiles, templating, vmmconfig
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.layout import Layout
@@ -66,7 +66,9 @@ def describe_text(lay: Layout) -> str:
     if lay.describe is Describe.NONE:
         return "nothing: the region is outside every /memory node (deliberate omission)"
     if lay.describe is Describe.EXCLUDE:
-        return f"its absence: /memory is split around {region}"
+        system = profiles.profile(lay.description.vmm).system_memory
+        cut = system if system is not None and system.contains(region) else region
+        return f"its absence: /memory is split around {cut}"
     if lay.describe is Describe.RESERVED_MEMORY:
         return f"/reserved-memory/{dt.REGION_NODE}@{dt.unit_address(region.base)} (no-map)"
     return "SSDT device \\_SB.PVTM (PNP0C02) claiming it; outside every /memory node"
