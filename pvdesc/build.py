@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvdesc import __version__, dt, hypervisor, layout, templating
+from pvdesc import __version__, dt, hypervisor, layout, patch, profiles, templating, vmmconfig
 from pvdesc.description import LoadedDescription, load
-from pvdesc.errors import OutputError, PvdescError
+from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.layout import Layout
 from pvdesc.model import Describe
 
@@ -66,14 +66,22 @@ def describe_text(lay: Layout) -> str:
     if lay.describe is Describe.NONE:
         return "nothing: the region is outside every /memory node (deliberate omission)"
     if lay.describe is Describe.EXCLUDE:
-        return f"its absence: /memory is split around {region}"
+        system = profiles.profile(lay.description.vmm).system_memory
+        cut = system if system is not None and system.contains(region) else region
+        return f"its absence: /memory is split around {cut}"
     if lay.describe is Describe.RESERVED_MEMORY:
         return f"/reserved-memory/{dt.REGION_NODE}@{dt.unit_address(region.base)} (no-map)"
     return "SSDT device \\_SB.PVTM (PNP0C02) claiming it; outside every /memory node"
 
 
-def render_outputs(loaded: LoadedDescription, lay: Layout) -> tuple[Output, ...]:
-    """Render every output for a layout, manifest last.  Pure: no I/O."""
+def render_outputs(
+    loaded: LoadedDescription, lay: Layout, into: bytes | None = None, outdir: str = "out"
+) -> tuple[Output, ...]:
+    """Render every output for a layout, manifest last.  Pure: no I/O.
+
+    With ``into`` (a VMM's own DTB), the DTB output is that blob patched for the layout
+    (:mod:`pvdesc.patch`) instead of pvdesc's own tree, and no DTS is written.
+    """
     desc = lay.description
     header = templating.render(
         "dts-header.j2",
@@ -83,12 +91,20 @@ def render_outputs(loaded: LoadedDescription, lay: Layout) -> tuple[Output, ...]
         source=Path(loaded.source.file).name,
         describe_text=describe_text(lay),
     )
-    tree = dt.render(lay, header)
-    outputs = [
-        Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
-        Output(f"{desc.name}.dtb", "dtb", tree.dtb),
-        Output(f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()),
-    ]
+    if into is None:
+        tree = dt.render(lay, header)
+        outputs = [
+            Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
+            Output(f"{desc.name}.dtb", "dtb", tree.dtb),
+        ]
+    else:
+        outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+    outputs.append(
+        Output(f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode())
+    )
+    dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
+    source = Path(loaded.source.file).name
+    outputs.extend(Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path))
     outputs.append(manifest(loaded, lay, outputs))
     return tuple(outputs)
 
@@ -148,20 +164,40 @@ def write_outputs(outdir: Path, outputs: Sequence[Output]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def plan(path: str | Path) -> BuildResult:
+def read_base_dtb(path: str | Path) -> bytes:
+    """The bytes of a VMM's DTB given to ``--into``."""
+    try:
+        with Path(path).open("rb") as fh:
+            return fh.read(patch.MAX_DTB_BYTES + 1)
+    except OSError as exc:
+        raise DTError(f"cannot read base DTB: {exc.strerror}", str(path)) from None
+
+
+def plan(
+    path: str | Path, into: str | Path | None = None, outdir: str | Path = "out"
+) -> BuildResult:
     """Load, allocate and render (no writing).  Errors name file:line:column."""
     loaded = load(path)
+    base = read_base_dtb(into) if into is not None else None
     try:
         lay = layout.allocate(loaded.description)
-        outputs = render_outputs(loaded, lay)
+        if base is not None and into is not None:
+            try:
+                outputs = render_outputs(loaded, lay, base, str(outdir))
+            except DTError as err:
+                if err.where is None:
+                    err.where = str(into)
+                raise
+        else:
+            outputs = render_outputs(loaded, lay)
     except PvdescError as err:
         raise loaded.source.resolve(err) from None
     return BuildResult(loaded, lay, outputs)
 
 
-def build(path: str | Path, outdir: str | Path) -> BuildResult:
-    """Plan, then write every output into ``outdir``."""
-    result = plan(path)
+def build(path: str | Path, outdir: str | Path, into: str | Path | None = None) -> BuildResult:
+    """Plan, then write every output into ``outdir`` (``into``: patch that VMM DTB)."""
+    result = plan(path, into, outdir)
     write_outputs(Path(outdir), result.outputs)
     return result
 

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def cmd_build(args: argparse.Namespace) -> int:
     from pvdesc import build
 
-    result = build.build(args.description, args.output)
+    result = build.build(args.description, args.output, args.into)
     if not args.quiet:
         sys.stdout.write(build.summary(result, args.output))
     return EXIT_OK
@@ -53,6 +53,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("description", help="the VM description (YAML)")
     p.add_argument("-o", "--output", required=True, help="output directory (created if needed)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument(
+        "--into",
+        metavar="BASE_DTB",
+        help="patch this VMM DTB (e.g. from qemu -machine virt,dumpdtb=FILE) instead of "
+        "writing pvdesc's own tree: replace /memory, add /reserved-memory, refuse collisions",
+    )
     p.set_defaults(func=cmd_build)
     return parser
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from pvdesc import kvm
+from pvdesc import kvm, profiles
 from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath
 from pvdesc.model import (
     AcpiIds,
@@ -286,6 +286,7 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     _check_schema(data, smap)
     desc = _build(data)
     try:
+        desc = profiles.apply(desc, frozenset(smap.values))
         validate(desc)
     except DescriptionError as err:
         raise smap.resolve(err) from None

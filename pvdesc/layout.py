@@ -16,7 +16,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pvdesc import kvm
+from pvdesc import kvm, profiles
 from pvdesc.errors import LayoutError
 from pvdesc.model import (
     Boot,
@@ -25,6 +25,7 @@ from pvdesc.model import (
     RamBank,
     Range,
     VmDescription,
+    human,
 )
 
 
@@ -73,7 +74,8 @@ class Layout:
 
     Attributes:
         description: the VM description it was built from.
-        region: the stolen-time region: whole 64 KiB granules holding nothing else.
+        region: the stolen-time region, sized by the VMM profile's rule; its 64 KiB granules
+            hold no usable RAM and no device.
         placement: how the region was chosen.
         describe: how the description keeps the guest off it (never ``auto``).
         memslots: every memslot, RAM banks first (slot i = memory[i]).
@@ -227,10 +229,18 @@ def choose_region(desc: VmDescription, size: int) -> tuple[Range, RamBank | None
 def _check_fixed(desc: VmDescription, region: Range) -> tuple[Range, RamBank | None]:
     """Validate a user-chosen base (pvtime ref §1-2, vcpu.rst §3.1)."""
     where = ("stolen_time", "base")
-    if region.base % kvm.GRANULE:
+    prof = profiles.profile(desc.vmm)
+    if region.base % prof.region_align:
         raise LayoutError(
-            f"fixed base {region.base:#x} is not 64 KiB aligned (KVM needs 64-byte alignment; "
-            "pvtime.rst advises whole 64 KiB pages)",
+            f"fixed base {region.base:#x} is not {human(prof.region_align)} aligned (KVM needs "
+            "64-byte alignment; pvtime.rst advises whole 64 KiB pages)",
+            where,
+        )
+    inside = prof.system_memory
+    if inside is not None and not inside.contains(region):
+        raise LayoutError(
+            f"region {region} is outside {desc.vmm}'s system memory {inside}, where it "
+            "allocates the stolen-time structures",
             where,
         )
     if region.end > desc.ipa_limit:
@@ -333,16 +343,20 @@ def memslots(
 def memory_nodes(desc: VmDescription, region: Range, describe: Describe) -> tuple[MemoryNode, ...]:
     """The ``/memory`` ranges: every bank, minus the region when it is excluded."""
     nodes: list[MemoryNode] = []
+    # A VMM that keeps a whole area out of /memory (Firecracker's system memory,
+    # vmm-layouts.md §5) has it cut, not just the region.
+    system = profiles.profile(desc.vmm).system_memory
+    hole = system if system is not None and system.contains(region) else region
     for bank in desc.memory:
         cut = describe in (Describe.EXCLUDE, Describe.ACPI)
-        pieces = bank.range.minus(region) if cut else (bank.range,)
+        pieces = bank.range.minus(hole) if cut else (bank.range,)
         nodes.extend(MemoryNode(p, bank.numa_node, bank) for p in pieces)
     return tuple(sorted(nodes, key=lambda n: n.range.base))
 
 
 def allocate(desc: VmDescription) -> Layout:
     """Allocate the region for a validated description and prove the result safe."""
-    size = region_size(desc.max_vcpus)
+    size = profiles.region_size(desc)
     region, host_bank = choose_region(desc, size)
     describe = resolve_describe(desc, host_bank)
     slots, region_slot = memslots(desc, region, host_bank)
@@ -374,8 +388,9 @@ def verify(layout: Layout) -> None:
     """
     desc = layout.description
     region = layout.region
-    if region.base % kvm.GRANULE or region.size % kvm.GRANULE:
-        raise LayoutError(f"internal: region {region} is not whole 64 KiB granules")
+    align = profiles.profile(desc.vmm).region_align
+    if region.base % align or region.size <= 0 or region.size % kvm.PVTIME_STRUCT_SIZE:
+        raise LayoutError(f"internal: region {region} is not {align:#x}-aligned whole structures")
     if region.end > desc.ipa_limit:
         raise LayoutError(f"internal: region {region} exceeds the IPA space")
     slots = [s.range for s in layout.memslots]

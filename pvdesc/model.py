@@ -23,6 +23,14 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 NAME_MAX = 64
 
 
+def human(size: int) -> str:
+    """A byte count in the largest binary unit that divides it exactly (``64 KiB``)."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
 class Boot(enum.StrEnum):
     """How the guest learns its memory map.
 
@@ -63,9 +71,14 @@ class Describe(enum.StrEnum):
 
 
 class Vmm(enum.StrEnum):
-    """The VMM whose conventions the outputs follow."""
+    """The VMM whose conventions the outputs follow (its profile: :mod:`pvdesc.profiles`)."""
 
     GENERIC_KVM = "generic-kvm"
+    QEMU_VIRT = "qemu-virt"
+    KVMTOOL = "kvmtool"
+    CROSVM = "crosvm"
+    FIRECRACKER = "firecracker"
+    CLOUD_HYPERVISOR = "cloud-hypervisor"
 
 
 @dataclass(frozen=True, order=True)

@@ -7,18 +7,12 @@ from typing import Any
 
 import jinja2
 
+from pvdesc.model import human
+
 
 def hexa(value: int, width: int = 0) -> str:
     """``0x``-prefixed lowercase hex, zero-padded to ``width`` digits."""
     return f"{value:#0{width + 2}x}" if width else f"{value:#x}"
-
-
-def human(size: int) -> str:
-    """A byte count in the largest binary unit that divides it exactly (``64 KiB``)."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift} {unit}"
-    return f"{size} B"
 
 
 @cache
