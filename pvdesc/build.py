@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvdesc import __version__, dt, hypervisor, layout, templating
+from pvdesc import __version__, acpi, dt, hypervisor, layout, templating
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import OutputError, PvdescError
 from pvdesc.layout import Layout
@@ -73,7 +73,8 @@ def describe_text(lay: Layout) -> str:
 
 
 def render_outputs(loaded: LoadedDescription, lay: Layout) -> tuple[Output, ...]:
-    """Render every output for a layout, manifest last.  Pure: no I/O."""
+    """Render every output for a layout, manifest last.  Nothing touches the output directory
+    (iasl, for describe acpi, runs in a temporary directory)."""
     desc = lay.description
     header = templating.render(
         "dts-header.j2",
@@ -89,8 +90,23 @@ def render_outputs(loaded: LoadedDescription, lay: Layout) -> tuple[Output, ...]
         Output(f"{desc.name}.dtb", "dtb", tree.dtb),
         Output(f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()),
     ]
+    if lay.describe is Describe.ACPI:
+        outputs.extend(acpi_outputs(lay))
     outputs.append(manifest(loaded, lay, outputs))
     return tuple(outputs)
+
+
+def acpi_outputs(lay: Layout) -> list[Output]:
+    """``<name>.ssdt.dsl/.aml`` and, with NUMA, ``<name>.srat.dsl/.aml`` (see :mod:`pvdesc.acpi`).
+
+    iasl runs in a temporary directory; only the bytes come back here.
+    """
+    name = lay.description.name
+    out: list[Output] = []
+    for table in acpi.tables(lay):
+        out.append(Output(f"{name}.{table.kind}.dsl", f"{table.kind}-asl", table.source.encode()))
+        out.append(Output(f"{name}.{table.kind}.aml", f"{table.kind}-aml", table.aml))
+    return out
 
 
 def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) -> Output:
