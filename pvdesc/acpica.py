@@ -108,13 +108,16 @@ def parse_diagnostics(text: str) -> list[Diagnostic]:
     return out
 
 
+_TAG_RE = re.compile(r"(\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\})")
+
+
 def _line_pattern(template_line: str) -> re.Pattern[str] | None:
     """A regex matching what one template line renders to; ``None`` for pure tag lines."""
     stripped = template_line.strip()
     if not stripped or re.fullmatch(r"(\{%.*?%\}|\{#.*?#\})+", stripped):
         return None
-    parts = re.split(r"(\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\})", stripped)
-    body = "".join(".*" if p.startswith("{") else re.escape(p) for p in parts)
+    parts = _TAG_RE.split(stripped)
+    body = "".join(".*" if _TAG_RE.fullmatch(p) else re.escape(p) for p in parts)
     return re.compile(rf"^\s*{body}\s*$")
 
 
@@ -124,21 +127,23 @@ def template_line(template: str, rendered: str, line: int) -> int | None:
     Template lines are turned into patterns (static text literal, every
     ``{{ ... }}`` a wildcard) and matched against the rendered lines in order:
     each rendered line is matched to the first template line at or after the
-    previous match, wrapping back for loops.  ``None`` when nothing matches.
+    previous match, wrapping back for loops.  A line that matches nothing (its
+    static text was damaged) is attributed to the template line after the
+    previous match.  ``None`` when nothing can be attributed.
     """
     env = templating.environment()
     source = env.loader.get_source(env, template)[0].splitlines() if env.loader else []
-    patterns = [(i + 1, _line_pattern(t)) for i, t in enumerate(source)]
-    usable = [(n, p) for n, p in patterns if p is not None]
-    lines = rendered.splitlines()
-    cursor = 0
+    usable = [(i + 1, p) for i, t in enumerate(source) if (p := _line_pattern(t)) is not None]
+    if not usable:
+        return None
+    cursor = -1
     found: int | None = None
-    for text in lines[:line]:
-        hit = next((k for k in range(cursor, len(usable)) if usable[k][1].match(text)), None)
+    for text in rendered.splitlines()[:line]:
+        order = [*range(cursor + 1 if cursor >= 0 else 0, len(usable)), *range(0, cursor + 1)]
+        hit = next((k for k in order if usable[k][1].match(text)), None)
         if hit is None:
-            hit = next((k for k in range(0, cursor) if usable[k][1].match(text)), None)
-        if hit is None:
-            found = None
+            nxt = min(cursor + 1, len(usable) - 1)
+            found = usable[nxt][0]
             continue
         cursor = hit
         found = usable[hit][0]
