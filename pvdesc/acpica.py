@@ -126,7 +126,7 @@ def template_line(template: str, rendered: str, line: int) -> int | None:
 
     Template lines are turned into patterns (static text literal, every
     ``{{ ... }}`` a wildcard) and matched against the rendered lines in order:
-    each rendered line is matched to the first template line at or after the
+    each rendered line is matched to the first template line after the
     previous match, wrapping back for loops.  A line that matches nothing (its
     static text was damaged) is attributed to the template line after the
     previous match.  ``None`` when nothing can be attributed.
