@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvdesc import __version__, dt, hypervisor, layout, patch, profiles, templating, vmmconfig
+from pvdesc import (
+    __version__,
+    acpi,
+    dt,
+    hypervisor,
+    layout,
+    patch,
+    profiles,
+    templating,
+    vmmconfig,
+)
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.layout import Layout
@@ -77,7 +87,10 @@ def describe_text(lay: Layout) -> str:
 def render_outputs(
     loaded: LoadedDescription, lay: Layout, into: bytes | None = None, outdir: str = "out"
 ) -> tuple[Output, ...]:
-    """Render every output for a layout, manifest last.  Pure: no I/O.
+    """Render every output for a layout, manifest last.
+
+    Nothing touches the output directory (iasl, for describe acpi, runs in a
+    temporary directory).
 
     With ``into`` (a VMM's own DTB), the DTB output is that blob patched for the layout
     (:mod:`pvdesc.patch`) instead of pvdesc's own tree, and no DTS is written.
@@ -99,6 +112,8 @@ def render_outputs(
         ]
     else:
         outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+    if lay.describe is Describe.ACPI:
+        outputs.extend(acpi_outputs(lay))
     outputs.append(
         Output(f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode())
     )
@@ -107,6 +122,19 @@ def render_outputs(
     outputs.extend(Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path))
     outputs.append(manifest(loaded, lay, outputs))
     return tuple(outputs)
+
+
+def acpi_outputs(lay: Layout) -> list[Output]:
+    """``<name>.ssdt.dsl/.aml`` and, with NUMA, ``<name>.srat.dsl/.aml`` (see :mod:`pvdesc.acpi`).
+
+    iasl runs in a temporary directory; only the bytes come back here.
+    """
+    name = lay.description.name
+    out: list[Output] = []
+    for table in acpi.tables(lay):
+        out.append(Output(f"{name}.{table.kind}.dsl", f"{table.kind}-asl", table.source.encode()))
+        out.append(Output(f"{name}.{table.kind}.aml", f"{table.kind}-aml", table.aml))
+    return out
 
 
 def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) -> Output:

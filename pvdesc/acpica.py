@@ -1,0 +1,263 @@
+"""The one wrapper for ACPICA's ``iasl`` (compiler/disassembler) and ``acpiexec`` (AML interpreter).
+
+Every call runs the tool as an argument list (no shell), with a timeout, in a
+fresh temporary directory; nothing is ever written next to the user's outputs.
+Behaviour relied on, all measured with acpica-tools 20200925 (acpi.md §4):
+
+- ``iasl -vs`` drops the banner, ``-we`` turns warnings into errors, ``-vi``
+  prints ``file(line) : error NNNN - text`` on stderr, ``-p prefix`` names the
+  output file (the DefinitionBlock's first argument is ``""``);
+- iasl exits 0 on success (even with remarks) and **255** on any error (§4.3);
+- ``iasl -d`` disassembles AML and data tables; ``-z`` would keep a data
+  table's compiler ID, which pvdesc does not need (§4.2);
+- ``acpiexec -b "cmd; cmd" t.aml`` supplies its own RSDP/XSDT/FACP/DSDT and
+  **exits 0 even when an evaluation fails**, so its output is searched for
+  ``failed with status``, ``ACPI Error``, ``Firmware Error`` and
+  ``Firmware Warning`` (§4.4).
+
+A compiler error in generated ASL is reported against the template line it
+came from (:func:`template_line`), never as a raw dump.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvdesc import templating
+from pvdesc.errors import AcpiError, ToolError
+
+#: The Debian package that ships iasl and acpiexec.
+PACKAGE = "acpica-tools"
+#: Seconds any one iasl/acpiexec run may take; the tables pvdesc emits compile in milliseconds.
+TIMEOUT = 60.0
+
+#: ``-vi`` diagnostics: ``ssdt.asl(16) : error    6126 - syntax error`` (acpi.md §4.3).
+_DIAG_RE = re.compile(
+    r"^(?P<file>[^()\s]+)\((?P<line>\d+)\)\s*:\s*(?P<level>error|warning|remark)\s+"
+    r"(?P<code>\d+)\s*-\s*(?P<text>.*)$",
+    re.IGNORECASE,
+)
+#: Markers of a failure in acpiexec's output (it exits 0 regardless, acpi.md §4.4).
+ACPIEXEC_FAILURES = ("failed with status", "ACPI Error", "Firmware Error", "Firmware Warning")
+#: acpiexec's resource-conversion trace lines (noise on stdout, acpi.md §4.4).
+_TRACE_RE = re.compile(r"^\s*(rscalc|rslist|rsdump|rsxface)-\d+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One iasl message.
+
+    Attributes:
+        line: the ASL source line (1-based).
+        level: ``error``, ``warning`` or ``remark``.
+        code: iasl's message number (e.g. 6126).
+        text: the message text.
+    """
+
+    line: int
+    level: str
+    code: int
+    text: str
+
+
+def tool(name: str) -> str:
+    """The path of an ACPICA tool; :class:`ToolError` naming the package when missing."""
+    path = shutil.which(name)
+    if path is None:
+        raise ToolError(
+            f"not found on PATH; install the Debian package {PACKAGE} "
+            f"(apt-get install {PACKAGE}), or run scripts/setup",
+            name,
+        )
+    return path
+
+
+def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(argv),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"timed out after {TIMEOUT:g} s", Path(argv[0]).name) from None
+    except OSError as exc:
+        raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
+
+
+def parse_diagnostics(text: str) -> list[Diagnostic]:
+    """The ``-vi`` style messages in iasl's output, in order."""
+    out = []
+    for raw in text.splitlines():
+        m = _DIAG_RE.match(raw.strip())
+        if m:
+            out.append(
+                Diagnostic(int(m["line"]), m["level"].lower(), int(m["code"]), m["text"].strip())
+            )
+    return out
+
+
+_TAG_RE = re.compile(r"(\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\})")
+
+
+def _line_pattern(template_line: str) -> re.Pattern[str] | None:
+    """A regex matching what one template line renders to; ``None`` for pure tag lines."""
+    stripped = template_line.strip()
+    if not stripped or re.fullmatch(r"(\{%.*?%\}|\{#.*?#\})+", stripped):
+        return None
+    parts = _TAG_RE.split(stripped)
+    body = "".join(".*" if _TAG_RE.fullmatch(p) else re.escape(p) for p in parts)
+    return re.compile(rf"^\s*{body}\s*$")
+
+
+def template_line(template: str, rendered: str, line: int) -> int | None:
+    """The line of ``templates/<template>`` that produced line ``line`` of ``rendered``.
+
+    Template lines are turned into patterns (static text literal, every
+    ``{{ ... }}`` a wildcard) and matched against the rendered lines in order:
+    each rendered line is matched to the first template line after the
+    previous match, wrapping back for loops.  A line that matches nothing (its
+    static text was damaged) is attributed to the template line after the
+    previous match.  ``None`` when nothing can be attributed.
+    """
+    env = templating.environment()
+    source = env.loader.get_source(env, template)[0].splitlines() if env.loader else []
+    usable = [(i + 1, p) for i, t in enumerate(source) if (p := _line_pattern(t)) is not None]
+    if not usable:
+        return None
+    cursor = -1
+    found: int | None = None
+    for text in rendered.splitlines()[:line]:
+        order = [*range(cursor + 1 if cursor >= 0 else 0, len(usable)), *range(0, cursor + 1)]
+        hit = next((k for k in order if usable[k][1].match(text)), None)
+        if hit is None:
+            nxt = min(cursor + 1, len(usable) - 1)
+            found = usable[nxt][0]
+            continue
+        cursor = hit
+        found = usable[hit][0]
+    return found
+
+
+def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
+    """Compile ASL (or data-table) text rendered from ``templates/<template>`` to AML bytes.
+
+    Runs ``iasl -vs -vi -we -p <tmp>/<name> <tmp>/<name>.asl``.  Any error or
+    warning raises :class:`AcpiError` at ``templates/<template>:<line>`` (the
+    template line the first message's ASL line came from).
+    """
+    iasl = tool("iasl")
+    if not source.isascii():
+        bad = next(i for i, ch in enumerate(source) if not ch.isascii())
+        line = source.count("\n", 0, bad) + 1
+        tline = template_line(template, source, line)
+        raise AcpiError(
+            f"generated ASL line {line} holds a non-ASCII character {source[bad]!r}; "
+            "iasl reads ASCII only",
+            f"templates/{template}:{tline}" if tline else f"templates/{template}",
+        )
+    with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
+        work = Path(tmp)
+        src = work / f"{name}.asl"
+        src.write_text(source, encoding="ascii")
+        proc = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), src.name], work)
+        aml_path = work / f"{name}.aml"
+        if proc.returncode == 0 and aml_path.is_file():
+            return aml_path.read_bytes()
+        diags = parse_diagnostics(proc.stderr + "\n" + proc.stdout)
+        first = next((d for d in diags if d.level == "error" and d.code != 6154), None)
+        first = first or (diags[0] if diags else None)
+        if first is None:
+            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            detail = lines[0] if lines else "no message"
+            raise ToolError(f"failed (exit {proc.returncode}) on {template}: {detail}", "iasl")
+        asl_lines = source.splitlines()
+        text = asl_lines[first.line - 1].strip() if 0 < first.line <= len(asl_lines) else ""
+        tline = template_line(template, source, first.line)
+        where = f"templates/{template}:{tline}" if tline else f"templates/{template}"
+        raise AcpiError(
+            f"iasl {first.level} {first.code} - {first.text} "
+            f"(generated ASL line {first.line}: {text!r})",
+            where,
+        )
+
+
+def disassemble(aml: bytes, name: str = "table") -> str:
+    """``iasl -d``: the disassembled ASL (or data-table) text of one table."""
+    iasl = tool("iasl")
+    with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
+        work = Path(tmp)
+        (work / f"{name}.aml").write_bytes(aml)
+        proc = _run([iasl, "-vs", "-p", str(work / "dis"), "-d", f"{name}.aml"], work)
+        out = work / "dis.dsl"
+        if proc.returncode != 0 or not out.is_file():
+            raise AcpiError(f"iasl -d failed (exit {proc.returncode}): {_first_line(proc)}", name)
+        text = out.read_text(encoding="ascii", errors="replace")
+        problems = _failures(proc.stdout + proc.stderr)
+        if problems:
+            raise AcpiError(f"iasl -d: {problems[0]}", name)
+        return text
+
+
+def recompile(dsl: str, name: str = "table") -> bytes:
+    """Compile disassembler output (no template to map errors to) with the same flags."""
+    iasl = tool("iasl")
+    with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
+        work = Path(tmp)
+        (work / f"{name}.dsl").write_text(dsl, encoding="ascii")
+        proc = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), f"{name}.dsl"], work)
+        out = work / f"{name}.aml"
+        if proc.returncode != 0 or not out.is_file():
+            raise AcpiError(f"iasl failed (exit {proc.returncode}): {_first_line(proc)}", name)
+        return out.read_bytes()
+
+
+def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
+    """Load ``tables`` into ``acpiexec`` and run ``commands`` in batch mode; return its output.
+
+    Raises :class:`AcpiError` when the output reports a failure (acpiexec's
+    exit status cannot be trusted, acpi.md §4.4).  Resource-trace lines are
+    dropped from the returned text.
+    """
+    exe = tool("acpiexec")
+    if not tables:
+        raise AcpiError("acpiexec needs at least one table", "acpiexec")
+    with tempfile.TemporaryDirectory(prefix="pvdesc-acpiexec-") as tmp:
+        work = Path(tmp)
+        names = []
+        for i, data in enumerate(tables):
+            path = work / f"t{i}.aml"
+            path.write_bytes(data)
+            names.append(path.name)
+        result = _run([exe, "-b", "; ".join(commands), *names], work)
+    output = "\n".join(
+        ln for ln in (result.stdout + "\n" + result.stderr).splitlines() if not _TRACE_RE.match(ln)
+    )
+    if result.returncode != 0:
+        raise AcpiError(f"acpiexec exited {result.returncode}: {_first_line(result)}", "acpiexec")
+    problems = _failures(output)
+    if problems:
+        raise AcpiError(problems[0], "acpiexec")
+    return output
+
+
+def _failures(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if any(m in ln for m in ACPIEXEC_FAILURES)]
+
+
+def _first_line(proc: subprocess.CompletedProcess[str]) -> str:
+    for ln in (proc.stderr + "\n" + proc.stdout).splitlines():
+        if ln.strip():
+            return ln.strip()
+    return "no message"
