@@ -17,6 +17,12 @@ Layers, each with its own error class (see :mod:`pvdesc.errors`):
 - :mod:`pvdesc.dt`: Layout -> DTS/DTB (the only module that touches ``fdt``).
 - :mod:`pvdesc.dtb`: reading untrusted DTBs with libfdt.
 - :mod:`pvdesc.hypervisor`: Layout -> hypervisor config JSON.
+- :mod:`pvdesc.profiles`, :mod:`pvdesc.vmmconfig`: VMM memory maps as data; their command lines.
+- :mod:`pvdesc.patch`: ``build --into``, patching a VMM's own DTB.
+- :mod:`pvdesc.acpi`, :mod:`pvdesc.acpica`: SSDT/SRAT, and the iasl/acpiexec wrapper.
+- :mod:`pvdesc.acpitables`: decoding SRAT and ``_CRS`` claims from AML.
+- :mod:`pvdesc.check`: findings for any DTB + region (``pvdesc check``).
+- :mod:`pvdesc.guest`: booting a real arm64 guest under QEMU.
 - :mod:`pvdesc.build`: all outputs, written atomically.
 - :mod:`pvdesc.cli`: the ``pvdesc`` command.
 """
