@@ -35,6 +35,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pvdesc import mapview
+
+    if args.description is None:
+        raise PvdescError("map needs a VM description (YAML) or --dtb FILE --region BASE:SIZE")
+    amap = mapview.from_description(args.description)
+    color = mapview.use_color(mapview.ColorMode(args.color), sys.stdout.isatty(), os.environ)
+    sys.stdout.write(
+        mapview.run(
+            amap,
+            svg=Path(args.svg) if args.svg else None,
+            html=Path(args.html) if args.html else None,
+            color=color,
+        )
+    )
+    return EXIT_FINDINGS if amap.findings else EXIT_OK
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -54,6 +75,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory (created if needed)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=cmd_build)
+
+    m = sub.add_parser(
+        "map",
+        help="draw the guest physical address map (terminal, SVG, HTML)",
+        description="Draw the guest physical address map: RAM, devices, gaps, the stolen-time "
+        "region and what describes each range, with any findings. Exit 1 on findings.",
+    )
+    m.add_argument("description", nargs="?", help="the VM description (YAML)")
+    m.add_argument("--svg", metavar="FILE", help="also write the map as SVG")
+    m.add_argument("--html", metavar="FILE", help="also write an HTML page (SVG, legend, tables)")
+    m.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour the terminal map (auto: on a terminal, unless NO_COLOR is set)",
+    )
+    m.set_defaults(func=cmd_map)
     return parser
 
 
