@@ -382,7 +382,8 @@ def scale(
 ) -> tuple[Extent, ...]:
     """Lay sizes end to end on an axis about ``target`` long.
 
-    One bytes-per-unit factor ``u`` is chosen (by bisection, so the total is
+    When every size fits to scale (none shorter than ``minimum``, no gap longer
+    than its cap) the whole axis is linear.  Otherwise one bytes-per-unit factor ``u`` is chosen (by bisection, so the total is
     ``target``): sizes between ``minimum`` and ``cap_fraction * target`` units
     are drawn to scale, larger ones log-compressed above the cap (so order is
     kept: a bigger size is never drawn shorter), smaller ones enlarged to
@@ -396,6 +397,13 @@ def scale(
     cap = max(cap_fraction * target, minimum)
     gap_cap = min(cap, GAP_CAP_MINIMA * minimum)
     is_gap = [bool(gaps[i]) if i < len(gaps) else False for i in range(len(sizes))]
+
+    linear = sum(sizes) / target
+    if all(
+        s / linear >= minimum and not (g and s / linear > gap_cap)
+        for s, g in zip(sizes, is_gap, strict=True)
+    ):
+        return _linear(sizes, linear)
 
     def stretch(i: int, u: float) -> tuple[float, Scaling]:
         return _stretch(sizes[i] / u, gap_cap if is_gap[i] else cap, minimum)
@@ -418,4 +426,13 @@ def scale(
         length, how = stretch(i, u)
         out.append(Extent(offset, length, how))
         offset += length
+    return tuple(out)
+
+
+def _linear(sizes: Sequence[int], u: float) -> tuple[Extent, ...]:
+    out: list[Extent] = []
+    offset = 0.0
+    for s in sizes:
+        out.append(Extent(offset, s / u, Scaling.TO_SCALE))
+        offset += s / u
     return tuple(out)

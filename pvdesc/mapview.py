@@ -53,7 +53,9 @@ def size_text(size: int) -> str:
             for small, sshift in units:
                 if sshift < shift and size % (1 << sshift) == 0 and size >> sshift < 10000:
                     return f"{size >> sshift} {small}"
-            return f"~{size / (1 << shift):.4g} {unit}"
+            value = size / (1 << shift)
+            short = f"{value:.4g}"
+            return f"~{short if float(short) != round(value) else f'{value:.6g}'} {unit}"
     return f"{size} B"
 
 
@@ -175,7 +177,7 @@ DESCRIBER_FILL = {
     Describer.ACPI_CLAIM: "#7048e8",
 }
 
-WIDTH = 1120
+WIDTH = 1220
 TOP = 110
 ADDR_X = 160
 MAP_X = 176
@@ -183,7 +185,7 @@ MAP_W = 190
 DESC_X = 372
 DESC_W = 14
 LABEL_X = 396
-DETAIL_X = 820
+DETAIL_X = 900
 DETAIL_W = 280
 ROW_MIN = 22
 DETAIL_ROW = 30
@@ -399,6 +401,8 @@ def write(files: Sequence[tuple[Path, Output]]) -> None:
     by_dir: dict[Path, list[Output]] = {}
     for directory, out in files:
         by_dir.setdefault(directory, []).append(out)
+    for directory in by_dir:
+        write_outputs(directory, ())  # create every directory before writing any file
     for directory, outs in by_dir.items():
         write_outputs(directory, outs)
 
