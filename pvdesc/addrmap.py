@@ -382,11 +382,12 @@ def scale(
 ) -> tuple[Extent, ...]:
     """Lay sizes end to end on an axis about ``target`` long.
 
-    When every size fits to scale (none shorter than ``minimum``, no gap longer
-    than its cap) the whole axis is linear.  Otherwise one bytes-per-unit factor ``u`` is chosen (by bisection, so the total is
-    ``target``): sizes between ``minimum`` and ``cap_fraction * target`` units
-    are drawn to scale, larger ones log-compressed above the cap (so order is
-    kept: a bigger size is never drawn shorter), smaller ones enlarged to
+    When every size fits to scale (none shorter than ``minimum``, no gap
+    longer than its cap) the whole axis is linear.  Otherwise one
+    bytes-per-unit factor ``u`` is chosen by bisection so the total is
+    ``target``: sizes between ``minimum`` and ``cap_fraction * target`` units
+    are drawn to scale, larger ones log-compressed above the cap (order is
+    kept: a bigger size never draws shorter), smaller ones enlarged to
     ``minimum`` so a label fits.  Sizes flagged in ``gaps`` have a much lower
     cap (``GAP_CAP_MINIMA * minimum``): a hole is drawn short, with a break
     mark, and never crowds out what is mapped.  If ``minimum`` per size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_segments_tile_the_space(example: Path) -> None:
     segs = amap.segments
     assert segs[0].range.base == 0
     assert segs[-1].range.end == amap.source.limit
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         assert a.range.end == b.range.base
     desc = load(example).description
     regions = [s for s in segs if s.kind is Kind.REGION]
