@@ -22,9 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pvdesc import kvm
+from pvdesc.check import Finding as CheckFinding
+from pvdesc.check import Severity, Target
+from pvdesc.dtb import DeviceTree
 from pvdesc.errors import LayoutError
 from pvdesc.layout import Layout, verify
-from pvdesc.model import Describe, Range
+from pvdesc.model import Boot, Describe, Range
 
 
 class Kind(enum.StrEnum):
@@ -437,3 +440,41 @@ def _linear(sizes: Sequence[int], u: float) -> tuple[Extent, ...]:
         out.append(Extent(offset, s / u, Scaling.TO_SCALE))
         offset += s / u
     return tuple(out)
+
+
+def from_dtb(
+    tree: DeviceTree, target: Target, boot: Boot, findings: Sequence[CheckFinding]
+) -> MapSource:
+    """A foreign DTB's map source: ``/memory`` is both the RAM and what the guest is told.
+
+    ``findings`` are :func:`pvdesc.check.check`'s; errors and warnings are shown
+    inline (informational ones are not problems).
+    """
+    memory = tuple(Span(e.source, e.range) for e in tree.memory)
+    limit = max([1 << target.ipa_bits, *(s.range.end for s in memory)])
+    limit = max([limit, target.region.end, *(d.range.end for d in tree.devices)])
+    facts = (
+        ("dtb", tree.file),
+        ("boot", str(boot)),
+        ("ipa", f"{target.ipa_bits}-bit"),
+        ("vcpus", str(len(target.vcpu_ipas))),
+        ("region from", target.source),
+    )
+    return MapSource(
+        title=tree.file.rsplit("/", 1)[-1],
+        facts=facts,
+        ram=memory,
+        devices=tuple(Span(e.source, e.range) for e in tree.devices),
+        memory_nodes=tuple(s.range for s in memory),
+        reserved=tuple(r.range for r in tree.reserved if r.no_map),
+        acpi_claims=(),
+        memslots=tuple(Slot(m.slot, m.range) for m in target.memslots or ()),
+        region=target.region,
+        structures=len(target.vcpu_ipas),
+        limit=limit,
+        findings=tuple(
+            Finding(f"{f.code}: {f.message}", f.range)
+            for f in findings
+            if f.severity is not Severity.INFO
+        ),
+    )

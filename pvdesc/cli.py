@@ -35,15 +35,53 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pvdesc import acpitables, check, dtb, kvm
+    from pvdesc.model import Boot
+
+    tree = dtb.load(args.dtb)
+    if args.hypervisor_config is not None:
+        if args.vcpus is not None or args.ipa_bits is not None:
+            raise check.CheckInputError(
+                "--vcpus/--ipa-bits go with --region; the hypervisor config has its own",
+                "--hypervisor-config",
+            )
+        try:
+            with open(args.hypervisor_config, "rb") as fh:
+                text = fh.read(check.MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise check.CheckInputError(
+                f"cannot read: {exc.strerror}", args.hypervisor_config
+            ) from None
+        target = check.target_from_config(text, args.hypervisor_config)
+    else:
+        if args.vcpus is None:
+            raise check.CheckInputError("--region needs --vcpus N", "--region")
+        ipa_bits = kvm.IPA_BITS_DEFAULT if args.ipa_bits is None else args.ipa_bits
+        target = check.target_from_region(args.region, args.vcpus, ipa_bits)
+    tables = [acpitables.load(path) for path in args.acpi]
+    findings = check.check(tree, target, Boot(args.boot), tables)
+    render = check.to_json if args.format == "json" else check.to_text
+    sys.stdout.write(render(findings))
+    return EXIT_FINDINGS if check.unsafe(findings) else EXIT_OK
+
+
 def cmd_map(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
     from pvdesc import mapview
 
-    if args.description is None:
+    if args.description is not None and args.dtb is not None:
+        raise PvdescError("map takes a VM description or --dtb, not both")
+    if args.dtb is not None:
+        if args.region is None:
+            raise PvdescError("--dtb needs --region BASE:SIZE", "--dtb")
+        amap = mapview.from_dtb(args.dtb, args.region, args.vcpus, args.ipa_bits, args.boot)
+    elif args.description is None:
         raise PvdescError("map needs a VM description (YAML) or --dtb FILE --region BASE:SIZE")
-    amap = mapview.from_description(args.description)
+    else:
+        amap = mapview.from_description(args.description)
     color = mapview.use_color(mapview.ColorMode(args.color), sys.stdout.isatty(), os.environ)
     sys.stdout.write(
         mapview.run(
@@ -76,6 +114,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=cmd_build)
 
+    c = sub.add_parser(
+        "check",
+        help="audit an existing DTB (and ACPI tables) against a stolen-time region",
+        description="Check whether any vCPU's PV_TIME_ST structure can collide with what the "
+        "guest believes.  Exit 0 safe, 1 error findings, 2 unusable input.",
+    )
+    c.add_argument("--dtb", required=True, help="the guest's devicetree blob")
+    target = c.add_mutually_exclusive_group(required=True)
+    target.add_argument("--hypervisor-config", help="a pvdesc.hypervisor/1 JSON file")
+    target.add_argument("--region", help="BASE:SIZE of the region, e.g. 0x090a0000:64K")
+    c.add_argument("--vcpus", type=int, help="possible vCPUs (with --region)")
+    c.add_argument("--ipa-bits", type=int, help="guest IPA size (with --region; default 40)")
+    c.add_argument("--boot", choices=["linux-dt", "uefi-dt", "uefi-acpi"], default="linux-dt")
+    c.add_argument("--acpi", nargs="+", default=[], metavar="FILE", help="SRAT/SSDT .aml files")
+    c.add_argument("--format", choices=["text", "json"], default="text")
+    c.set_defaults(func=cmd_check)
+
     m = sub.add_parser(
         "map",
         help="draw the guest physical address map (terminal, SVG, HTML)",
@@ -83,6 +138,13 @@ def make_parser() -> argparse.ArgumentParser:
         "region and what describes each range, with any findings. Exit 1 on findings.",
     )
     m.add_argument("description", nargs="?", help="the VM description (YAML)")
+    m.add_argument("--dtb", help="map a guest DTB instead of a description (with --region)")
+    m.add_argument("--region", help="BASE:SIZE of the region in the DTB, e.g. 0x090a0000:64K")
+    m.add_argument(
+        "--vcpus", type=int, help="possible vCPUs (with --dtb; default: fill the region)"
+    )
+    m.add_argument("--ipa-bits", type=int, help="guest IPA size (with --dtb; default 40)")
+    m.add_argument("--boot", choices=["linux-dt", "uefi-dt", "uefi-acpi"], default="linux-dt")
     m.add_argument("--svg", metavar="FILE", help="also write the map as SVG")
     m.add_argument("--html", metavar="FILE", help="also write an HTML page (SVG, legend, tables)")
     m.add_argument(

@@ -135,7 +135,7 @@ def render_text(amap: AddressMap, color: bool = False) -> str:
         f"  {0:#x} [{_bar(amap, color)}] {src.limit:#x}",
         "  R RAM  D device  S stolen-time region  . gap  ~ gap (compressed, not to scale)",
         "",
-        f"  {'start':<{hw}}  {'last':<{hw}}  {'size':<10}  {'what':<30}  {'described by':<28}  "
+        f"  {'start':<{hw}}  {'last':<{hw}}  {'size':<12}  {'what':<30}  {'described by':<28}  "
         "memslot",
     ]
     for seg in amap.segments:
@@ -143,7 +143,7 @@ def render_text(amap: AddressMap, color: bool = False) -> str:
         what = what_text(seg)
         slot = "-" if seg.memslot is None else str(seg.memslot)
         row = (
-            f"{mark} {hx(seg.range.base)}  {hx(seg.range.last)}  {size_text(seg.range.size):<10}  "
+            f"{mark} {hx(seg.range.base)}  {hx(seg.range.last)}  {size_text(seg.range.size):<12}  "
             f"{_paint(f'{what:<30}', _FLAG if seg.flagged else _SGR[seg.kind], color)}  "
             f"{described_text(seg):<28}  {slot}"
         )
@@ -419,6 +419,27 @@ def from_description(path: str | Path) -> AddressMap:
     except PvdescError as err:
         raise loaded.source.resolve(err) from None
     return addrmap.build(addrmap.from_layout(lay))
+
+
+def from_dtb(
+    path: str, region: str, vcpus: int | None, ipa_bits: int | None, boot: str
+) -> AddressMap:
+    """Read a DTB, check it against ``--region`` and map it with the findings inline.
+
+    Without ``vcpus`` the region is taken to be full: ``size // 64`` structures
+    (at most ``KVM_MAX_VCPUS``).
+    """
+    from pvdesc import addrmap, check, dtb, kvm
+    from pvdesc.model import Boot
+
+    tree = dtb.load(path)
+    bits = kvm.IPA_BITS_DEFAULT if ipa_bits is None else ipa_bits
+    if vcpus is None:
+        probe = check.target_from_region(region, 1, bits)
+        vcpus = max(1, min(probe.region.size // kvm.PVTIME_STRUCT_SIZE, kvm.KVM_MAX_VCPUS))
+    target = check.target_from_region(region, vcpus, bits)
+    findings = check.check(tree, target, Boot(boot))
+    return addrmap.build(addrmap.from_dtb(tree, target, Boot(boot), findings))
 
 
 def run(amap: AddressMap, *, svg: Path | None, html: Path | None, color: bool) -> str:

@@ -255,3 +255,53 @@ def test_unwritable_svg_is_one_line_exit_2_and_nothing_written(tmp_path: Path) -
     assert "Traceback" not in res.stderr and res.stdout == ""
     assert blocker.read_text() == "x"
     assert not html.exists(), "the HTML was written although the SVG could not be"
+
+
+# ---------------------------------------------------------------------------- --dtb
+
+
+def test_dtb_mode_draws_the_dtb_and_check_findings(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert pvdesc("build", "examples/linux-carve-reserved.yaml", "-o", str(out)).returncode == 0
+    dtb = out / "linux-carve-reserved.dtb"
+    svg = tmp_path / "d.svg"
+    res = pvdesc(
+        "map", "--dtb", str(dtb), "--region", "0xbfff0000:64K", "--vcpus", "8",
+        "--svg", str(svg), env=plain_env(),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    region_row = next(line for line in res.stdout.splitlines() if line.startswith(">"))
+    assert "memory node, reserved no-map" in region_row
+    assert "RAM /memory@40000000 reg[0]" in res.stdout and "findings: none" in res.stdout
+    labels = {g.get("data-label") for g in ET.parse(svg).getroot().iter(f"{SVG_NS}g")}
+    assert "/memory@40000000 reg[0]" in labels
+    # The same DTB with the region put in usable RAM: check's finding inline, exit 1.
+    res = pvdesc("map", "--dtb", str(dtb), "--region", "0x80000000:64K", env=plain_env())
+    assert res.returncode == 1, res.stderr
+    assert "findings (1):" in res.stdout and "! ipa-in-ram: vCPUs 0-511" in res.stdout
+    assert any(line.startswith("! ") and "STOLEN-TIME" in line for line in res.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("args", "stderr"),
+    [
+        (["--dtb", "x.dtb"], "pvdesc: error: --dtb: --dtb needs --region BASE:SIZE\n"),
+        (
+            ["--dtb", "examples/numa-2node.yaml", "--region", "0:64K"],
+            "pvdesc: error: examples/numa-2node.yaml: not a DTB: magic is 0x23205477, "
+            "expected 0xd00dfeed\n",
+        ),
+        (
+            ["examples/numa-2node.yaml", "--dtb", "x.dtb", "--region", "0:64K"],
+            "pvdesc: error: map takes a VM description or --dtb, not both\n",
+        ),
+        (
+            ["--dtb", "x.dtb", "--region", "zz"],
+            "pvdesc: error: x.dtb: cannot read: No such file or directory\n",
+        ),
+    ],
+)
+def test_dtb_bad_input_is_one_line_exit_2(args: list[str], stderr: str) -> None:
+    res = pvdesc("map", *args)
+    assert res.returncode == 2
+    assert res.stderr == stderr and res.stdout == ""

@@ -1,0 +1,421 @@
+"""Read an untrusted DTB with libfdt into an immutable address model.
+
+``pvdesc check`` audits DTBs it did not write (a VMM's own, or QEMU's
+``-machine virt,dumpdtb=``), so every blob is hostile until proven otherwise:
+
+1. the file is refused above :data:`MAX_DTB_BYTES` before it is read whole;
+2. the header is checked by hand (magic, ``totalsize`` within the file, version)
+   so the common mistakes get a precise message;
+3. ``fdt_check_full`` (libfdt's complete structural check) runs before any
+   node is visited (python-dt-libs.md §2, "use pylibfdt ... robust reader");
+4. nodes are walked iteratively with ``fdt_next_node`` (libfdt skips FDT_NOP
+   tags itself, python-dt-libs.md §1 bug 2 is ``fdt``'s, not libfdt's), with a
+   bound on the node count (:data:`MAX_NODES`) and on the depth
+   (:data:`MAX_DEPTH`, Linux's ``FDT_MAX_DEPTH`` in ``drivers/of/fdt.c``).
+
+Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
+
+- a ``reg`` is decoded with the *direct parent's* ``#address-cells`` /
+  ``#size-cells``, which default to 2/1 when absent and are not inherited;
+- cell counts above :data:`MAX_CELLS` are refused: 3 address cells is the
+  largest binding in use (PCI), and 4 cells already spans 128 bits, so more can
+  only be corruption;
+- a ``reg`` is translated to the root's address space through each ancestor's
+  ``ranges``: an empty ``ranges`` is the identity, a missing one means the bus is
+  not memory-mapped (``/cpus``, I2C, ...) and the node is recorded in
+  :attr:`DeviceTree.skipped` with the reason instead;
+- a parent with ``#size-cells = <0>`` has children whose ``reg`` carries no size
+  (CPU MPIDRs): those are skipped with the reason too.
+
+Translation compares whole child addresses; bus-specific matching (PCI's
+``phys.hi`` space bits, as Linux's ``of_bus_pci_map``) is not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import libfdt
+
+from pvdesc.errors import DTError
+from pvdesc.model import Range
+
+#: Refuse bigger files: QEMU pads its DTB to 1 MiB, a 100,000-node tree is ~5 MiB.
+MAX_DTB_BYTES = 64 << 20
+#: Refuse trees with more nodes than this (a real VM has a few hundred).
+MAX_NODES = 200_000
+#: Linux refuses deeper trees when unflattening (``FDT_MAX_DEPTH`` 64, drivers/of/fdt.c).
+MAX_DEPTH = 64
+#: Largest ``#address-cells`` / ``#size-cells`` accepted (see the module docstring).
+MAX_CELLS = 4
+#: Default cells when a parent has no ``#address-cells`` / ``#size-cells`` (DT spec §2.3.5).
+DEFAULT_ADDRESS_CELLS = 2
+DEFAULT_SIZE_CELLS = 1
+
+FDT_MAGIC = 0xD00DFEED
+FDT_HEADER_SIZE = 40
+#: libfdt reads versions 16 and 17 (``FDT_FIRST_SUPPORTED_VERSION`` .. ``LAST``).
+FDT_LAST_SUPPORTED_VERSION = 17
+
+
+@dataclass(frozen=True)
+class RegEntry:
+    """One ``reg`` entry of a node, translated to the root's address space.
+
+    Attributes:
+        path: the node's full path, e.g. ``/memory@40000000``.
+        index: the entry's position in ``reg`` (0-based).
+        range: the translated guest-physical range.
+    """
+
+    path: str
+    index: int
+    range: Range
+
+    @property
+    def source(self) -> str:
+        """``/memory@40000000 reg[0]``: how findings name it."""
+        return f"{self.path} reg[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A static ``/reserved-memory`` child (one with ``reg``).
+
+    Attributes:
+        path: the child's full path.
+        index: the ``reg`` entry (the binding allows one; more are read anyway).
+        range: the translated range.
+        no_map: the ``no-map`` property is present: dropped from the linear map.
+        reusable: the ``reusable`` property is present: the OS may allocate it.
+    """
+
+    path: str
+    index: int
+    range: Range
+    no_map: bool
+    reusable: bool
+
+    @property
+    def source(self) -> str:
+        return f"{self.path} reg[{self.index}]"
+
+
+@dataclass(frozen=True)
+class MemReserve:
+    """One entry of the header's memory reservation block (``/memreserve/``).
+
+    Attributes:
+        index: position in the block.
+        range: address and size.
+    """
+
+    index: int
+    range: Range
+
+    @property
+    def source(self) -> str:
+        return f"/memreserve/[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A node whose ``reg`` is not a CPU-physical range, and why.
+
+    Attributes:
+        path: the node's full path.
+        reason: e.g. "parent /cpus has no ranges: not memory-mapped".
+    """
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeviceTree:
+    """The address facts of one DTB.
+
+    Attributes:
+        file: where it was read from (for messages).
+        node_count: nodes visited, root included.
+        memory: ``reg`` entries of ``device_type = "memory"`` nodes.
+        reserved: static ``/reserved-memory`` children.
+        reserved_ignored: why Linux ignores the whole ``/reserved-memory`` node
+            (cells differ from the root's, or no ``ranges``:
+            ``__reserved_mem_check_root``, kvm-pvtime-and-dt.md §4), else ``None``.
+        memreserve: the ``/memreserve/`` entries.
+        devices: every other translatable ``reg`` entry.
+        skipped: nodes with a ``reg`` that is not a CPU-physical range.
+    """
+
+    file: str
+    node_count: int
+    memory: tuple[RegEntry, ...]
+    reserved: tuple[Reservation, ...]
+    reserved_ignored: str | None
+    memreserve: tuple[MemReserve, ...]
+    devices: tuple[RegEntry, ...]
+    skipped: tuple[Skipped, ...]
+
+
+@dataclass(frozen=True)
+class _Bus:
+    """What a node's children need: its cells and how to reach the root.
+
+    Attributes:
+        path: the node's path.
+        address_cells: the node's ``#address-cells`` (for its children).
+        size_cells: the node's ``#size-cells``.
+        ranges: ``None`` if its children's addresses are not translatable to the
+            root, else the windows (child base, parent base, size) into the parent's
+            space, ``()`` for the identity (empty ``ranges``, or the root).
+        parent: the parent's bus (``None`` for the root).
+        why_not: the reason when ``ranges`` is ``None``.
+    """
+
+    path: str
+    address_cells: int
+    size_cells: int
+    ranges: tuple[tuple[int, int, int], ...] | None
+    parent: _Bus | None
+    why_not: str = ""
+
+
+def _err(file: str, message: str) -> DTError:
+    return DTError(message, file)
+
+
+def _int_cells(data: bytes, start: int, n: int) -> int:
+    return int.from_bytes(data[start : start + 4 * n], "big")
+
+
+def _getprop(buf: bytearray, off: int, name: str) -> bytes | None:
+    data, _ = libfdt.fdt_getprop(buf, off, name)
+    return None if data is None else bytes(data)
+
+
+def _cells(file: str, path: str, name: str, raw: bytes | None, default: int) -> int:
+    if raw is None:
+        return default
+    if len(raw) != 4:
+        raise _err(file, f"{path}: {name} is {len(raw)} bytes, must be one u32 cell")
+    value = int.from_bytes(raw, "big")
+    if value > MAX_CELLS:
+        raise _err(
+            file,
+            f"{path}: {name} = <{value}> is absurd (at most {MAX_CELLS}: PCI uses 3, 4 already "
+            "spans 128 bits); the DTB is corrupt",
+        )
+    return value
+
+
+def _translate(bus: _Bus, addr: int, size: int) -> int | None:
+    """``addr`` (in ``bus``'s child space) as a root address, or ``None`` if unmapped."""
+    node: _Bus | None = bus
+    while node is not None and node.parent is not None:
+        if node.ranges is None:
+            return None
+        if node.ranges:
+            for child, parent, length in node.ranges:
+                if child <= addr and addr + size <= child + length:
+                    addr = parent + (addr - child)
+                    break
+            else:
+                return None
+        node = node.parent
+    return addr
+
+
+def _decode_ranges(
+    file: str, path: str, raw: bytes, child_ac: int, parent_ac: int, sc: int
+) -> tuple[tuple[int, int, int], ...]:
+    # (child-bus-address, parent-bus-address, length): the child's #address-cells,
+    # the parent's #address-cells, the child's #size-cells (DT spec §2.3.8).
+    width = 4 * (child_ac + parent_ac + sc)
+    if width == 0 or len(raw) % width:
+        raise _err(
+            file,
+            f"{path}: ranges is {len(raw)} bytes, not a multiple of "
+            f"({child_ac}+{parent_ac}+{sc}) cells",
+        )
+    out = []
+    for pos in range(0, len(raw), width):
+        child = _int_cells(raw, pos, child_ac)
+        parent = _int_cells(raw, pos + 4 * child_ac, parent_ac)
+        length = _int_cells(raw, pos + 4 * (child_ac + parent_ac), sc)
+        out.append((child, parent, length))
+    return tuple(out)
+
+
+def _check_header(data: bytes, file: str) -> None:
+    if len(data) < FDT_HEADER_SIZE:
+        raise _err(file, f"truncated: {len(data)} bytes, a DTB header alone is {FDT_HEADER_SIZE}")
+    magic = int.from_bytes(data[0:4], "big")
+    if magic != FDT_MAGIC:
+        raise _err(file, f"not a DTB: magic is {magic:#010x}, expected {FDT_MAGIC:#010x}")
+    total = int.from_bytes(data[4:8], "big")
+    if total > len(data):
+        raise _err(file, f"truncated: header totalsize is {total} bytes, file has {len(data)}")
+    last_comp = int.from_bytes(data[24:28], "big")
+    if last_comp > FDT_LAST_SUPPORTED_VERSION:
+        raise _err(file, f"DTB last_comp_version {last_comp} is newer than libfdt reads (17)")
+
+
+def parse(data: bytes, file: str = "<dtb>") -> DeviceTree:
+    """Check and decode a DTB.  Raises :class:`DTError` (one line, naming ``file``)."""
+    if len(data) > MAX_DTB_BYTES:
+        raise _err(file, f"{len(data)} bytes: DTBs are limited to {MAX_DTB_BYTES}")
+    _check_header(data, file)
+    total = int.from_bytes(data[4:8], "big")
+    buf = bytearray(data[:total])
+    rc = libfdt.fdt_check_full(buf, len(buf))
+    if rc != 0:
+        raise _err(file, f"corrupt DTB: fdt_check_full: {libfdt.fdt_strerror(rc)}")
+    try:
+        return _walk(buf, file)
+    except (libfdt.FdtException, UnicodeDecodeError) as exc:
+        raise _err(file, f"corrupt DTB: {exc}") from None
+
+
+def _memreserve(buf: bytearray, file: str) -> tuple[MemReserve, ...]:
+    count = libfdt.fdt_num_mem_rsv(buf)
+    if count < 0:
+        raise _err(file, f"corrupt memory reservation block: {libfdt.fdt_strerror(count)}")
+    out = []
+    for i in range(count):
+        rc, addr, size = libfdt.fdt_get_mem_rsv(buf, i)
+        if rc < 0:
+            raise _err(file, f"/memreserve/[{i}]: {libfdt.fdt_strerror(rc)}")
+        out.append(MemReserve(i, Range(addr, size)))
+    return tuple(out)
+
+
+def _walk(buf: bytearray, file: str) -> DeviceTree:
+    memory: list[RegEntry] = []
+    reserved: list[Reservation] = []
+    devices: list[RegEntry] = []
+    skipped: list[Skipped] = []
+    reserved_ignored: str | None = None
+    root_cells = (0, 0)
+    # stack[d] is the bus of the node at depth d (the parent of nodes at depth d+1).
+    stack: list[_Bus] = []
+    off, depth = 0, 0
+    count = 0
+    # fdt_next_node reports leaving the root with depth -1 (libfdt fdt.c).
+    while off >= 0 and depth >= 0:
+        count += 1
+        if count > MAX_NODES:
+            raise _err(file, f"more than {MAX_NODES} nodes: refusing to audit a tree this large")
+        if depth > MAX_DEPTH:
+            raise _err(file, f"nodes nested deeper than {MAX_DEPTH} levels (Linux's FDT_MAX_DEPTH)")
+        del stack[depth:]
+        parent = stack[-1] if stack else None
+        name = libfdt.fdt_get_name(buf, off)[0]
+        path = "/" if parent is None else f"{parent.path.rstrip('/')}/{name}"
+        ac = _cells(
+            file,
+            path,
+            "#address-cells",
+            _getprop(buf, off, "#address-cells"),
+            DEFAULT_ADDRESS_CELLS,
+        )
+        sc = _cells(
+            file, path, "#size-cells", _getprop(buf, off, "#size-cells"), DEFAULT_SIZE_CELLS
+        )
+        if parent is None:
+            bus = _Bus(path, ac, sc, (), None)
+            root_cells = (ac, sc)
+        else:
+            raw_ranges = _getprop(buf, off, "ranges")
+            if parent.ranges is None:
+                bus = _Bus(path, ac, sc, None, parent, parent.why_not)
+            elif raw_ranges is None:
+                bus = _Bus(path, ac, sc, None, parent, f"{path} has no ranges: not memory-mapped")
+            elif not raw_ranges:
+                bus = _Bus(path, ac, sc, (), parent)
+            else:
+                windows = _decode_ranges(file, path, raw_ranges, ac, parent.address_cells, sc)
+                bus = _Bus(path, ac, sc, windows, parent)
+            if depth == 1 and name == "reserved-memory":
+                if (ac, sc) != root_cells:
+                    reserved_ignored = (
+                        f"{path} has #address-cells/#size-cells {ac}/{sc}, the root has "
+                        f"{root_cells[0]}/{root_cells[1]}"
+                    )
+                elif raw_ranges is None:
+                    reserved_ignored = f"{path} has no ranges property"
+        stack.append(bus)
+        raw_reg = _getprop(buf, off, "reg") if parent is not None else None
+        if raw_reg is not None and parent is not None:
+            entries = _decode_reg(file, path, raw_reg, parent, skipped)
+            if depth == 2 and parent.path == "/reserved-memory":
+                no_map = _getprop(buf, off, "no-map") is not None
+                reusable = _getprop(buf, off, "reusable") is not None
+                reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
+            elif _getprop(buf, off, "device_type") == b"memory\0":
+                memory.extend(RegEntry(path, i, r) for i, r in entries)
+            else:
+                devices.extend(RegEntry(path, i, r) for i, r in entries)
+        off, depth = libfdt.fdt_next_node(buf, off, depth)
+    if off < 0 and off != -libfdt.NOTFOUND:
+        raise _err(file, f"corrupt DTB: {libfdt.fdt_strerror(off)}")
+    return DeviceTree(
+        file=file,
+        node_count=count,
+        memory=tuple(memory),
+        reserved=tuple(reserved),
+        reserved_ignored=reserved_ignored,
+        memreserve=_memreserve(buf, file),
+        devices=tuple(devices),
+        skipped=tuple(skipped),
+    )
+
+
+def _decode_reg(
+    file: str, path: str, raw: bytes, parent: _Bus, skipped: list[Skipped]
+) -> Sequence[tuple[int, Range]]:
+    ac, sc = parent.address_cells, parent.size_cells
+    if sc == 0 or ac == 0:
+        skipped.append(
+            Skipped(path, f"parent {parent.path} has #address-cells/#size-cells {ac}/{sc}")
+        )
+        return ()
+    width = 4 * (ac + sc)
+    if not raw or len(raw) % width:
+        raise _err(
+            file,
+            f"{path}: reg is {len(raw)} bytes, not a multiple of {ac}+{sc} cells "
+            f"(the parent's #address-cells/#size-cells)",
+        )
+    if parent.ranges is None:
+        skipped.append(Skipped(path, parent.why_not))
+        return ()
+    out = []
+    for pos in range(0, len(raw), width):
+        addr = _int_cells(raw, pos, ac)
+        size = _int_cells(raw, pos + 4 * ac, sc)
+        if size == 0:
+            continue
+        translated = _translate(parent, addr, size)
+        if translated is None:
+            skipped.append(
+                Skipped(
+                    path, f"reg[{pos // width}] {addr:#x} lies in no window of a parent's ranges"
+                )
+            )
+            continue
+        out.append((pos // width, Range(translated, size)))
+    return out
+
+
+def load(path: str | Path) -> DeviceTree:
+    """Read and decode a DTB file (size-limited before it is read whole)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = fh.read(MAX_DTB_BYTES + 1)
+    except OSError as exc:
+        raise DTError(f"cannot read: {exc.strerror}", str(path)) from None
+    return parse(data, str(path))
