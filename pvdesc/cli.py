@@ -66,6 +66,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if check.unsafe(findings) else EXIT_OK
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pvdesc import mapview
+
+    if args.description is not None and args.dtb is not None:
+        raise PvdescError("map takes a VM description or --dtb, not both")
+    if args.dtb is not None:
+        if args.region is None:
+            raise PvdescError("--dtb needs --region BASE:SIZE", "--dtb")
+        amap = mapview.from_dtb(args.dtb, args.region, args.vcpus, args.ipa_bits, args.boot)
+    elif args.description is None:
+        raise PvdescError("map needs a VM description (YAML) or --dtb FILE --region BASE:SIZE")
+    else:
+        amap = mapview.from_description(args.description)
+    color = mapview.use_color(mapview.ColorMode(args.color), sys.stdout.isatty(), os.environ)
+    sys.stdout.write(
+        mapview.run(
+            amap,
+            svg=Path(args.svg) if args.svg else None,
+            html=Path(args.html) if args.html else None,
+            color=color,
+        )
+    )
+    return EXIT_FINDINGS if amap.findings else EXIT_OK
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -108,6 +136,30 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--acpi", nargs="+", default=[], metavar="FILE", help="SRAT/SSDT .aml files")
     c.add_argument("--format", choices=["text", "json"], default="text")
     c.set_defaults(func=cmd_check)
+
+    m = sub.add_parser(
+        "map",
+        help="draw the guest physical address map (terminal, SVG, HTML)",
+        description="Draw the guest physical address map: RAM, devices, gaps, the stolen-time "
+        "region and what describes each range, with any findings. Exit 1 on findings.",
+    )
+    m.add_argument("description", nargs="?", help="the VM description (YAML)")
+    m.add_argument("--dtb", help="map a guest DTB instead of a description (with --region)")
+    m.add_argument("--region", help="BASE:SIZE of the region in the DTB, e.g. 0x090a0000:64K")
+    m.add_argument(
+        "--vcpus", type=int, help="possible vCPUs (with --dtb; default: fill the region)"
+    )
+    m.add_argument("--ipa-bits", type=int, help="guest IPA size (with --dtb; default 40)")
+    m.add_argument("--boot", choices=["linux-dt", "uefi-dt", "uefi-acpi"], default="linux-dt")
+    m.add_argument("--svg", metavar="FILE", help="also write the map as SVG")
+    m.add_argument("--html", metavar="FILE", help="also write an HTML page (SVG, legend, tables)")
+    m.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour the terminal map (auto: on a terminal, unless NO_COLOR is set)",
+    )
+    m.set_defaults(func=cmd_map)
     return parser
 
 

@@ -23,7 +23,10 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,
+        # SVG/HTML templates (``*.svg.j2``, ``*.html.j2``) escape every value; text ones do not.
+        autoescape=jinja2.select_autoescape(
+            ("svg.j2", "html.j2"), default_for_string=False, default=False
+        ),
     )
     env.filters["hex"] = hexa
     env.filters["human"] = human

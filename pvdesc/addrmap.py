@@ -1,0 +1,480 @@
+"""The guest physical address map as data: pure functions, no I/O.
+
+A :class:`MapSource` states what is known about an address space, whatever it
+came from (a :class:`~pvdesc.layout.Layout` via :func:`from_layout`, or a
+foreign DTB): RAM, devices, what the firmware description says is RAM
+(``/memory``), ``no-map`` reservations, ACPI claims, memslots and the
+stolen-time region.  :func:`build` cuts the space into :class:`Segment` rows
+(every boundary of every input splits a row, so memslot edges and ``/memory``
+cuts are visible), fills the holes with gaps, and adds the region's per-vCPU
+detail.  :func:`scale` maps sizes onto a drawing length: to scale where the
+sizes allow it, log-compressed where they do not.
+
+The renderers (:mod:`pvdesc.mapview`) only read an :class:`AddressMap`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pvdesc import kvm
+from pvdesc.check import Finding as CheckFinding
+from pvdesc.check import Severity, Target
+from pvdesc.dtb import DeviceTree
+from pvdesc.errors import LayoutError
+from pvdesc.layout import Layout, verify
+from pvdesc.model import Boot, Describe, Range
+
+
+class Kind(enum.StrEnum):
+    """What occupies a segment (the region wins over a device, a device over RAM)."""
+
+    RAM = "ram"
+    DEVICE = "device"
+    REGION = "region"
+    GAP = "gap"
+
+
+class Describer(enum.StrEnum):
+    """What in the firmware description speaks about a range."""
+
+    MEMORY_NODE = "memory node"
+    RESERVED_NO_MAP = "reserved no-map"
+    EXCLUDED = "excluded"
+    ACPI_CLAIM = "ACPI claim"
+
+
+class Scaling(enum.StrEnum):
+    """How a drawn extent relates to the size it stands for."""
+
+    TO_SCALE = "to-scale"
+    COMPRESSED = "compressed"
+    ENLARGED = "enlarged"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A labelled input range.
+
+    Attributes:
+        label: what the user calls it (``memory[0]``, ``uart0``, a DT node path).
+        range: the range.
+        numa_node: its NUMA node (RAM only), or ``None``.
+    """
+
+    label: str
+    range: Range
+    numa_node: int | None = None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A KVM memslot.
+
+    Attributes:
+        slot: the slot number.
+        range: what it maps.
+    """
+
+    slot: int
+    range: Range
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem found in the layout.
+
+    Attributes:
+        message: what is wrong.
+        range: the addresses it concerns, or ``None``.
+    """
+
+    message: str
+    range: Range | None = None
+
+
+@dataclass(frozen=True)
+class MapSource:
+    """Everything known about one address space, independent of where it came from.
+
+    Attributes:
+        title: a name for the map (the VM name, or the DTB file name).
+        facts: ``(name, value)`` pairs shown under the title.
+        ram: RAM banks (what backs guest memory).
+        devices: MMIO windows.
+        memory_nodes: what the firmware description says is RAM.
+        reserved: ``/reserved-memory`` ``no-map`` ranges.
+        acpi_claims: ranges an ACPI device claims (``describe acpi``).
+        memslots: KVM memslots (empty when unknown).
+        region: the stolen-time region.
+        structures: how many 64-byte structures the region holds (possible vCPUs).
+        limit: the end of the address space shown (e.g. ``2**ipa_bits``).
+        findings: problems already known about the source.
+    """
+
+    title: str
+    facts: tuple[tuple[str, str], ...]
+    ram: tuple[Span, ...]
+    devices: tuple[Span, ...]
+    memory_nodes: tuple[Range, ...]
+    reserved: tuple[Range, ...]
+    acpi_claims: tuple[Range, ...]
+    memslots: tuple[Slot, ...]
+    region: Range
+    structures: int
+    limit: int
+    findings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One row of the map: a range with one occupant and one description.
+
+    Attributes:
+        range: the addresses.
+        kind: RAM, device, the region, or a gap.
+        label: the occupant's label (empty for a gap).
+        numa_node: the RAM's NUMA node, or ``None``.
+        described: what describes it, in :class:`Describer` order (empty: nothing).
+        memslot: the memslot that maps it, or ``None``.
+        flagged: True when a finding concerns these addresses.
+    """
+
+    range: Range
+    kind: Kind
+    label: str
+    numa_node: int | None
+    described: tuple[Describer, ...]
+    memslot: int | None
+    flagged: bool = False
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One row of the region detail strip.
+
+    Attributes:
+        vcpu: the vCPU id, or ``None`` for an ellipsis row or the unused tail.
+        range: the structure's 64 bytes (or what the ellipsis/tail stands for).
+        note: ``""``, ``"..."`` (ellipsis: ``skipped`` structures) or ``"unused"``.
+        skipped: how many structures an ellipsis row stands for.
+    """
+
+    vcpu: int | None
+    range: Range
+    note: str = ""
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class AddressMap:
+    """A whole map, ready to render.
+
+    Attributes:
+        source: what it was built from.
+        segments: every row, in address order, covering ``[0, source.limit)``.
+        detail: the region's structures (first and last few, ellipsis between).
+        findings: every problem found.
+    """
+
+    source: MapSource
+    segments: tuple[Segment, ...]
+    detail: tuple[Structure, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def address_digits(self) -> int:
+        """Hex digits needed for the highest address shown (at least 8)."""
+        return max(8, len(f"{max(self.source.limit - 1, 0):x}"))
+
+
+#: The detail strip shows this many structures at each end before eliding.
+DETAIL_EDGE = 3
+
+
+def _covering(spans: Sequence[Span], r: Range) -> Span | None:
+    hits = [s for s in spans if s.range.contains(r)]
+    return min(hits, key=lambda s: (s.range.size, s.range.base)) if hits else None
+
+
+def _described(src: MapSource, r: Range, kind: Kind, in_ram: bool) -> tuple[Describer, ...]:
+    out: list[Describer] = []
+    if any(n.contains(r) for n in src.memory_nodes):
+        out.append(Describer.MEMORY_NODE)
+    if any(n.contains(r) for n in src.reserved):
+        out.append(Describer.RESERVED_NO_MAP)
+    if in_ram and Describer.MEMORY_NODE not in out and kind is not Kind.DEVICE:
+        out.append(Describer.EXCLUDED)
+    if any(n.contains(r) for n in src.acpi_claims):
+        out.append(Describer.ACPI_CLAIM)
+    return tuple(out)
+
+
+def segments(src: MapSource) -> tuple[Segment, ...]:
+    """Cut ``[0, limit)`` at every input boundary; merge neighbours that read the same."""
+    inputs = [
+        *(s.range for s in src.ram),
+        *(s.range for s in src.devices),
+        *src.memory_nodes,
+        *src.reserved,
+        *src.acpi_claims,
+        *(s.range for s in src.memslots),
+        src.region,
+    ]
+    cuts = {0, src.limit}
+    for r in inputs:
+        cuts.update((min(r.base, src.limit), min(r.end, src.limit)))
+    points = sorted(cuts)
+    flagged = [f.range for f in src.findings if f.range is not None]
+    out: list[Segment] = []
+    for lo, hi in itertools.pairwise(points):
+        piece = Range(lo, hi - lo)
+        ram = _covering(src.ram, piece)
+        dev = _covering(src.devices, piece)
+        if src.region.contains(piece):
+            kind, label = Kind.REGION, "stolen-time region"
+        elif dev is not None:
+            kind, label = Kind.DEVICE, dev.label
+        elif ram is not None:
+            kind, label = Kind.RAM, ram.label
+        else:
+            kind, label = Kind.GAP, ""
+        slot = next((s.slot for s in src.memslots if s.range.contains(piece)), None)
+        seg = Segment(
+            range=piece,
+            kind=kind,
+            label=label,
+            numa_node=ram.numa_node if ram is not None and kind is not Kind.DEVICE else None,
+            described=_described(src, piece, kind, ram is not None),
+            memslot=slot,
+            flagged=any(f.overlaps(piece) for f in flagged),
+        )
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and (prev.kind, prev.label, prev.numa_node, prev.described, prev.memslot, prev.flagged)
+            == (seg.kind, seg.label, seg.numa_node, seg.described, seg.memslot, seg.flagged)
+            and lo not in _starts(src)
+        ):
+            out[-1] = Segment(
+                Range(prev.range.base, hi - prev.range.base),
+                prev.kind,
+                prev.label,
+                prev.numa_node,
+                prev.described,
+                prev.memslot,
+                prev.flagged,
+            )
+        else:
+            out.append(seg)
+    return tuple(out)
+
+
+def _starts(src: MapSource) -> frozenset[int]:
+    """Addresses where a memslot begins: a row always starts there."""
+    return frozenset(s.range.base for s in src.memslots)
+
+
+def region_detail(region: Range, structures: int, edge: int = DETAIL_EDGE) -> tuple[Structure, ...]:
+    """The first and last ``edge`` structures, an ellipsis between, then the unused tail."""
+    size = kvm.PVTIME_STRUCT_SIZE
+    count = min(structures, region.size // size)
+
+    def one(i: int) -> Structure:
+        return Structure(i, Range(kvm.pvtime_ipa(region.base, i), size))
+
+    if count <= 2 * edge + 1:
+        rows = [one(i) for i in range(count)]
+    else:
+        first = kvm.pvtime_ipa(region.base, edge)
+        skipped = count - 2 * edge
+        rows = [
+            *(one(i) for i in range(edge)),
+            Structure(None, Range(first, skipped * size), "...", skipped),
+            *(one(i) for i in range(count - edge, count)),
+        ]
+    used = count * size
+    if used < region.size:
+        rows.append(Structure(None, Range(region.base + used, region.size - used), "unused"))
+    return tuple(rows)
+
+
+def build(src: MapSource) -> AddressMap:
+    """The map of a source: segments, region detail and findings."""
+    return AddressMap(
+        source=src,
+        segments=segments(src),
+        detail=region_detail(src.region, src.structures),
+        findings=src.findings,
+    )
+
+
+def from_layout(lay: Layout) -> MapSource:
+    """A layout's map source; :func:`pvdesc.layout.verify`'s verdict becomes a finding."""
+    desc = lay.description
+    findings: list[Finding] = []
+    try:
+        verify(lay)
+    except LayoutError as err:
+        findings.append(Finding(err.message, lay.region))
+    facts = (
+        ("boot", str(desc.boot)),
+        ("ipa", f"{desc.ipa_bits}-bit"),
+        ("vcpus", f"{desc.vcpus} (max {desc.max_vcpus})"),
+        ("placement", str(lay.placement)),
+        ("describe", str(lay.describe)),
+        ("region memslot", str(lay.region_memslot)),
+    )
+    return MapSource(
+        title=desc.name,
+        facts=facts,
+        ram=tuple(Span(f"memory[{b.index}]", b.range, b.numa_node) for b in desc.memory),
+        devices=tuple(Span(d.name, d.range) for d in desc.devices),
+        memory_nodes=tuple(n.range for n in lay.memory_nodes),
+        reserved=lay.reserved,
+        acpi_claims=(lay.region,) if lay.describe is Describe.ACPI else (),
+        memslots=tuple(Slot(s.slot, s.range) for s in lay.memslots),
+        region=lay.region,
+        structures=desc.max_vcpus,
+        limit=desc.ipa_limit,
+        findings=tuple(findings),
+    )
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Where a size lands on a drawing axis.
+
+    Attributes:
+        offset: start, in drawing units.
+        length: length, in drawing units.
+        scaling: to scale, compressed (log) or enlarged (to the minimum).
+    """
+
+    offset: float
+    length: float
+    scaling: Scaling
+
+
+#: Above the cap, each e-fold of size adds this fraction of the cap.
+LOG_SLOPE = 0.35
+#: A compressed gap is drawn at most this many minimum extents long (before its log growth).
+GAP_CAP_MINIMA = 2.0
+
+
+def _stretch(x: float, cap: float, minimum: float) -> tuple[float, Scaling]:
+    """Linear up to ``cap``, logarithmic above (monotonic: a bigger size never draws shorter)."""
+    if x > cap:
+        return cap * (1 + LOG_SLOPE * math.log(x / cap)), Scaling.COMPRESSED
+    if x < minimum:
+        return minimum, Scaling.ENLARGED
+    return x, Scaling.TO_SCALE
+
+
+def scale(
+    sizes: Sequence[int],
+    target: float,
+    minimum: float,
+    *,
+    gaps: Sequence[bool] = (),
+    cap_fraction: float = 0.1,
+) -> tuple[Extent, ...]:
+    """Lay sizes end to end on an axis about ``target`` long.
+
+    When every size fits to scale (none shorter than ``minimum``, no gap
+    longer than its cap) the whole axis is linear.  Otherwise one
+    bytes-per-unit factor ``u`` is chosen by bisection so the total is
+    ``target``: sizes between ``minimum`` and ``cap_fraction * target`` units
+    are drawn to scale, larger ones log-compressed above the cap (order is
+    kept: a bigger size never draws shorter), smaller ones enlarged to
+    ``minimum`` so a label fits.  Sizes flagged in ``gaps`` have a much lower
+    cap (``GAP_CAP_MINIMA * minimum``): a hole is drawn short, with a break
+    mark, and never crowds out what is mapped.  If ``minimum`` per size
+    already exceeds ``target``, every size gets ``minimum``.
+    """
+    if not sizes:
+        return ()
+    cap = max(cap_fraction * target, minimum)
+    gap_cap = min(cap, GAP_CAP_MINIMA * minimum)
+    is_gap = [bool(gaps[i]) if i < len(gaps) else False for i in range(len(sizes))]
+
+    linear = sum(sizes) / target
+    if all(
+        s / linear >= minimum and not (g and s / linear > gap_cap)
+        for s, g in zip(sizes, is_gap, strict=True)
+    ):
+        return _linear(sizes, linear)
+
+    def stretch(i: int, u: float) -> tuple[float, Scaling]:
+        return _stretch(sizes[i] / u, gap_cap if is_gap[i] else cap, minimum)
+
+    def total(log_u: float) -> float:
+        u = math.exp(log_u)
+        return sum(stretch(i, u)[0] for i in range(len(sizes)))
+
+    lo, hi = -60.0, 60.0  # e**60 bytes per unit is far beyond any 52-bit space
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if total(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    u = math.exp(hi)
+    out: list[Extent] = []
+    offset = 0.0
+    for i in range(len(sizes)):
+        length, how = stretch(i, u)
+        out.append(Extent(offset, length, how))
+        offset += length
+    return tuple(out)
+
+
+def _linear(sizes: Sequence[int], u: float) -> tuple[Extent, ...]:
+    out: list[Extent] = []
+    offset = 0.0
+    for s in sizes:
+        out.append(Extent(offset, s / u, Scaling.TO_SCALE))
+        offset += s / u
+    return tuple(out)
+
+
+def from_dtb(
+    tree: DeviceTree, target: Target, boot: Boot, findings: Sequence[CheckFinding]
+) -> MapSource:
+    """A foreign DTB's map source: ``/memory`` is both the RAM and what the guest is told.
+
+    ``findings`` are :func:`pvdesc.check.check`'s; errors and warnings are shown
+    inline (informational ones are not problems).
+    """
+    memory = tuple(Span(e.source, e.range) for e in tree.memory)
+    limit = max([1 << target.ipa_bits, *(s.range.end for s in memory)])
+    limit = max([limit, target.region.end, *(d.range.end for d in tree.devices)])
+    facts = (
+        ("dtb", tree.file),
+        ("boot", str(boot)),
+        ("ipa", f"{target.ipa_bits}-bit"),
+        ("vcpus", str(len(target.vcpu_ipas))),
+        ("region from", target.source),
+    )
+    return MapSource(
+        title=tree.file.rsplit("/", 1)[-1],
+        facts=facts,
+        ram=memory,
+        devices=tuple(Span(e.source, e.range) for e in tree.devices),
+        memory_nodes=tuple(s.range for s in memory),
+        reserved=tuple(r.range for r in tree.reserved if r.no_map),
+        acpi_claims=(),
+        memslots=tuple(Slot(m.slot, m.range) for m in target.memslots or ()),
+        region=target.region,
+        structures=len(target.vcpu_ipas),
+        limit=limit,
+        findings=tuple(
+            Finding(f"{f.code}: {f.message}", f.range)
+            for f in findings
+            if f.severity is not Severity.INFO
+        ),
+    )
