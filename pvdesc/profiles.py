@@ -259,8 +259,12 @@ KVMTOOL_GIC_REDIST_PER_VCPU = 0x20000
 #: ``ARM_PVTIME_SIZE SZ_64K`` (arm/include/arm-common/kvm-arch.h, arm/aarch64/pvtime.c).
 KVMTOOL_PVTIME = MemMapEntry("ARM_PVTIME_BASE", 0x01020000, 0x00010000)
 #: layouts §2: ``ARM_MEMORY_AREA 0x80000000``; the RAM base may not go below it
-#: (arm/aarch64/kvm.c:44-57).  It is moved with ``--mem SIZE@ADDR`` (builtin-run.c
-#: ``mem_parser``, ARCH_HAS_CFG_RAM_ADDRESS; the reference calls it "--ram-addr").
+#: (arm/aarch64/kvm.c:44-57).  It is moved with ``-m/--mem size[@addr]``: builtin-run.c
+#: ``mem_parser`` with ``ARCH_HAS_CFG_RAM_ADDRESS``, from "[PATCH v3 kvmtool 13/13] arm64:
+#: Allow the user to specify the RAM base address" (Alexandru Elisei,
+#: <20220525112345.121321-14-alexandru.elisei@arm.com>, reviewed by Andre Przywara), which
+#: also dies with "RAM address is below the I/O region" under 2 GiB.  The reference's
+#: "--ram-addr" is loose wording for this option.
 KVMTOOL_RAM_BASE = 0x80000000
 
 KVMTOOL = Profile(
