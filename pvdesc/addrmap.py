@@ -450,7 +450,7 @@ def from_dtb(
     ``findings`` are :func:`pvdesc.check.check`'s; errors and warnings are shown
     inline (informational ones are not problems).
     """
-    memory = tuple(Span(e.source, e.range) for e in tree.memory)
+    memory = tuple(Span(e.source, e.range, e.numa_node) for e in tree.memory)
     limit = max([1 << target.ipa_bits, *(s.range.end for s in memory)])
     limit = max([limit, target.region.end, *(d.range.end for d in tree.devices)])
     facts = (

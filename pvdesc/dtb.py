@@ -68,11 +68,13 @@ class RegEntry:
         path: the node's full path, e.g. ``/memory@40000000``.
         index: the entry's position in ``reg`` (0-based).
         range: the translated guest-physical range.
+        numa_node: a memory node's ``numa-node-id`` (one u32 cell), else ``None``.
     """
 
     path: str
     index: int
     range: Range
+    numa_node: int | None = None
 
     @property
     def source(self) -> str:
@@ -355,7 +357,11 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 reusable = _getprop(buf, off, "reusable") is not None
                 reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
             elif _getprop(buf, off, "device_type") == b"memory\0":
-                memory.extend(RegEntry(path, i, r) for i, r in entries)
+                raw_node = _getprop(buf, off, "numa-node-id")
+                if raw_node is not None and len(raw_node) != 4:
+                    raise _err(file, f"{path}: numa-node-id must be one u32 cell")
+                node = int.from_bytes(raw_node, "big") if raw_node is not None else None
+                memory.extend(RegEntry(path, i, r, node) for i, r in entries)
             else:
                 devices.extend(RegEntry(path, i, r) for i, r in entries)
         off, depth = libfdt.fdt_next_node(buf, off, depth)
