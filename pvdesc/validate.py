@@ -162,16 +162,20 @@ def discover(paths: Sequence[str]) -> tuple[str, ...]:
 
     A directory is searched recursively (symlinked folders are not followed;
     hidden files and folders are skipped); a file given by name is taken
-    whatever its suffix.  A path that does not exist, or finding nothing at
-    all, is a :class:`ValidateUsageError`.
+    whatever its suffix.  A path that does not exist, a folder that cannot be
+    read, or finding nothing at all, is a :class:`ValidateUsageError`.
     """
     if not paths:
         raise ValidateUsageError("no paths given: name description files or folders")
     found: dict[str, str] = {}
+
+    def unreadable(exc: OSError) -> None:
+        raise ValidateUsageError(f"cannot read folder: {exc.strerror}", str(exc.filename))
+
     for arg in paths:
         root = Path(arg)
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
+            for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 for name in filenames:
                     if _is_description(name):
