@@ -47,7 +47,6 @@ from pvdesc.validate import FileReport, Report
 from pvdesc.validators import INSTALL
 
 FORMAT = "pvdesc.validate/1"
-FORMATS = ("text", "json", "github")
 JUNIT_CLASSNAME = "pvdesc.validate"
 SUITE_NAME = "pvdesc validate"
 

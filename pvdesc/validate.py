@@ -62,7 +62,8 @@ class Externals:
         enabled: the validators that run, in :class:`~pvdesc.validators.Validator` order.
         missing: with ``auto``, the validators skipped because a program is missing,
             as ``(validator, missing program names)``.
-        schema: the compiled dtschema file when dt-validate runs, else ``None``.
+        schema: the compiled dtschema file when dt-validate runs (a temporary file that
+            lives as long as the run), else ``None``.
     """
 
     mode: str
