@@ -84,6 +84,7 @@ _EFI_RE = re.compile(r"efi:\s+0x(?P<lo>[0-9a-f]+)-0x(?P<hi>[0-9a-f]+) \[(?P<kind
 _RANGE_RE = re.compile(
     r"(?:0x)?(?P<lo>[0-9a-fA-F]{8,16})\s*(?:-|\.\.)\s*(?:0x)?(?P<hi>[0-9a-fA-F]{8,16})\b"
 )
+_KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
 _DT_RE = re.compile(r"^(?P<path>[^\s:][^:]*):(?P<hex>(?: [0-9a-f]{2})*)\s*$")
 
 
@@ -274,7 +275,7 @@ class Report:
             if not g.passed:
                 seen = STATUS_TEXT[g.status]
                 if g.status.safe:
-                    seen += f", not {STATUS_TEXT[g.expected]} as described"
+                    seen += f", but the description makes it {STATUS_TEXT[g.expected]}"
                 out.append(f"granule {g.range} is {seen}")
         out += [f"{c.name}: {c.message}" for c in self.checks if not c.passed]
         return tuple(out)
@@ -481,7 +482,8 @@ def prove_file(
 
 
 def log_lines(serial: str) -> tuple[str, ...]:
-    """The kernel log: serial lines outside the ``/init`` marker sections."""
+    """The kernel log: serial lines outside the ``/init`` marker sections, and timestamped
+    kernel lines that the console interleaved into them."""
     out: list[str] = []
     skip_until: str | None = None
     ends = {guest.IOMEM_BEGIN: guest.IOMEM_END, guest.DT_BEGIN: guest.DT_END}
@@ -490,6 +492,8 @@ def log_lines(serial: str) -> tuple[str, ...]:
         if skip_until is not None:
             if line == skip_until:
                 skip_until = None
+            elif _KERNEL_LINE_RE.match(line):
+                out.append(line)
             continue
         if line in ends:
             skip_until = ends[line]
