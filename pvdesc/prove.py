@@ -664,8 +664,21 @@ def _boot_path(boot: Boot, lines: Sequence[str]) -> Check:
     return Check("boot-path", True, f"the guest booted as {boot} says", tuple(found))
 
 
-def _memory(lay: Layout, iomem: Sequence[guest.IomemEntry], efi: Sequence[EfiRegion],
-            dt: GuestDt) -> Check:  # fmt: skip
+def _by_node(pairs: Iterable[tuple[int | None, Range]]) -> dict[int | None, tuple[Range, ...]]:
+    grouped: dict[int | None, list[Range]] = {}
+    for node, r in pairs:
+        grouped.setdefault(node, []).append(r)
+    return {node: merged(rs) for node, rs in grouped.items()}
+
+
+def _nodes_text(nodes: dict[int | None, tuple[Range, ...]]) -> str:
+    return ", ".join(f"node {n}: {_ranges(rs)}" for n, rs in sorted(nodes.items(), key=str))
+
+
+def _memory(
+    lay: Layout, iomem: Sequence[guest.IomemEntry], efi: Sequence[EfiRegion], dt: GuestDt
+) -> Check:
+    """The guest's RAM, from every source it printed, against the layout's ``/memory``."""
     ours = merged(n.range for n in lay.memory_nodes)
     mmio = [r.range for r in efi if r.kind in EFI_MMIO]
     ram = [e.range for e in iomem if e.depth == 0 and e.name in ("System RAM", "reserved")]
@@ -680,21 +693,17 @@ def _memory(lay: Layout, iomem: Sequence[guest.IomemEntry], efi: Sequence[EfiReg
     with_dt = boot is not Boot.UEFI_ACPI
     if with_dt:
         sources.append(("devicetree /memory", merged(m.range for m in dt.memory)))
-    bad = [(name, got) for name, got in sources if got != ours]
+    bad = [f"{name} shows {_ranges(got)}" for name, got in sources if got != ours]
     evidence = tuple(Evidence("devicetree", ln) for ln in dt.lines if ln.startswith("memory"))
     if not bad and with_dt:
-        by_node = {
-            n: merged(m.range for m in dt.memory if m.numa_node == n)
-            for n in {m.numa_node for m in dt.memory}
-        }
-        want = {
-            n: merged(m.range for m in lay.memory_nodes if m.numa_node == n)
-            for n in {m.numa_node for m in lay.memory_nodes}
-        }
-        if by_node != want:
-            bad.append(("devicetree numa-node-id", ()))
+        seen = _by_node((m.numa_node, m.range) for m in dt.memory)
+        want = _by_node((m.numa_node, m.range) for m in lay.memory_nodes)
+        if seen != want:
+            bad.append(
+                f"devicetree numa-node-id gives {_nodes_text(seen)}, not {_nodes_text(want)}"
+            )
     if bad:
-        what = "; ".join(f"{name} shows {_ranges(got)}" for name, got in bad)
+        what = "; ".join(bad)
         return Check(
             "memory",
             False,
@@ -725,16 +734,13 @@ def _ssdt(lay: Layout, lines: Sequence[str]) -> Check:
         for what, rx in (("installed", installed), ("claimed", claimed))
     }
     evidence = tuple(Evidence("kernel log", ln) for ln in found.values() if ln is not None)
-    missing = [what for what, ln in found.items() if ln is None]
+    problems = {
+        "installed": "installed from the initrd",
+        "claimed": f"used: no PNP0C02 reservation of {region}",
+    }
+    missing = [problems[what] for what, ln in found.items() if ln is None]
     if missing:
-        return Check(
-            "ssdt",
-            False,
-            "the SSDT was not "
-            + " and ".join("installed from the initrd" if m == "installed" else
-                           f"used: no PNP0C02 reservation of {region}" for m in missing),
-            evidence,
-        )  # fmt: skip
+        return Check("ssdt", False, "the SSDT was not " + " and ".join(missing), evidence)
     return Check(
         "ssdt",
         True,
