@@ -107,6 +107,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FINDINGS
 
 
+def cmd_prove(args: argparse.Namespace) -> int:
+    from pvdesc import prove
+
+    report = prove.prove_file(args.description, args.kernel, args.timeout)
+    sys.stdout.write(prove.to_json(report) if args.format == "json" else prove.to_text(report))
+    return EXIT_OK if report.passed else EXIT_FINDINGS
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -194,6 +202,31 @@ def make_parser() -> argparse.ArgumentParser:
         "--no-external runs none (default: those whose tools exist, named in the summary)",
     )
     v.set_defaults(func=cmd_validate)
+
+    pr = sub.add_parser(
+        "prove",
+        help="boot a real arm64 guest (QEMU TCG) with the outputs and read what it believes",
+        description="Build the outputs in a temporary directory, boot Debian's arm64 kernel "
+        "under qemu-system-aarch64 (TCG) with them the way the description boots, and report "
+        "what the guest made of each 64 KiB granule of the region (/proc/iomem, kernel log). "
+        "Exit 0 pass, 1 fail, 2 unusable input or no result (missing QEMU or kernel, timeout). "
+        "The guest parts come from scripts/fetch-guest.",
+    )
+    pr.add_argument("description", help="the VM description (YAML)")
+    pr.add_argument(
+        "--kernel",
+        metavar="VMLINUZ",
+        help="arm64 kernel image to boot (default: the one scripts/fetch-guest caches)",
+    )
+    pr.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="kill the guest (QEMU's process group) after this long (default 120)",
+    )
+    pr.add_argument("--format", choices=["text", "json"], default="text")
+    pr.set_defaults(func=cmd_prove)
     return parser
 
 

@@ -67,3 +67,7 @@ class ToolError(PvdescError):
 
 class OutputError(PvdescError):
     """Outputs cannot be written where they were asked for."""
+
+
+class ProveError(PvdescError):
+    """A description ``pvdesc prove`` cannot boot truthfully (QEMU virt cannot represent it)."""

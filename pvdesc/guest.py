@@ -6,8 +6,9 @@ The reusable machinery behind the boot tests (and a later ``pvdesc prove``):
   ``scripts/fetch-guest`` unpacks into a cache directory outside the repository;
 - :func:`newc_archive`, :func:`initramfs`, :func:`acpi_table_archive`: a newc
   cpio initramfs built in pure Python whose ``/init`` (``templates/guest-init.sh.j2``)
-  prints markers around ``cat /proc/iomem`` and powers off; ACPI tables go in
-  an uncompressed archive placed first, under ``kernel/firmware/acpi/``
+  prints markers around ``cat /proc/iomem`` and around the ``/memory`` and
+  ``/reserved-memory`` properties of the devicetree the kernel saw, then powers
+  off; ACPI tables go in an uncompressed archive placed first, under ``kernel/firmware/acpi/``
   (Linux ``initrd_table_override.rst``; e2e-boot.md "UEFI + ACPI boot");
 - :func:`boot`: QEMU (TCG, ``virt``) in its own process group with a timeout;
   on timeout the whole group is killed.  Direct DT boot (``-dtb``) or UEFI
@@ -45,6 +46,14 @@ QEMU_VIRT_RAM_BASE = 0x40000000
 #: Printed by the guest's /init around ``cat /proc/iomem``.
 IOMEM_BEGIN = "PVDESC-IOMEM-BEGIN"
 IOMEM_END = "PVDESC-IOMEM-END"
+#: Printed around the guest's devicetree memory properties (``od`` hex dumps of
+#: ``/sys/firmware/devicetree/base/{memory*,reserved-memory/*}``).
+DT_BEGIN = "PVDESC-DT-BEGIN"
+DT_END = "PVDESC-DT-END"
+#: The install commands named when a part is missing.
+QEMU_INSTALL = "apt-get install qemu-system-arm"
+UEFI_INSTALL = "apt-get install qemu-efi-aarch64"
+FETCH_GUEST = "scripts/fetch-guest"
 #: Where Linux looks for upgrade/extra ACPI tables in the first (uncompressed) initrd archive.
 ACPI_TABLE_DIR = "kernel/firmware/acpi"
 #: Seconds a boot may take before the QEMU process group is killed (one boot is ~20 s).
@@ -96,7 +105,11 @@ class Machine:
         dtb: a DTB to pass with ``-dtb`` (direct DT boots), or ``None`` for QEMU's own.
         append: the kernel command line.
         cpu: the ``-cpu`` model.
-        extra: further QEMU arguments.
+        extra: further QEMU arguments for the boot only.
+        machine: the ``-machine`` value (``virt`` and its options).
+        maxcpus: possible vCPUs (``-smp N,maxcpus=M``), or ``None``.
+        shape: arguments that shape the machine (NUMA memory backends and nodes),
+            given to ``dumpdtb`` and to the boot alike so both see the same RAM.
     """
 
     memory: int
@@ -106,6 +119,9 @@ class Machine:
     append: str = "console=ttyAMA0"
     cpu: str = "max"
     extra: tuple[str, ...] = field(default_factory=tuple)
+    machine: str = "virt"
+    maxcpus: int | None = None
+    shape: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -131,11 +147,13 @@ class BootResult:
         serial: everything the guest wrote to the serial console.
         returncode: QEMU's exit status.
         iomem: the parsed ``/proc/iomem`` the guest printed.
+        argv: the QEMU command line that ran (its temporary paths are gone).
     """
 
     serial: str
     returncode: int
     iomem: tuple[IomemEntry, ...]
+    argv: tuple[str, ...] = ()
 
 
 def cache_dir() -> Path:
@@ -150,7 +168,7 @@ def find_parts(directory: Path | None = None) -> GuestParts:
     kernel, busybox = d / "vmlinuz", d / "busybox"
     for p in (kernel, busybox):
         if not p.is_file():
-            raise ToolError("guest kernel/busybox missing: run scripts/fetch-guest", str(p))
+            raise ToolError(f"guest kernel/busybox missing: run {FETCH_GUEST}", str(p))
     pkg = d / "kernel-package"
     return GuestParts(kernel, busybox, pkg.read_text().strip() if pkg.is_file() else "")
 
@@ -177,8 +195,10 @@ def newc_archive(files: Sequence[CpioFile]) -> bytes:
 
 
 def init_script() -> str:
-    """The guest's ``/init``: markers around ``cat /proc/iomem``, then poweroff."""
-    return templating.render("guest-init.sh.j2", begin=IOMEM_BEGIN, end=IOMEM_END)
+    """The guest's ``/init``: ``/proc/iomem`` and the DT memory nodes between markers; poweroff."""
+    return templating.render(
+        "guest-init.sh.j2", begin=IOMEM_BEGIN, end=IOMEM_END, dt_begin=DT_BEGIN, dt_end=DT_END
+    )
 
 
 def initramfs(busybox: bytes) -> bytes:
@@ -253,22 +273,44 @@ def run_group(argv: Sequence[str], timeout: float, cwd: Path | None = None) -> P
 
 
 def qemu() -> str:
-    """The path of ``qemu-system-aarch64``; :class:`ToolError` naming the package when missing."""
+    """The path of ``qemu-system-aarch64``; :class:`ToolError` naming the install command."""
     path = shutil.which(QEMU)
     if path is None:
-        raise ToolError("not found on PATH; install the Debian package qemu-system-arm", QEMU)
+        raise ToolError(f"not found on PATH; install it with: {QEMU_INSTALL}", QEMU)
     return path
 
 
-def _size_arg(size: int) -> str:
-    if size % (1 << 20):
-        raise ToolError(f"QEMU -m needs a whole number of MiB, not {size:#x} bytes", QEMU)
-    return f"{size >> 20}M"
+#: QEMU rounds ``-m`` up to a multiple of 8 KiB (softmmu/vl.c ``set_memory_options``).
+QEMU_RAM_ALIGN = 8 << 10
+
+
+def qemu_size(size: int) -> str:
+    """A RAM size as QEMU takes it exactly: ``NM`` for whole MiB, else ``NK``.
+
+    QEMU would silently round any other size up (``QEMU_RAM_ALIGN``), so refuse it.
+    """
+    if size <= 0 or size % QEMU_RAM_ALIGN:
+        raise ToolError(f"QEMU RAM sizes are multiples of 8 KiB, not {size:#x} bytes", QEMU)
+    return f"{size >> 20}M" if size % (1 << 20) == 0 else f"{size >> 10}K"
 
 
 def machine_args(m: Machine) -> list[str]:
-    """``-machine``, ``-cpu``, ``-smp`` and ``-m`` for ``m`` (shared by boot and dumpdtb)."""
-    return ["-machine", "virt", "-cpu", m.cpu, "-smp", str(m.smp), "-m", _size_arg(m.memory)]
+    """``-machine``, ``-cpu``, ``-smp``, ``-m`` and ``shape`` (shared by boot and dumpdtb)."""
+    smp = str(m.smp) if m.maxcpus is None else f"{m.smp},maxcpus={m.maxcpus}"
+    args = ["-machine", m.machine, "-cpu", m.cpu, "-smp", smp, "-m", qemu_size(m.memory)]
+    return [*args, *m.shape]
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` as one printable line for an error message (ANSI escapes, controls dropped)."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text[:limit] or "no output"
+
+
+def _last_line(output: str) -> str:
+    lines = [ln for ln in (one_line(x) for x in output.splitlines()) if ln != "no output"]
+    return lines[-1] if lines else "no output"
 
 
 def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
@@ -276,10 +318,10 @@ def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
     with tempfile.TemporaryDirectory(prefix="pvdesc-dumpdtb-") as tmp:
         out = Path(tmp) / "virt.dtb"
         args = machine_args(m)
-        args[1] = f"virt,dumpdtb={out}"
+        args[1] = f"{m.machine},dumpdtb={out}"
         res = run_group([qemu(), *args, "-display", "none", "-nodefaults"], timeout)
         if res.timed_out or not out.is_file():
-            raise ToolError(f"dumpdtb failed: {res.output.strip()[:200]}", QEMU)
+            raise ToolError(f"dumpdtb failed: {one_line(res.output)}", QEMU)
         return out.read_bytes()
 
 
@@ -299,8 +341,7 @@ def boot(m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIM
         if m.uefi:
             if not UEFI_FIRMWARE.is_file():
                 raise ToolError(
-                    "EDK2 firmware missing; install the Debian package qemu-efi-aarch64",
-                    str(UEFI_FIRMWARE),
+                    f"EDK2 firmware missing; install it with: {UEFI_INSTALL}", str(UEFI_FIRMWARE)
                 )
             code, vars_ = work / "efi.fd", work / "vars.fd"
             shutil.copyfile(UEFI_FIRMWARE, code)
@@ -315,20 +356,30 @@ def boot(m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIM
         argv += ["-append", m.append, *m.extra]
         res = run_group(argv, timeout, cwd=work)
     if res.timed_out:
-        tail = res.output.strip().splitlines()[-1:] or ["no output"]
-        raise ToolError(f"guest did not power off within {timeout:g} s; last line: {tail[0]}", QEMU)
-    return BootResult(res.output, res.returncode, parse_iomem(iomem_text(res.output)))
+        raise ToolError(
+            f"guest did not power off within {timeout:g} s (QEMU's process group was killed); "
+            f"last line: {_last_line(res.output)}",
+            QEMU,
+        )
+    return BootResult(res.output, res.returncode, parse_iomem(iomem_text(res.output)), tuple(argv))
+
+
+def section(serial: str, begin: str, end: str) -> str | None:
+    """The text between the ``begin`` and ``end`` marker lines of a serial log, or ``None``."""
+    text = serial.replace("\r\n", "\n")
+    start = text.find(begin + "\n")
+    stop = text.find(end, start + 1)
+    if start < 0 or stop < 0:
+        return None
+    return text[start + len(begin) + 1 : stop]
 
 
 def iomem_text(serial: str) -> str:
     """The ``/proc/iomem`` text between the markers in a serial log."""
-    text = serial.replace("\r\n", "\n")
-    begin = text.find(IOMEM_BEGIN + "\n")
-    end = text.find(IOMEM_END, begin + 1)
-    if begin < 0 or end < 0:
-        tail = text.strip().splitlines()[-1:] or ["no output"]
-        raise ToolError(f"guest printed no /proc/iomem; last line: {tail[0]}", QEMU)
-    return text[begin + len(IOMEM_BEGIN) + 1 : end]
+    text = section(serial, IOMEM_BEGIN, IOMEM_END)
+    if text is None:
+        raise ToolError(f"guest printed no /proc/iomem; last line: {_last_line(serial)}", QEMU)
+    return text
 
 
 def parse_iomem(text: str) -> tuple[IomemEntry, ...]:
