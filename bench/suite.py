@@ -1,0 +1,617 @@
+"""``bench/run``: pvdesc's speed against dtc and iasl, and its own targets, in one run.
+
+Every figure is the median of repeated runs (one warm-up run first, not counted).
+Command-line figures are wall times of a fresh process, interpreter start included.
+
+1. ``pvdesc build`` of a large VM (``bench/data/large-vm.yaml``: 512 vCPUs, 16 NUMA
+   banks, 200 devices, boot uefi-acpi: DTS/DTB, SSDT + SRAT compiled by iasl,
+   hypervisor config, C and Rust): the command's wall time; in-process, split into
+   pvdesc's own time and iasl's (:func:`pvdesc.acpica.timing`); and, as the
+   baseline, ``dtc -I dts -O dtb`` plus ``iasl`` on the very files it wrote.
+   Figure: pvdesc / (dtc + iasl), target <= 1.5.
+2. ``pvdesc check`` on QEMU's dumped DTB (``-machine virt,dumpdtb=`` with 512
+   vCPUs; QEMU writes a 1 MiB blob) and on a generated 10,000-node DTB; the
+   overlap sweep on 10k and 100k ranges and its growth (n log n predicts
+   10 * log(100k) / log(10k) = 12.5; n^2 would be 100).
+3. ``pvdesc --version`` cold start, and which modules it imports (``-X importtime``).
+4. ``pvdesc validate examples/`` with ``--jobs 1`` and ``--jobs 2`` (when the
+   installed pvdesc has ``validate``).
+
+``--quick`` runs everything once on smaller inputs (to keep this script working;
+its figures mean nothing).  Results go to a table on stdout and to JSON
+(``bench/results.json`` or ``--json PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import inputs
+
+import pvdesc
+from pvdesc import acpica, build, check, dtb
+from pvdesc.model import Range
+
+ROOT = Path(__file__).resolve().parent.parent
+FORMAT = "pvdesc.bench/1"
+DEFAULT_JSON = ROOT / "bench" / "results.json"
+#: Any one external command may take this long before the benchmark gives up.
+TIMEOUT = 300.0
+#: Modules ``pvdesc --version`` must not import (each costs tens of milliseconds).
+HEAVY_MODULES = ("yaml", "jinja2", "jsonschema", "libfdt", "fdt", "pvdesc.build", "pvdesc.check")
+#: The region and vCPU count ``pvdesc check`` audits (QEMU's VIRT_PVTIME).
+REGION = "0x090a0000:64K"
+
+
+@dataclass
+class Result:
+    """One row of the table.
+
+    Attributes:
+        key: stable JSON key.
+        what: the row's label.
+        value: median seconds (unit ``s``) or a ratio (unit ``x``); ``None`` if skipped.
+        unit: ``s`` or ``x``.
+        limit: the target's upper bound in the same unit, or ``None`` (information only).
+        note: why it was skipped, or what the target means.
+        detail: extra figures for the JSON (sizes, every sample, ...).
+    """
+
+    key: str
+    what: str
+    value: float | None
+    unit: str
+    limit: float | None = None
+    note: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.value is None:
+            return "skipped"
+        if self.limit is None:
+            return "info"
+        return "pass" if self.value <= self.limit else "miss"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "value": self.value,
+            "unit": self.unit,
+            "target": self.limit,
+            "status": self.status,
+            "note": self.note,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Config:
+    """How big and how often.
+
+    Attributes:
+        quick: one repeat, small inputs.
+        repeats: timed runs per figure (after one warm-up).
+        slow_repeats: timed runs of the 100k sweep.
+    """
+
+    quick: bool
+    repeats: int
+    slow_repeats: int
+
+    @property
+    def vcpus(self) -> int:
+        return 64 if self.quick else 512
+
+    @property
+    def banks(self) -> int:
+        return 4 if self.quick else 16
+
+    @property
+    def devices(self) -> int:
+        return 20 if self.quick else 200
+
+    @property
+    def buses(self) -> int:
+        return 10 if self.quick else 100
+
+    @property
+    def sweep_small(self) -> int:
+        return 1_000 if self.quick else 10_000
+
+    @property
+    def sweep_large(self) -> int:
+        return 10_000 if self.quick else 100_000
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def samples(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` (after one untimed warm-up call)."""
+    if warmup:
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def run(argv: Sequence[str], *, ok: Sequence[int] = (0,), cwd: Path | None = None) -> str:
+    """Run a command (no shell, with a timeout); its stdout, or RuntimeError."""
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        cwd=cwd,
+    )
+    if proc.returncode not in ok:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {' | '.join(tail)}")
+    return proc.stdout + proc.stderr
+
+
+def timed_command(
+    argv: Sequence[str], repeats: int, *, ok: Sequence[int] = (0,), cwd: Path | None = None
+) -> list[float]:
+    return samples(lambda: run(argv, ok=ok, cwd=cwd), repeats)
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def pvdesc_cmd() -> list[str]:
+    """The installed ``pvdesc`` entry point next to this interpreter (what users run)."""
+    script = Path(sys.executable).parent / "pvdesc"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "pvdesc.cli"]
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def tool_version(argv: Sequence[str], pattern: str) -> str | None:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        text = run(argv, ok=range(256))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(pattern, text)
+    return m.group(0) if m else _first_line(text)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 0
+    commit = None
+    if shutil.which("git"):
+        try:
+            commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).strip()
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            commit = None
+    return {
+        "cpu": cpu,
+        "cores": usable,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "pvdesc": pvdesc.__version__,
+        "commit": commit,
+        "tools": {
+            "dtc": tool_version(["dtc", "--version"], r"\d+\.\d+\.\d+"),
+            "iasl": tool_version(["iasl", "-v"], r"version \d+"),
+            "qemu-system-aarch64": tool_version(
+                ["qemu-system-aarch64", "--version"], r"version \S+"
+            ),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- 1. build
+
+
+def bench_build(cfg: Config, work: Path) -> list[Result]:
+    """pvdesc build (CLI wall; in-process own vs iasl) against dtc + iasl on its outputs."""
+    if cfg.quick:
+        desc = work / "large-vm.yaml"
+        desc.write_text(inputs.large_vm_yaml(cfg.vcpus, cfg.banks, cfg.devices))
+    else:
+        desc = inputs.LARGE_VM
+    size = f"{cfg.vcpus} vCPUs, {cfg.banks} NUMA banks, {cfg.devices} devices"
+    out_cli = work / "build-cli"
+    cli = timed_command([*pvdesc_cmd(), "build", str(desc), "-o", str(out_cli), "-q"], cfg.repeats)
+
+    out = work / "build"
+    totals: list[float] = []
+    iasl_in: list[float] = []
+    runs = 0
+
+    def once() -> None:
+        nonlocal runs
+        with acpica.timing() as times:
+            start = time.perf_counter()
+            build.build(desc, out)
+            totals.append(time.perf_counter() - start)
+        iasl_in.append(times.total)
+        runs = len(times.runs)
+
+    once()  # warm-up: imports, template compilation
+    totals.clear()
+    iasl_in.clear()
+    for _ in range(cfg.repeats):
+        once()
+    own = [t - i for t, i in zip(totals, iasl_in, strict=True)]
+
+    result = build.plan(desc)
+    name = result.layout.description.name
+    dts = out / f"{name}.dts"
+    dsl = sorted(out.glob(f"{name}.*.dsl"))
+    dtc_s = timed_command(
+        ["dtc", "-I", "dts", "-O", "dtb", "-o", str(work / "dtc.dtb"), str(dts)], cfg.repeats
+    )
+    iasl = acpica.tool("iasl")
+    base = work / "iasl"
+    base.mkdir(exist_ok=True)
+    per_table = []
+    for src in dsl:
+        # pvdesc's own flags (acpica.compile_asl); the output prefix keeps the AML here.
+        argv = [iasl, "-vs", "-vi", "-we", "-p", str(base / src.stem), str(src)]
+        per_table.append(timed_command(argv, cfg.repeats))
+    iasl_s = [sum(col) for col in zip(*per_table, strict=True)]
+    baseline = [d + i for d, i in zip(dtc_s, iasl_s, strict=True)]
+    ratio_cli = median(cli) / median(baseline)
+    ratio_in = median(totals) / median(baseline)
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+    return [
+        Result(
+            "build.cli",
+            f"pvdesc build, command wall ({size})",
+            median(cli),
+            "s",
+            detail={"samples": cli, "outputs": files},
+        ),
+        Result(
+            "build.inprocess",
+            "pvdesc build, in-process (imports warm)",
+            median(totals),
+            "s",
+            detail={"samples": totals},
+        ),
+        Result(
+            "build.own",
+            "  of which pvdesc's own time",
+            median(own),
+            "s",
+            detail={"samples": own},
+        ),
+        Result(
+            "build.iasl",
+            f"  of which iasl ({runs} runs)",
+            median(iasl_in),
+            "s",
+            detail={"samples": iasl_in},
+        ),
+        Result(
+            "baseline.dtc",
+            "dtc -I dts -O dtb on its .dts",
+            median(dtc_s),
+            "s",
+            detail={"samples": dtc_s},
+        ),
+        Result(
+            "baseline.iasl",
+            f"iasl on its {len(dsl)} .dsl files",
+            median(iasl_s),
+            "s",
+            detail={"samples": iasl_s, "files": [p.name for p in dsl]},
+        ),
+        Result(
+            "build.ratio_cli",
+            "pvdesc build wall / (dtc + iasl)",
+            ratio_cli,
+            "x",
+            1.5,
+            "fresh process: interpreter start and imports included",
+        ),
+        Result(
+            "build.ratio_inprocess",
+            "pvdesc build in-process / (dtc + iasl)",
+            ratio_in,
+            "x",
+            1.5,
+            "library call with imports already done",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- 2. check
+
+
+def qemu_dtb(cfg: Config, path: Path) -> str | None:
+    """Dump QEMU virt's DTB to ``path``; ``None`` or the reason it could not."""
+    qemu = shutil.which("qemu-system-aarch64")
+    if qemu is None:
+        return "qemu-system-aarch64 not found"
+    smp = 8 if cfg.quick else 512
+    argv = [
+        qemu,
+        "-machine",
+        f"virt,gic-version=3,dumpdtb={path}",
+        "-cpu",
+        "max",
+        "-smp",
+        str(smp),
+        "-m",
+        "4G",
+        "-nic",
+        "none",
+        "-nographic",
+    ]
+    try:
+        run(argv)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return f"QEMU could not dump its DTB: {exc}"
+    return None if path.is_file() else "QEMU wrote no DTB"
+
+
+def _check_argv(path: Path, vcpus: int) -> list[str]:
+    return [*pvdesc_cmd(), "check", "--dtb", str(path), "--region", REGION, "--vcpus", str(vcpus)]
+
+
+def _sweep_all(ranges: Sequence[Range]) -> int:
+    """Every overlapping pair of ``ranges`` with itself (each range overlaps itself)."""
+    return sum(1 for _ in check.sweep_overlaps(ranges, ranges))
+
+
+def bench_check(cfg: Config, work: Path) -> list[Result]:
+    out: list[Result] = []
+    qpath = work / "qemu-virt.dtb"
+    why = qemu_dtb(cfg, qpath)
+    label = "pvdesc check, QEMU virt dumpdtb (wall)"
+    if why is not None:
+        out.append(Result("check.qemu_dtb", label, None, "s", 0.150, f"skipped: {why}"))
+    else:
+        blob = qpath.read_bytes()
+        tree = dtb.parse(blob, str(qpath))
+        used = int.from_bytes(blob[36:40], "big") + int.from_bytes(blob[12:16], "big")
+        wall = timed_command(_check_argv(qpath, 8 if cfg.quick else 512), cfg.repeats)
+        out.append(
+            Result(
+                "check.qemu_dtb",
+                f"{label}, {len(blob) // 1024} KiB, {tree.node_count} nodes",
+                median(wall),
+                "s",
+                0.150,
+                detail={
+                    "samples": wall,
+                    "file_bytes": len(blob),
+                    "totalsize": int.from_bytes(blob[4:8], "big"),
+                    "struct_and_strings_end": used,
+                    "nodes": tree.node_count,
+                },
+            )
+        )
+    blob = inputs.nested_dtb(cfg.buses, 99)
+    npath = work / "nested.dtb"
+    npath.write_bytes(blob)
+    nodes = dtb.parse(blob, str(npath)).node_count
+    wall = timed_command(_check_argv(npath, 512), cfg.repeats)
+    out.append(
+        Result(
+            "check.nodes_10k",
+            f"pvdesc check, generated DTB, {nodes} nodes (wall)",
+            median(wall),
+            "s",
+            0.5,
+            detail={"samples": wall, "bytes": len(blob), "nodes": nodes},
+        )
+    )
+    medians: dict[int, float] = {}
+    for key, n, limit in (
+        ("sweep.small", cfg.sweep_small, None),
+        ("sweep.large", cfg.sweep_large, 1.0),
+    ):
+        ranges = inputs.random_ranges(n)
+        pairs = _sweep_all(ranges)
+        reps = cfg.repeats if n == cfg.sweep_small else cfg.slow_repeats
+        t = samples(functools.partial(_sweep_all, ranges), reps)
+        medians[n] = median(t)
+        out.append(
+            Result(
+                key,
+                f"overlap sweep, {n:,} x {n:,} ranges",
+                median(t),
+                "s",
+                limit,
+                detail={"samples": t, "ranges": n, "overlapping_pairs": pairs},
+            )
+        )
+    small, large = cfg.sweep_small, cfg.sweep_large
+    nlogn = (large * math.log(large)) / (small * math.log(small))
+    quadratic = (large / small) ** 2
+    out.append(
+        Result(
+            "sweep.growth",
+            f"sweep growth {small // 1000}k -> {large // 1000}k "
+            f"(n log n: {nlogn:.1f}, n^2: {quadratic:.0f})",
+            medians[large] / medians[small],
+            "x",
+            2 * nlogn,
+            f"n log n predicts {nlogn:.1f}, n^2 {quadratic:.0f}; target: within 2x of n log n",
+            {"nlogn_prediction": nlogn, "quadratic_prediction": quadratic},
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- 3. start
+
+
+def bench_version(cfg: Config) -> list[Result]:
+    argv = [*pvdesc_cmd(), "--version"]
+    wall = timed_command(argv, cfg.repeats)
+    text = run([sys.executable, "-X", "importtime", "-m", "pvdesc.cli", "--version"])
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", text, re.M))
+    heavy = sorted(m for m in HEAVY_MODULES if m in imported)
+    return [
+        Result(
+            "version.cold_start",
+            "pvdesc --version, cold start (wall)",
+            median(wall),
+            "s",
+            0.100,
+            "heavy modules imported: " + (", ".join(heavy) if heavy else "none"),
+            {"samples": wall, "heavy_imported": heavy, "modules_imported": len(imported)},
+        )
+    ]
+
+
+# --------------------------------------------------------------------------- 4. validate
+
+
+def bench_validate(cfg: Config) -> list[Result]:
+    cmd = pvdesc_cmd()
+    keys = (("validate.jobs1", 1), ("validate.jobs2", 2))
+    try:
+        run([*cmd, "validate", "--help"])
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return [
+            Result(k, f"pvdesc validate examples/ --jobs {j}", None, "s", None,
+                   "skipped: pvdesc validate not available")
+            for k, j in keys
+        ]  # fmt: skip
+    out = []
+    for key, jobs in keys:
+        wall = timed_command(
+            [*cmd, "validate", "examples/", "--jobs", str(jobs)], cfg.repeats, ok=(0, 1), cwd=ROOT
+        )
+        out.append(
+            Result(key, f"pvdesc validate examples/ --jobs {jobs} (wall)", median(wall), "s",
+                   detail={"samples": wall})
+        )  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_value(r: Result) -> str:
+    if r.value is None:
+        return "-"
+    if r.unit == "x":
+        return f"{r.value:.2f}x"
+    return f"{r.value * 1000:.1f} ms"
+
+
+def fmt_target(r: Result) -> str:
+    if r.limit is None:
+        return ""
+    if r.unit == "x":
+        return f"<= {r.limit:.3g}x"
+    return f"<= {r.limit * 1000:g} ms"
+
+
+def table(results: Sequence[Result], mach: dict[str, Any], cfg: Config) -> str:
+    tools = ", ".join(f"{k} {v}" for k, v in mach["tools"].items() if v)
+    head = [
+        f"pvdesc {mach['pvdesc']} ({mach['commit'] or 'no git'}) on {mach['cpu']}, "
+        f"{mach['cores']} cores, Python {mach['python']}",
+        f"{tools}",
+        "quick mode, 1 run, small inputs: the figures mean nothing"
+        if cfg.quick
+        else f"median of {cfg.repeats} runs ({cfg.slow_repeats} for the 100k sweep), "
+        "after one warm-up run",
+        "",
+    ]
+    rows = [("what", "median", "target", "result")]
+    rows += [(r.what, fmt_value(r), fmt_target(r), r.status) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = head[:]
+    for i, row in enumerate(rows):
+        lines.append(
+            f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}"
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [f"{r.key}: {r.note}" for r in results if r.note and r.status in ("skipped", "miss")]
+    heavy = next((r for r in results if r.key == "version.cold_start"), None)
+    if heavy is not None:
+        notes.append(f"version.cold_start: {heavy.note}")
+    if notes:
+        lines.append("")
+        lines += notes
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run, small inputs (smoke test)")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (default 21)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 21)
+    if repeats < 1:
+        parser.error("--repeats must be at least 1")
+    cfg = Config(args.quick, repeats, 1 if args.quick else max(1, min(repeats, 7)))
+    mach = machine()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="pvdesc-bench-") as tmp:
+        work = Path(tmp)
+        results += bench_build(cfg, work)
+        results += bench_check(cfg, work)
+    results += bench_version(cfg)
+    results += bench_validate(cfg)
+    sys.stdout.write(table(results, mach, cfg))
+    doc = {
+        "format": FORMAT,
+        "mode": "quick" if cfg.quick else "full",
+        "repeats": cfg.repeats,
+        "machine": mach,
+        "results": {r.key: r.to_json() for r in results},
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
