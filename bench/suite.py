@@ -57,6 +57,8 @@ TIMEOUT = 300.0
 HEAVY_MODULES = ("yaml", "jinja2", "jsonschema", "libfdt", "fdt", "pvdesc.build", "pvdesc.check")
 #: The region and vCPU count ``pvdesc check`` audits (QEMU's VIRT_PVTIME).
 REGION = "0x090a0000:64K"
+#: The parts ``--only`` selects from, in the order they run.
+PARTS = ("build", "check", "version", "validate")
 
 
 @dataclass
@@ -586,7 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one run, small inputs (smoke test)")
     parser.add_argument("--repeats", type=int, help="timed runs per figure (default 21)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
+    parser.add_argument(
+        "--only",
+        metavar="PARTS",
+        help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    parts = PARTS if args.only is None else tuple(p.strip() for p in args.only.split(","))
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(
+            f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}"
+        )
     repeats = args.repeats or (1 if args.quick else 21)
     if repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -595,10 +608,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="pvdesc-bench-") as tmp:
         work = Path(tmp)
-        results += bench_build(cfg, work)
-        results += bench_check(cfg, work)
-    results += bench_version(cfg)
-    results += bench_validate(cfg)
+        if "build" in parts:
+            results += bench_build(cfg, work)
+        if "check" in parts:
+            results += bench_check(cfg, work)
+    if "version" in parts:
+        results += bench_version(cfg)
+    if "validate" in parts:
+        results += bench_validate(cfg)
     sys.stdout.write(table(results, mach, cfg))
     doc = {
         "format": FORMAT,
