@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,8 +69,10 @@ class Result:
     Attributes:
         key: stable JSON key.
         what: the row's label.
-        value: median seconds (unit ``s``) or a ratio (unit ``x``); ``None`` if skipped.
+        value: median wall seconds (unit ``s``) or a ratio of them (unit ``x``);
+            ``None`` if skipped.
         unit: ``s`` or ``x``.
+        cpu: the same figure in CPU time (median CPU seconds, or their ratio).
         limit: the target's upper bound in the same unit, or ``None`` (information only).
         note: why it was skipped, or what the target means.
         detail: extra figures for the JSON (sizes, every sample, ...).
@@ -79,6 +82,7 @@ class Result:
     what: str
     value: float | None
     unit: str
+    cpu: float | None = None
     limit: float | None = None
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +100,7 @@ class Result:
             "what": self.what,
             "value": self.value,
             "unit": self.unit,
+            "cpu": self.cpu,
             "target": self.limit,
             "status": self.status,
             "note": self.note,
@@ -145,15 +150,49 @@ class Config:
 # --------------------------------------------------------------------------- timing
 
 
-def samples(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
-    """Wall seconds of ``repeats`` calls of ``fn`` (after one untimed warm-up call)."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children so far."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Timing:
+    """Repeated measurements of one thing.
+
+    Attributes:
+        wall: wall-clock seconds per run.
+        cpu: CPU seconds per run (user + system, this process and its children):
+            less disturbed than wall time when other work shares the machine.
+    """
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"wall": self.wall, "cpu": self.cpu}
+
+
+def samples(fn: Callable[[], object], repeats: int, warmup: bool = True) -> Timing:
+    """``repeats`` timed calls of ``fn`` (after one untimed warm-up call)."""
     if warmup:
         fn()
-    out = []
+    out = Timing()
     for _ in range(repeats):
+        cpu = cpu_seconds()
         start = time.perf_counter()
         fn()
-        out.append(time.perf_counter() - start)
+        out.wall.append(time.perf_counter() - start)
+        out.cpu.append(cpu_seconds() - cpu)
     return out
 
 
@@ -177,12 +216,16 @@ def run(argv: Sequence[str], *, ok: Sequence[int] = (0,), cwd: Path | None = Non
 
 def timed_command(
     argv: Sequence[str], repeats: int, *, ok: Sequence[int] = (0,), cwd: Path | None = None
-) -> list[float]:
+) -> Timing:
     return samples(lambda: run(argv, ok=ok, cwd=cwd), repeats)
 
 
-def median(xs: Sequence[float]) -> float:
-    return statistics.median(xs)
+def combine(parts: Sequence[Timing]) -> Timing:
+    """Run-by-run sums of several timings (e.g. dtc + iasl + iasl)."""
+    return Timing(
+        [sum(col) for col in zip(*(p.wall for p in parts), strict=True)],
+        [sum(col) for col in zip(*(p.cpu for p in parts), strict=True)],
+    )
 
 
 def pvdesc_cmd() -> list[str]:
@@ -237,6 +280,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "pvdesc": pvdesc.__version__,
         "commit": commit,
+        "loadavg": list(os.getloadavg()),
         "tools": {
             "dtc": tool_version(["dtc", "--version"], r"\d+\.\d+\.\d+"),
             "iasl": tool_version(["iasl", "-v"], r"version \d+"),
@@ -251,114 +295,102 @@ def machine() -> dict[str, Any]:
 
 
 def bench_build(cfg: Config, work: Path) -> list[Result]:
-    """pvdesc build (CLI wall; in-process own vs iasl) against dtc + iasl on its outputs."""
+    """pvdesc build (command; in-process own vs iasl) against dtc + iasl on its outputs."""
     if cfg.quick:
         desc = work / "large-vm.yaml"
         desc.write_text(inputs.large_vm_yaml(cfg.vcpus, cfg.banks, cfg.devices))
     else:
         desc = inputs.LARGE_VM
     size = f"{cfg.vcpus} vCPUs, {cfg.banks} NUMA banks, {cfg.devices} devices"
-    out_cli = work / "build-cli"
-    cli = timed_command([*pvdesc_cmd(), "build", str(desc), "-o", str(out_cli), "-q"], cfg.repeats)
+    cli = timed_command(
+        [*pvdesc_cmd(), "build", str(desc), "-o", str(work / "build-cli"), "-q"], cfg.repeats
+    )
 
     out = work / "build"
-    totals: list[float] = []
-    iasl_in: list[float] = []
+    total, own, iasl_in = Timing(), Timing(), Timing()
     runs = 0
 
     def once() -> None:
         nonlocal runs
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = time.process_time()
         with acpica.timing() as times:
             start = time.perf_counter()
             build.build(desc, out)
-            totals.append(time.perf_counter() - start)
-        iasl_in.append(times.total)
+            wall = time.perf_counter() - start
+        own_cpu = time.process_time() - cpu
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        kids_cpu = (after.ru_utime + after.ru_stime) - (kids.ru_utime + kids.ru_stime)
+        total.wall.append(wall)
+        total.cpu.append(own_cpu + kids_cpu)
+        iasl_in.wall.append(times.total)
+        iasl_in.cpu.append(kids_cpu)
+        own.wall.append(wall - times.total)
+        own.cpu.append(own_cpu)
         runs = len(times.runs)
 
     once()  # warm-up: imports, template compilation
-    totals.clear()
-    iasl_in.clear()
+    total, own, iasl_in = Timing(), Timing(), Timing()
     for _ in range(cfg.repeats):
         once()
-    own = [t - i for t, i in zip(totals, iasl_in, strict=True)]
 
-    result = build.plan(desc)
-    name = result.layout.description.name
+    name = build.plan(desc).layout.description.name
     dts = out / f"{name}.dts"
     dsl = sorted(out.glob(f"{name}.*.dsl"))
-    dtc_s = timed_command(
+    dtc_t = timed_command(
         ["dtc", "-I", "dts", "-O", "dtb", "-o", str(work / "dtc.dtb"), str(dts)], cfg.repeats
     )
     iasl = acpica.tool("iasl")
     base = work / "iasl"
     base.mkdir(exist_ok=True)
-    per_table = []
-    for src in dsl:
-        # pvdesc's own flags (acpica.compile_asl); the output prefix keeps the AML here.
-        argv = [iasl, "-vs", "-vi", "-we", "-p", str(base / src.stem), str(src)]
-        per_table.append(timed_command(argv, cfg.repeats))
-    iasl_s = [sum(col) for col in zip(*per_table, strict=True)]
-    baseline = [d + i for d, i in zip(dtc_s, iasl_s, strict=True)]
-    ratio_cli = median(cli) / median(baseline)
-    ratio_in = median(totals) / median(baseline)
+    # pvdesc's own flags (acpica.compile_asl); the output prefix keeps the AML in ``base``.
+    iasl_t = combine(
+        [
+            timed_command(
+                [iasl, "-vs", "-vi", "-we", "-p", str(base / src.stem), str(src)], cfg.repeats
+            )
+            for src in dsl
+        ]
+    )
+    baseline = combine([dtc_t, iasl_t])
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+
+    def row(key: str, what: str, t: Timing, **detail: Any) -> Result:
+        return Result(key, what, t.median, "s", cpu=t.cpu_median, detail={**t.to_json(), **detail})
+
+    def ratio(key: str, what: str, t: Timing, note: str) -> Result:
+        return Result(
+            key,
+            what,
+            t.median / baseline.median,
+            "x",
+            cpu=t.cpu_median / baseline.cpu_median,
+            limit=1.5,
+            note=note,
+        )
+
     return [
-        Result(
-            "build.cli",
-            f"pvdesc build, command wall ({size})",
-            median(cli),
-            "s",
-            detail={"samples": cli, "outputs": files},
-        ),
-        Result(
-            "build.inprocess",
-            "pvdesc build, in-process (imports warm)",
-            median(totals),
-            "s",
-            detail={"samples": totals},
-        ),
-        Result(
-            "build.own",
-            "  of which pvdesc's own time",
-            median(own),
-            "s",
-            detail={"samples": own},
-        ),
-        Result(
-            "build.iasl",
-            f"  of which iasl ({runs} runs)",
-            median(iasl_in),
-            "s",
-            detail={"samples": iasl_in},
-        ),
-        Result(
-            "baseline.dtc",
-            "dtc -I dts -O dtb on its .dts",
-            median(dtc_s),
-            "s",
-            detail={"samples": dtc_s},
-        ),
-        Result(
+        row("build.cli", f"pvdesc build, command ({size})", cli, outputs=files),
+        row("build.inprocess", "pvdesc build, in-process (imports done)", total),
+        row("build.own", "  of which pvdesc's own time", own),
+        row("build.iasl", f"  of which iasl ({runs} runs)", iasl_in),
+        row("baseline.dtc", "dtc -I dts -O dtb on its .dts", dtc_t),
+        row(
             "baseline.iasl",
             f"iasl on its {len(dsl)} .dsl files",
-            median(iasl_s),
-            "s",
-            detail={"samples": iasl_s, "files": [p.name for p in dsl]},
+            iasl_t,
+            files=[p.name for p in dsl],
         ),
-        Result(
+        ratio(
             "build.ratio_cli",
-            "pvdesc build wall / (dtc + iasl)",
-            ratio_cli,
-            "x",
-            1.5,
+            "pvdesc build command / (dtc + iasl)",
+            cli,
             "fresh process: interpreter start and imports included",
         ),
-        Result(
+        ratio(
             "build.ratio_inprocess",
             "pvdesc build in-process / (dtc + iasl)",
-            ratio_in,
-            "x",
-            1.5,
+            total,
             "library call with imports already done",
         ),
     ]
@@ -407,26 +439,27 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
     out: list[Result] = []
     qpath = work / "qemu-virt.dtb"
     why = qemu_dtb(cfg, qpath)
-    label = "pvdesc check, QEMU virt dumpdtb (wall)"
+    label = "pvdesc check, QEMU virt dumpdtb"
     if why is not None:
-        out.append(Result("check.qemu_dtb", label, None, "s", 0.150, f"skipped: {why}"))
+        out.append(Result("check.qemu_dtb", label, None, "s", limit=0.150, note=f"skipped: {why}"))
     else:
         blob = qpath.read_bytes()
         tree = dtb.parse(blob, str(qpath))
-        used = int.from_bytes(blob[36:40], "big") + int.from_bytes(blob[12:16], "big")
-        wall = timed_command(_check_argv(qpath, 8 if cfg.quick else 512), cfg.repeats)
+        used = int.from_bytes(blob[12:16], "big") + int.from_bytes(blob[32:36], "big")
+        t = timed_command(_check_argv(qpath, 8 if cfg.quick else 512), cfg.repeats)
         out.append(
             Result(
                 "check.qemu_dtb",
                 f"{label}, {len(blob) // 1024} KiB, {tree.node_count} nodes",
-                median(wall),
+                t.median,
                 "s",
-                0.150,
+                cpu=t.cpu_median,
+                limit=0.150,
                 detail={
-                    "samples": wall,
+                    **t.to_json(),
                     "file_bytes": len(blob),
                     "totalsize": int.from_bytes(blob[4:8], "big"),
-                    "struct_and_strings_end": used,
+                    "strings_end": used,
                     "nodes": tree.node_count,
                 },
             )
@@ -435,18 +468,19 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
     npath = work / "nested.dtb"
     npath.write_bytes(blob)
     nodes = dtb.parse(blob, str(npath)).node_count
-    wall = timed_command(_check_argv(npath, 512), cfg.repeats)
+    t = timed_command(_check_argv(npath, 512), cfg.repeats)
     out.append(
         Result(
             "check.nodes_10k",
-            f"pvdesc check, generated DTB, {nodes} nodes (wall)",
-            median(wall),
+            f"pvdesc check, generated DTB, {nodes} nodes",
+            t.median,
             "s",
-            0.5,
-            detail={"samples": wall, "bytes": len(blob), "nodes": nodes},
+            cpu=t.cpu_median,
+            limit=0.5,
+            detail={**t.to_json(), "bytes": len(blob), "nodes": nodes},
         )
     )
-    medians: dict[int, float] = {}
+    sweeps: dict[int, Timing] = {}
     for key, n, limit in (
         ("sweep.small", cfg.sweep_small, None),
         ("sweep.large", cfg.sweep_large, 1.0),
@@ -455,15 +489,16 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
         pairs = _sweep_all(ranges)
         reps = cfg.repeats if n == cfg.sweep_small else cfg.slow_repeats
         t = samples(functools.partial(_sweep_all, ranges), reps)
-        medians[n] = median(t)
+        sweeps[n] = t
         out.append(
             Result(
                 key,
-                f"overlap sweep, {n:,} x {n:,} ranges",
-                median(t),
+                f"overlap sweep, {n:,} x {n:,} ranges (in-process)",
+                t.median,
                 "s",
-                limit,
-                detail={"samples": t, "ranges": n, "overlapping_pairs": pairs},
+                cpu=t.cpu_median,
+                limit=limit,
+                detail={**t.to_json(), "ranges": n, "overlapping_pairs": pairs},
             )
         )
     small, large = cfg.sweep_small, cfg.sweep_large
@@ -474,11 +509,12 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
             "sweep.growth",
             f"sweep growth {small // 1000}k -> {large // 1000}k "
             f"(n log n: {nlogn:.1f}, n^2: {quadratic:.0f})",
-            medians[large] / medians[small],
+            sweeps[large].median / sweeps[small].median,
             "x",
-            2 * nlogn,
-            f"n log n predicts {nlogn:.1f}, n^2 {quadratic:.0f}; target: within 2x of n log n",
-            {"nlogn_prediction": nlogn, "quadratic_prediction": quadratic},
+            cpu=sweeps[large].cpu_median / sweeps[small].cpu_median,
+            limit=2 * nlogn,
+            note=f"n log n predicts {nlogn:.1f}, n^2 {quadratic:.0f}; target: within 2x of n log n",
+            detail={"nlogn_prediction": nlogn, "quadratic_prediction": quadratic},
         )
     )
     return out
@@ -488,20 +524,20 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
 
 
 def bench_version(cfg: Config) -> list[Result]:
-    argv = [*pvdesc_cmd(), "--version"]
-    wall = timed_command(argv, cfg.repeats)
+    t = timed_command([*pvdesc_cmd(), "--version"], cfg.repeats)
     text = run([sys.executable, "-X", "importtime", "-m", "pvdesc.cli", "--version"])
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", text, re.M))
     heavy = sorted(m for m in HEAVY_MODULES if m in imported)
     return [
         Result(
             "version.cold_start",
-            "pvdesc --version, cold start (wall)",
-            median(wall),
+            "pvdesc --version, cold start",
+            t.median,
             "s",
-            0.100,
-            "heavy modules imported: " + (", ".join(heavy) if heavy else "none"),
-            {"samples": wall, "heavy_imported": heavy, "modules_imported": len(imported)},
+            cpu=t.cpu_median,
+            limit=0.100,
+            note="heavy modules imported: " + (", ".join(heavy) if heavy else "none"),
+            detail={**t.to_json(), "heavy_imported": heavy, "modules_imported": len(imported)},
         )
     ]
 
@@ -516,18 +552,18 @@ def bench_validate(cfg: Config) -> list[Result]:
         run([*cmd, "validate", "--help"])
     except (OSError, RuntimeError, subprocess.SubprocessError):
         return [
-            Result(k, f"pvdesc validate examples/ --jobs {j}", None, "s", None,
-                   "skipped: pvdesc validate not available")
+            Result(k, f"pvdesc validate examples/ --jobs {j}", None, "s",
+                   note="skipped: pvdesc validate not available")
             for k, j in keys
         ]  # fmt: skip
     out = []
     for key, jobs in keys:
-        wall = timed_command(
+        t = timed_command(
             [*cmd, "validate", "examples/", "--jobs", str(jobs)], cfg.repeats, ok=(0, 1), cwd=ROOT
         )
         out.append(
-            Result(key, f"pvdesc validate examples/ --jobs {jobs} (wall)", median(wall), "s",
-                   detail={"samples": wall})
+            Result(key, f"pvdesc validate examples/ --jobs {jobs}", t.median, "s",
+                   cpu=t.cpu_median, detail=t.to_json())
         )  # fmt: skip
     return out
 
@@ -535,12 +571,12 @@ def bench_validate(cfg: Config) -> list[Result]:
 # --------------------------------------------------------------------------- report
 
 
-def fmt_value(r: Result) -> str:
-    if r.value is None:
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
         return "-"
-    if r.unit == "x":
-        return f"{r.value:.2f}x"
-    return f"{r.value * 1000:.1f} ms"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value * 1000:.1f} ms"
 
 
 def fmt_target(r: Result) -> str:
@@ -553,30 +589,31 @@ def fmt_target(r: Result) -> str:
 
 def table(results: Sequence[Result], mach: dict[str, Any], cfg: Config) -> str:
     tools = ", ".join(f"{k} {v}" for k, v in mach["tools"].items() if v)
+    load = mach.get("loadavg")
     head = [
         f"pvdesc {mach['pvdesc']} ({mach['commit'] or 'no git'}) on {mach['cpu']}, "
         f"{mach['cores']} cores, Python {mach['python']}",
-        f"{tools}",
+        tools,
         "quick mode, 1 run, small inputs: the figures mean nothing"
         if cfg.quick
         else f"median of {cfg.repeats} runs ({cfg.slow_repeats} for the 100k sweep), "
-        "after one warm-up run",
+        "after one warm-up run; wall time (cpu: user+sys, children included)"
+        + (f"; load average at start {load[0]:.2f}" if load else ""),
         "",
     ]
-    rows = [("what", "median", "target", "result")]
-    rows += [(r.what, fmt_value(r), fmt_target(r), r.status) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    rows = [("what", "median", "cpu", "target", "result")]
+    rows += [
+        (r.what, fmt(r.value, r.unit), fmt(r.cpu, r.unit), fmt_target(r), r.status) for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = head[:]
     for i, row in enumerate(rows):
-        lines.append(
-            f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}"
-        )
+        cells = [f"{row[0]:<{widths[0]}}", f"{row[1]:>{widths[1]}}", f"{row[2]:>{widths[2]}}"]
+        cells += [f"{row[3]:<{widths[3]}}", row[4]]
+        lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    notes = [f"{r.key}: {r.note}" for r in results if r.note and r.status in ("skipped", "miss")]
-    heavy = next((r for r in results if r.key == "version.cold_start"), None)
-    if heavy is not None:
-        notes.append(f"version.cold_start: {heavy.note}")
+    notes = [f"{r.key}: {r.note}" for r in results if r.note]
     if notes:
         lines.append("")
         lines += notes
@@ -616,6 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += bench_version(cfg)
     if "validate" in parts:
         results += bench_validate(cfg)
+    mach["loadavg_end"] = list(os.getloadavg())
     sys.stdout.write(table(results, mach, cfg))
     doc = {
         "format": FORMAT,

@@ -33,7 +33,7 @@ KEYS = {
     "validate.jobs1",
     "validate.jobs2",
 }
-ROW_KEYS = {"what", "value", "unit", "target", "status", "note", "detail"}
+ROW_KEYS = {"what", "value", "unit", "cpu", "target", "status", "note", "detail"}
 
 
 def test_bench_run_quick_writes_json(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_bench_run_quick_writes_json(tmp_path: Path) -> None:
     assert doc["format"] == "pvdesc.bench/1"
     assert doc["mode"] == "quick" and doc["repeats"] == 1
     machine = doc["machine"]
-    assert {"cpu", "cores", "python", "pvdesc", "commit", "tools"} <= set(machine)
+    assert {"cpu", "cores", "python", "pvdesc", "commit", "tools", "loadavg"} <= set(machine)
     assert {"dtc", "iasl", "qemu-system-aarch64"} <= set(machine["tools"])
     assert set(doc["results"]) == KEYS
     for key, row in doc["results"].items():
@@ -56,6 +56,7 @@ def test_bench_run_quick_writes_json(tmp_path: Path) -> None:
             assert row["value"] is None and row["note"].startswith("skipped: "), key
         else:
             assert isinstance(row["value"], float) and row["value"] > 0, key
+            assert isinstance(row["cpu"], float) and row["cpu"] >= 0, key
     # every row is in the printed table too
     for row in doc["results"].values():
         assert row["what"] in res.stdout
