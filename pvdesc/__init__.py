@@ -24,6 +24,8 @@ Layers, each with its own error class (see :mod:`pvdesc.errors`):
 - :mod:`pvdesc.check`: findings for any DTB + region (``pvdesc check``).
 - :mod:`pvdesc.guest`: booting a real arm64 guest under QEMU.
 - :mod:`pvdesc.build`: all outputs, written atomically.
+- :mod:`pvdesc.validate`, :mod:`pvdesc.validators`, :mod:`pvdesc.reports`: ``pvdesc validate``
+  (CI: every description built, checked and run through dtc, dt-validate and ACPICA).
 - :mod:`pvdesc.cli`: the ``pvdesc`` command.
 """
 

@@ -94,6 +94,19 @@ def cmd_map(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if amap.findings else EXIT_OK
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pvdesc import reports, validate
+
+    if args.junit is not None:
+        validate.check_report_path(args.junit, "--junit")
+    report = validate.run(args.paths, jobs=args.jobs, external=args.external)
+    sys.stdout.write(reports.render(report, args.format))
+    sys.stdout.flush()
+    if args.junit is not None:
+        validate.write_report(args.junit, reports.to_junit(report))
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -160,6 +173,27 @@ def make_parser() -> argparse.ArgumentParser:
         help="colour the terminal map (auto: on a terminal, unless NO_COLOR is set)",
     )
     m.set_defaults(func=cmd_map)
+
+    v = sub.add_parser(
+        "validate",
+        help="build, check and externally validate every description under some paths (CI)",
+        description="For every *.yaml/*.yml description under the paths: build it into a "
+        "temporary directory, run the check rules on its outputs and the external validators "
+        "(dtc, dt-validate, iasl round trip, acpiexec).  One line per description and a "
+        "summary; exit 0 all ok, 1 any failed, 2 unusable arguments.",
+    )
+    v.add_argument("paths", nargs="+", metavar="PATH", help="description files or folders")
+    v.add_argument("-j", "--jobs", type=int, help="worker processes (default: one per CPU)")
+    v.add_argument("--format", choices=["text", "json", "github"], default="text")
+    v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
+    v.add_argument(
+        "--external",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the external validators; --external fails when a tool is missing, "
+        "--no-external runs none (default: those whose tools exist, named in the summary)",
+    )
+    v.set_defaults(func=cmd_validate)
     return parser
 
 

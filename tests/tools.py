@@ -54,12 +54,12 @@ def libfdt_check(blob: bytes) -> libfdt.Fdt:
 
 
 class DtValidate:
-    """dt-validate with the dtschema core schemas plus tests/schemas (compiled once)."""
+    """dt-validate with the dtschema core schemas plus pvdesc/dtschema (compiled once)."""
 
     def __init__(self, workdir: Path) -> None:
         self.schema = workdir / "processed-schema.json"
         res = run(
-            ["dt-mk-schema", "-j", "-o", str(self.schema), str(ROOT / "tests" / "schemas")],
+            ["dt-mk-schema", "-j", "-o", str(self.schema), str(ROOT / "pvdesc" / "dtschema")],
             timeout=300,
         )
         assert res.returncode == 0 and self.schema.stat().st_size > 10_000, res.stderr

@@ -1,0 +1,390 @@
+"""``pvdesc validate``: every description under some paths, built, checked and validated.
+
+For each description (``*.yaml``/``*.yml``, found recursively and sorted by
+path; hidden files and folders such as ``.git`` or ``.venv`` are skipped):
+
+1. **build**: :func:`pvdesc.build.plan` parses, allocates and renders every
+   output in memory; the outputs are written into a temporary directory;
+2. **check**: :func:`pvdesc.check.check` runs on those outputs (DTB, hypervisor
+   config, ACPI tables).  It is stricter than ``pvdesc check``: a warning fails
+   too, because pvdesc's own allocator never shares a granule;
+3. **external validators** (:mod:`pvdesc.validators`): dtc, dt-validate, the iasl
+   round trip and acpiexec, as the run's :class:`Externals` allow.
+
+A description that cannot be built fails with exactly the line ``pvdesc build``
+prints (``file:line:col: key.path: message``).  A failure found in the outputs
+points at the description's ``stolen_time`` entry (its first line when there is
+none), the part of the description the outputs pair with.
+
+Descriptions run in parallel worker processes (``jobs``); results come back in
+path order, and nothing in a report depends on timing or on the number of jobs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+
+from pvdesc import acpitables, build, check, dtb, validators
+from pvdesc.errors import (
+    AcpiError,
+    DescriptionError,
+    DTError,
+    LayoutError,
+    OutputError,
+    PvdescError,
+    ToolError,
+)
+from pvdesc.validators import Validator
+
+#: File name suffixes of descriptions.
+SUFFIXES = (".yaml", ".yml")
+
+
+class ValidateUsageError(PvdescError):
+    """Arguments ``pvdesc validate`` cannot use: no such path, no descriptions, a missing tool."""
+
+
+@dataclass(frozen=True)
+class Externals:
+    """Which external validators a run uses.
+
+    Attributes:
+        mode: ``on`` (``--external``: every validator, a missing tool is an error),
+            ``off`` (``--no-external``) or ``auto`` (the default: those whose tools exist).
+        enabled: the validators that run, in :class:`~pvdesc.validators.Validator` order.
+        missing: with ``auto``, the validators skipped because a program is missing,
+            as ``(validator, missing program names)``.
+        schema: the compiled dtschema file when dt-validate runs, else ``None``.
+    """
+
+    mode: str
+    enabled: tuple[Validator, ...]
+    missing: tuple[tuple[Validator, tuple[str, ...]], ...]
+    schema: str | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One reason a description failed.
+
+    Attributes:
+        rule: what failed: ``description``, ``layout``, ``acpi``, ``devicetree``,
+            ``tool`` or ``output`` (the build refused it), ``check:CODE`` (a
+            ``pvdesc check`` finding), or a validator's name (``dtc``, ``dt-validate``,
+            ``iasl``, ``acpiexec``).
+        file: the description's path as found.
+        line: 1-based line in the description, or ``None``.
+        column: 1-based column, or ``None``.
+        message: the text after ``file:line:col: ``.
+    """
+
+    rule: str
+    file: str
+    line: int | None
+    column: int | None
+    message: str
+
+    @property
+    def location(self) -> str:
+        """``file:line:col``, or ``file`` without a line."""
+        if self.line is None:
+            return self.file
+        return f"{self.file}:{self.line}:{self.column if self.column is not None else 1}"
+
+    @property
+    def text(self) -> str:
+        """``file:line:col: message``, as ``pvdesc build`` would print it."""
+        return f"{self.location}: {self.message}"
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What validating one description found.
+
+    Attributes:
+        path: the description's path as found (relative to the argument given).
+        vm: the VM's name when the description could be loaded, else ``None``.
+        stages: what ran, in order: ``build``, ``check``, then the validators.
+        failures: every failure, in the order found (empty: the file is ok).
+    """
+
+    path: str
+    vm: str | None
+    stages: tuple[str, ...]
+    failures: tuple[Failure, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole run.
+
+    Attributes:
+        files: one report per description, sorted by path.
+        externals: the external validators used.
+    """
+
+    files: tuple[FileReport, ...]
+    externals: Externals
+
+    @property
+    def failed(self) -> int:
+        """How many descriptions failed."""
+        return sum(1 for f in self.files if not f.ok)
+
+    @property
+    def ok(self) -> bool:
+        """True when every description passed."""
+        return self.failed == 0
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _is_description(name: str) -> bool:
+    return name.endswith(SUFFIXES) and not name.startswith(".")
+
+
+def discover(paths: Sequence[str]) -> tuple[str, ...]:
+    """Every description under ``paths``, sorted by path, each file once.
+
+    A directory is searched recursively (symlinked folders are not followed;
+    hidden files and folders are skipped); a file given by name is taken
+    whatever its suffix.  A path that does not exist, a folder that cannot be
+    read, or finding nothing at all, is a :class:`ValidateUsageError`.
+    """
+    if not paths:
+        raise ValidateUsageError("no paths given: name description files or folders")
+    found: dict[str, str] = {}
+
+    def unreadable(exc: OSError) -> None:
+        raise ValidateUsageError(f"cannot read folder: {exc.strerror}", str(exc.filename))
+
+    for arg in paths:
+        root = Path(arg)
+        if root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for name in filenames:
+                    if _is_description(name):
+                        shown = str(Path(dirpath) / name)
+                        found.setdefault(os.path.realpath(shown), shown)
+        elif root.exists():
+            found.setdefault(os.path.realpath(root), str(root))
+        else:
+            raise ValidateUsageError("no such file or folder", arg)
+    if not found:
+        raise ValidateUsageError(
+            f"no descriptions (*{' or *'.join(SUFFIXES)}) under {' '.join(paths)}"
+        )
+    return tuple(sorted(found.values()))
+
+
+# --------------------------------------------------------------------------- externals
+
+
+def resolve_externals(mode: bool | None, workdir: Path) -> Externals:
+    """The validators to run: all (``True``), none (``False``) or those available (``None``).
+
+    With ``True`` a missing program is a :class:`ValidateUsageError` naming every
+    missing one.  When dt-validate runs its schemas are compiled into ``workdir``.
+    """
+    if mode is False:
+        return Externals("off", (), (), None)
+    missing = tuple((v, progs) for v in Validator if (progs := validators.missing_programs(v)))
+    if mode is True and missing:
+        text = "; ".join(
+            f"{v} needs {', '.join(progs)} ({validators.INSTALL[v]})" for v, progs in missing
+        )
+        raise ValidateUsageError(
+            f"cannot run every external validator: {text}; or use --no-external", "--external"
+        )
+    absent = {v for v, _ in missing}
+    enabled = tuple(v for v in Validator if v not in absent)
+    schema = None
+    if Validator.DT_VALIDATE in enabled:
+        try:
+            schema = str(validators.compile_schema(workdir))
+        except ToolError as err:
+            raise ValidateUsageError(str(err), "--external") from None
+    return Externals("on" if mode else "auto", enabled, missing, schema)
+
+
+# --------------------------------------------------------------------------- one file
+
+_RULES: tuple[tuple[type[PvdescError], str], ...] = (
+    (DescriptionError, "description"),
+    (LayoutError, "layout"),
+    (AcpiError, "acpi"),
+    (DTError, "devicetree"),
+    (ToolError, "tool"),
+    (OutputError, "output"),
+)
+_LOCATION_RE = re.compile(r"^(?P<line>\d+):(?P<col>\d+): (?P<rest>.*)$", re.DOTALL)
+
+
+def _split(path: str, text: str, rule: str) -> Failure:
+    """A failure from ``where: message`` text, keeping ``path:line:col`` when it leads."""
+    if text.startswith(f"{path}:"):
+        rest = text[len(path) + 1 :]
+        m = _LOCATION_RE.match(rest)
+        if m:
+            return Failure(rule, path, int(m["line"]), int(m["col"]), m["rest"])
+        if rest.startswith(" "):
+            return Failure(rule, path, None, None, rest[1:])
+    return Failure(rule, path, None, None, text)
+
+
+def build_failure(path: str, err: PvdescError) -> Failure:
+    """The failure for a description ``pvdesc build`` refuses: the same text it prints."""
+    rule = next((name for cls, name in _RULES if isinstance(err, cls)), "build")
+    return _split(path, str(err), rule)
+
+
+def _anchor(result: build.BuildResult) -> tuple[int | None, int | None]:
+    where = result.loaded.source.locate(("stolen_time",), key=True)
+    _, line, col = where.rsplit(":", 2)
+    return int(line), int(col)
+
+
+def _check_findings(result: build.BuildResult) -> list[tuple[str, str]]:
+    """``(rule, message)`` for every error or warning ``pvdesc check`` finds in the outputs."""
+    files = {o.name: o.data for o in result.outputs}
+    name = result.layout.description.name
+    try:
+        tree = dtb.parse(files[f"{name}.dtb"], f"{name}.dtb")
+        target = check.target_from_config(
+            files[f"{name}.hypervisor.json"], f"{name}.hypervisor.json"
+        )
+        tables = [
+            acpitables.parse(data, fname) for fname, data in files.items() if fname.endswith(".aml")
+        ]
+    except PvdescError as err:
+        return [("check", f"check cannot read the outputs: {err}")]
+    findings = check.check(tree, target, result.layout.description.boot, tables)
+    return [
+        (
+            f"check:{f.code}",
+            f"check {f.code} ({f.severity}) at {f.source} [{f.range}]: {f.message}",
+        )
+        for f in findings
+        if f.severity is not check.Severity.INFO
+    ]
+
+
+def _run_validators(
+    result: build.BuildResult, ext: Externals, workdir: Path
+) -> tuple[list[str], list[validators.Problem]]:
+    name = result.layout.description.name
+    names = [o.name for o in result.outputs]
+    dts = f"{name}.dts" if f"{name}.dts" in names else None
+    amls = [(o.name, o.data) for o in result.outputs if o.name.endswith(".aml")]
+    ssdt = next((data for fname, data in amls if fname.endswith(".ssdt.aml")), None)
+    stages: list[str] = []
+    problems: list[validators.Problem] = []
+    for v in ext.enabled:
+        if v is Validator.DTC:
+            problems += validators.dtc(workdir, f"{name}.dtb", dts)
+        elif v is Validator.DT_VALIDATE and ext.schema is not None:
+            problems += validators.dt_validate(workdir, f"{name}.dtb", Path(ext.schema))
+        elif v is Validator.IASL and amls:
+            for fname, data in amls:
+                problems += validators.iasl_round_trip(fname, data)
+        elif v is Validator.ACPIEXEC and ssdt is not None:
+            problems += validators.acpiexec(f"{name}.ssdt.aml", ssdt, result.layout.region)
+        else:
+            continue
+        stages.append(str(v))
+    return stages, problems
+
+
+def validate_file(path: str, ext: Externals) -> FileReport:
+    """Build, check and externally validate one description (run in a worker process)."""
+    try:
+        result = build.plan(path)
+    except PvdescError as err:
+        return FileReport(path, None, ("build",), (build_failure(path, err),))
+    name = result.layout.description.name
+    line, col = _anchor(result)
+    failures: list[Failure] = []
+    stages = ["build", "check"]
+    failures += [Failure(rule, path, line, col, msg) for rule, msg in _check_findings(result)]
+    with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
+        workdir = Path(tmp)
+        # A scratch folder deleted below: plain writes, no fsync (build.write_outputs is for
+        # the user's folder).
+        try:
+            for out in result.outputs:
+                (workdir / out.name).write_bytes(out.data)
+        except OSError as exc:
+            message = f"cannot write outputs to a temporary folder: {exc.strerror}"
+            failures.append(Failure("output", path, None, None, message))
+            return FileReport(path, name, tuple(stages), tuple(failures))
+        ran, problems = _run_validators(result, ext, workdir)
+    stages += ran
+    failures += [
+        Failure(str(p.validator), path, line, col, f"{p.validator}: {p.message}") for p in problems
+    ]
+    return FileReport(path, name, tuple(stages), tuple(failures))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def default_jobs() -> int:
+    """One worker per CPU."""
+    return os.cpu_count() or 1
+
+
+def _map(files: Sequence[str], ext: Externals, jobs: int) -> Iterable[FileReport]:
+    if jobs == 1 or len(files) == 1:
+        return [validate_file(f, ext) for f in files]
+    # spawn: fresh interpreters, safe whatever threads the caller has.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(files)), mp_context=ctx) as pool:
+        return list(pool.map(validate_file, files, repeat(ext)))
+
+
+def run(paths: Sequence[str], *, jobs: int | None = None, external: bool | None = None) -> Report:
+    """Validate every description under ``paths`` with ``jobs`` processes; see the module doc."""
+    workers = default_jobs() if jobs is None else jobs
+    if workers < 1:
+        raise ValidateUsageError(f"must be at least 1 (got {workers})", "--jobs")
+    files = discover(paths)
+    with tempfile.TemporaryDirectory(prefix="pvdesc-schema-") as tmp:
+        ext = resolve_externals(external, Path(tmp))
+        reports = tuple(_map(files, ext, workers))
+    return Report(reports, ext)
+
+
+# --------------------------------------------------------------------------- report files
+
+
+def check_report_path(path: str, option: str) -> None:
+    """Refuse a report path that cannot be written, before any work is done."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValidateUsageError("is a folder; name a file", option)
+    probe = target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValidateUsageError(f"cannot create {path}: {probe} is not a writable folder", option)
+
+
+def write_report(path: str, data: bytes) -> None:
+    """Write a report file atomically (temporary file, fsync, rename: never half-written)."""
+    target = Path(path)
+    build.write_outputs(target.parent, [build.Output(target.name, "report", data)])

@@ -1,0 +1,345 @@
+"""The external validators ``pvdesc validate`` runs on a build's outputs.
+
+Each validator is a real consumer of the output, run as an argument list (no
+shell) with a timeout, in the build's temporary directory with *relative* file
+names, so that what it prints never names a temporary path and a report is the
+same from one run to the next:
+
+- ``dtc`` decompiles the DTB with the structural checks made errors (``-E``);
+  any stderr at all is a failure.  The DTS is then compiled again and must give
+  the same bytes as the DTB.
+- ``dt-validate`` (dtschema) checks the DTB against the core schemas plus
+  ``pvdesc/dtschema/`` (a ``/reserved-memory`` parent schema), compiled once per
+  run by :func:`compile_schema`.  dt-validate exits 0 even when the tree fails
+  a schema, so its ``--json-output`` is read instead of its exit status.
+- ``iasl`` disassembles every ACPI table (``iasl -d``) and compiles the
+  disassembly again; the bytes must be identical (:mod:`pvdesc.acpica`).
+- ``acpiexec`` loads the SSDT, evaluates ``\\_SB.PVTM._STA`` (must be 0xF) and
+  decodes ``_CRS``, which must claim exactly the region (:mod:`pvdesc.acpica`).
+
+A validator that rejects an output returns :class:`Problem` values; only an
+unusable setup (a schema that will not compile) raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pvdesc import acpica
+from pvdesc.errors import PvdescError, ToolError
+from pvdesc.model import Range
+
+#: Seconds one dtc/dt-validate/dt-mk-schema run may take (they take well under one).
+TIMEOUT = 120.0
+#: dtc checks made errors with ``-E``: the ones that concern ``reg``, ``ranges`` and unit
+#: addresses, where a wrong stolen-time description would show.
+DTC_CHECKS = (
+    "reg_format",
+    "ranges_format",
+    "unique_unit_address",
+    "unit_address_vs_reg",
+    "unit_address_format",
+    "avoid_default_addr_size",
+    "simple_bus_reg",
+)
+#: The package folder of extra dtschema schemas compiled with the core ones.
+SCHEMA_PACKAGE_DIR = "dtschema"
+#: The PV-time device's path in the SSDT (templates/ssdt.asl.j2).
+PVTM = "\\_SB.PVTM"
+#: _STA of a present, enabled, shown and functioning device.
+STA_PRESENT = 0xF
+
+
+class Validator(enum.StrEnum):
+    """An external validator, by the name reports use."""
+
+    DTC = "dtc"
+    DT_VALIDATE = "dt-validate"
+    IASL = "iasl"
+    ACPIEXEC = "acpiexec"
+
+
+#: The programs each validator needs, and where they come from.
+PROGRAMS: dict[Validator, tuple[str, ...]] = {
+    Validator.DTC: ("dtc",),
+    Validator.DT_VALIDATE: ("dt-validate", "dt-mk-schema"),
+    Validator.IASL: ("iasl",),
+    Validator.ACPIEXEC: ("acpiexec",),
+}
+INSTALL: dict[Validator, str] = {
+    Validator.DTC: "apt-get install device-tree-compiler",
+    Validator.DT_VALIDATE: "pip install dtschema",
+    Validator.IASL: "apt-get install acpica-tools",
+    Validator.ACPIEXEC: "apt-get install acpica-tools",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing an external validator rejected.
+
+    Attributes:
+        validator: which validator.
+        message: one line: the output file concerned and the tool's own words.
+    """
+
+    validator: Validator
+    message: str
+
+
+def find_program(name: str) -> str | None:
+    """The program's path: next to this Python first (a virtualenv's dt-validate), then PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def missing_programs(validator: Validator) -> tuple[str, ...]:
+    """The programs ``validator`` needs that cannot be found."""
+    return tuple(p for p in PROGRAMS[validator] if find_program(p) is None)
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """``text``'s first non-empty line (tabs and runs of blanks squeezed), ``(+N lines)``."""
+    lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "no message"
+    first = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    return first + (f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else "")
+
+
+def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(argv),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"timed out after {TIMEOUT:g} s", Path(argv[0]).name) from None
+    except OSError as exc:
+        raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
+
+
+def _program(name: str) -> str:
+    path = find_program(name)
+    if path is None:
+        raise ToolError("not found next to this Python or on PATH", name)
+    return path
+
+
+# --------------------------------------------------------------------------- dtc
+
+
+def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
+    """``dtc -I dtb -E <checks>`` on ``workdir/dtb`` (any stderr fails); the DTS must recompile.
+
+    ``dts`` (when pvdesc wrote one) is compiled again with dtc; the result must
+    equal the DTB byte for byte.
+    """
+    exe = _program("dtc")
+    flags = [f for check in DTC_CHECKS for f in ("-E", check)]
+    out: list[Problem] = []
+    try:
+        res = _run([exe, "-I", "dtb", "-O", "dts", "-o", os.devnull, *flags, dtb], workdir)
+        if res.returncode != 0 or res.stderr.strip():
+            out.append(
+                Problem(
+                    Validator.DTC,
+                    f"{dtb}: dtc -E checks (exit {res.returncode}): {one_line(res.stderr)}",
+                )
+            )
+        if dts is not None:
+            again = f".{dtb}.recompiled"
+            res = _run([exe, "-I", "dts", "-O", "dtb", "-o", again, dts], workdir)
+            if res.returncode != 0 or res.stderr.strip():
+                out.append(
+                    Problem(
+                        Validator.DTC,
+                        f"{dts}: dtc cannot compile it (exit {res.returncode}): "
+                        f"{one_line(res.stderr)}",
+                    )
+                )
+            elif (workdir / again).read_bytes() != (workdir / dtb).read_bytes():
+                out.append(Problem(Validator.DTC, f"{dts}: compiles to other bytes than {dtb}"))
+    except ToolError as err:
+        out.append(Problem(Validator.DTC, f"{dtb}: {err}"))
+    return out
+
+
+# --------------------------------------------------------------------------- dt-validate
+
+
+def compile_schema(workdir: Path) -> Path:
+    """``dt-mk-schema -j``: the core schemas plus the shipped ones, once per run.
+
+    The shipped schemas are copied out of the package first, so this works from
+    an installed wheel as well as from the source tree.
+    """
+    exe = _program("dt-mk-schema")
+    extra = workdir / "schemas"
+    extra.mkdir(parents=True, exist_ok=True)
+    for entry in resources.files("pvdesc").joinpath(SCHEMA_PACKAGE_DIR).iterdir():
+        if entry.name.endswith(".yaml"):
+            (extra / entry.name).write_bytes(entry.read_bytes())
+    out = workdir / "processed-schema.json"
+    res = _run([exe, "-j", "-o", out.name, str(extra)], workdir)
+    if res.returncode != 0 or not out.is_file():
+        raise ToolError(
+            f"cannot compile the devicetree schemas (exit {res.returncode}): "
+            f"{one_line(res.stderr + res.stdout)}",
+            "dt-mk-schema",
+        )
+    return out
+
+
+def dt_validate(workdir: Path, dtb: str, schema: Path) -> list[Problem]:
+    """dt-validate's diagnostics for ``workdir/dtb``, read from its JSON (it exits 0 on them)."""
+    report = f".{dtb}.dt-validate.json"
+    try:
+        exe = _program("dt-validate")
+        res = _run([exe, "-s", str(schema), "--json-output", report, dtb], workdir)
+    except ToolError as err:
+        return [Problem(Validator.DT_VALIDATE, f"{dtb}: {err}")]
+    path = workdir / report
+    if res.returncode != 0 or not path.is_file():
+        return [
+            Problem(
+                Validator.DT_VALIDATE,
+                f"{dtb}: dt-validate failed to run (exit {res.returncode}): "
+                f"{one_line(res.stderr + res.stdout)}",
+            )
+        ]
+    try:
+        found = json.loads(path.read_text(encoding="utf-8") or "[]")
+    except ValueError as exc:
+        return [Problem(Validator.DT_VALIDATE, f"{dtb}: unreadable --json-output: {exc}")]
+    if not isinstance(found, list):
+        return [Problem(Validator.DT_VALIDATE, f"{dtb}: --json-output is not a list")]
+    out = []
+    for item in found:
+        if isinstance(item, dict):
+            node = item.get("node") or "/"
+            text = item.get("message") or item.get("formatted") or "schema violation"
+            schema_id = item.get("schema")
+            origin = f" (schema {schema_id})" if schema_id else ""
+            message = f"{dtb}: {node}: {one_line(str(text))}{origin}"
+        else:
+            message = f"{dtb}: {one_line(str(item))}"
+        out.append(Problem(Validator.DT_VALIDATE, message))
+    return out
+
+
+# --------------------------------------------------------------------------- ACPICA
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
+    """``iasl -d`` then recompile: the bytes must equal ``aml``."""
+    try:
+        again = acpica.recompile(acpica.disassemble(aml, "table"), "table")
+    except PvdescError as err:
+        return [Problem(Validator.IASL, f"{name}: round trip: {one_line(err.message)}")]
+    if again != aml:
+        at = _first_difference(aml, again)
+        return [
+            Problem(
+                Validator.IASL,
+                f"{name}: iasl -d and recompiling gives {len(again)} bytes, not the same "
+                f"{len(aml)} (first difference at offset {at:#x})",
+            )
+        ]
+    return []
+
+
+_DESCRIPTOR_RE = re.compile(r"^\[\d+\] (?P<kind>.+?)\s*$", re.MULTILINE)
+_FIELD_RE = re.compile(r"^\s*(?P<label>[A-Za-z/ ]+?)\s*:\s*(?P<value>.*?)\s*$", re.MULTILINE)
+_STA_RE = re.compile(r"\[Integer\] = (?P<value>[0-9A-Fa-f]+)\s*$", re.MULTILINE)
+
+
+def crs_claims(output: str) -> tuple[list[Range], list[str]]:
+    """The memory ranges acpiexec's ``resources`` printed for ``_CRS``, and any oddities.
+
+    Handles the two descriptors pvdesc emits (``Memory32Fixed``, ``QWordMemory``)
+    and the DWORD form; a QWORD/DWORD descriptor must be a ResourceConsumer.
+    """
+    if "Evaluating _CRS" not in output:
+        return [], ["acpiexec printed no _CRS"]
+    crs = output.split("Evaluating _CRS", 1)[1].split("Resource Conversion", 1)[0]
+    ranges: list[Range] = []
+    odd: list[str] = []
+    marks = list(_DESCRIPTOR_RE.finditer(crs))
+    for i, mark in enumerate(marks):
+        kind = mark["kind"]
+        body = crs[mark.end() : marks[i + 1].start() if i + 1 < len(marks) else len(crs)]
+        fields = {m["label"]: m["value"] for m in _FIELD_RE.finditer(body)}
+        try:
+            if kind == "EndTag Resource":
+                continue
+            if kind == "32-Bit Fixed Memory Range Resource":
+                ranges.append(Range(int(fields["Address"], 16), int(fields["Address Length"], 16)))
+            elif kind in (
+                "64-Bit QWORD Address Space Resource",
+                "32-Bit DWORD Address Space Resource",
+            ):
+                if fields.get("Resource Type") != "Memory Range":
+                    odd.append(f"{kind} of type {fields.get('Resource Type')}")
+                    continue
+                if fields.get("Consumer/Producer") != "ResourceConsumer":
+                    odd.append(f"{kind} is a {fields.get('Consumer/Producer')}, not a consumer")
+                ranges.append(
+                    Range(int(fields["Address Minimum"], 16), int(fields["Address Length"], 16))
+                )
+            else:
+                odd.append(f"unexpected descriptor {kind!r}")
+        except (KeyError, ValueError):
+            odd.append(f"{kind} without a readable address and length")
+    return ranges, odd
+
+
+def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
+    """Load the SSDT into acpiexec: ``_STA`` must be 0xF and ``_CRS`` claim exactly ``region``."""
+    try:
+        output = acpica.acpiexec([ssdt], [f"evaluate {PVTM}._STA", f"resources {PVTM}"])
+    except PvdescError as err:
+        return [Problem(Validator.ACPIEXEC, f"{name}: {one_line(str(err))}")]
+    out: list[Problem] = []
+    sta_part = output.split(f"Evaluating {PVTM}._STA", 1)[-1]
+    sta = _STA_RE.search(sta_part)
+    if sta is None or int(sta["value"], 16) != STA_PRESENT:
+        got = (sta["value"].lstrip("0") or "0") if sta else "nothing"
+        out.append(
+            Problem(Validator.ACPIEXEC, f"{name}: {PVTM}._STA returned {got}, not F (present)")
+        )
+    claims, odd = crs_claims(output)
+    out += [Problem(Validator.ACPIEXEC, f"{name}: {PVTM}._CRS: {o}") for o in odd]
+    if claims != [region]:
+        text = ", ".join(str(r) for r in claims) or "nothing"
+        out.append(
+            Problem(
+                Validator.ACPIEXEC,
+                f"{name}: {PVTM}._CRS claims {text}, not the region {region}",
+            )
+        )
+    return out
