@@ -123,6 +123,11 @@ class Config:
     slow_repeats: int
 
     @property
+    def validate_repeats(self) -> int:
+        """``pvdesc validate examples/`` takes seconds: at most 7 runs."""
+        return min(self.repeats, 7)
+
+    @property
     def vcpus(self) -> int:
         return 64 if self.quick else 512
 
@@ -182,9 +187,9 @@ class Timing:
         return {"wall": self.wall, "cpu": self.cpu}
 
 
-def samples(fn: Callable[[], object], repeats: int, warmup: bool = True) -> Timing:
-    """``repeats`` timed calls of ``fn`` (after one untimed warm-up call)."""
-    if warmup:
+def samples(fn: Callable[[], object], repeats: int) -> Timing:
+    """``repeats`` timed calls of ``fn``, after one untimed warm-up call when ``repeats`` > 1."""
+    if repeats > 1:
         fn()
     out = Timing()
     for _ in range(repeats):
@@ -546,25 +551,35 @@ def bench_version(cfg: Config) -> list[Result]:
 
 
 def bench_validate(cfg: Config) -> list[Result]:
+    """``pvdesc validate examples/`` (default options) with one and two worker processes."""
     cmd = pvdesc_cmd()
+    # --quick: one small example, so the smoke test stays fast.
+    target = "examples/generic-hole.yaml" if cfg.quick else "examples/"
     keys = (("validate.jobs1", 1), ("validate.jobs2", 2))
     try:
         run([*cmd, "validate", "--help"])
     except (OSError, RuntimeError, subprocess.SubprocessError):
         return [
-            Result(k, f"pvdesc validate examples/ --jobs {j}", None, "s",
+            Result(k, f"pvdesc validate {target} --jobs {j}", None, "s",
                    note="skipped: pvdesc validate not available")
             for k, j in keys
         ]  # fmt: skip
+    files = len(list((ROOT / "examples").glob("*.yaml"))) if not cfg.quick else 1
     out = []
     for key, jobs in keys:
         t = timed_command(
-            [*cmd, "validate", "examples/", "--jobs", str(jobs)], cfg.repeats, ok=(0, 1), cwd=ROOT
+            [*cmd, "validate", target, "--jobs", str(jobs)], cfg.validate_repeats, cwd=ROOT
         )
         out.append(
-            Result(key, f"pvdesc validate examples/ --jobs {jobs}", t.median, "s",
-                   cpu=t.cpu_median, detail=t.to_json())
-        )  # fmt: skip
+            Result(
+                key,
+                f"pvdesc validate {target} --jobs {jobs} ({files} descriptions)",
+                t.median,
+                "s",
+                cpu=t.cpu_median,
+                detail={**t.to_json(), "descriptions": files},
+            )
+        )
     return out
 
 
@@ -596,7 +611,8 @@ def table(results: Sequence[Result], mach: dict[str, Any], cfg: Config) -> str:
         tools,
         "quick mode, 1 run, small inputs: the figures mean nothing"
         if cfg.quick
-        else f"median of {cfg.repeats} runs ({cfg.slow_repeats} for the 100k sweep), "
+        else f"median of {cfg.repeats} runs ({cfg.slow_repeats} for the 100k sweep, "
+        f"{cfg.validate_repeats} for validate), "
         "after one warm-up run; wall time (cpu: user+sys, children included)"
         + (f"; load average at start {load[0]:.2f}" if load else ""),
         "",
