@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -23,6 +22,9 @@ import yaml
 
 from pvdesc import kvm, profiles
 from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath
+
+# parse_quantity lives in the model (``pvdesc check`` parses --region without YAML);
+# it is imported here too, where descriptions are read.
 from pvdesc.model import (
     AcpiIds,
     Boot,
@@ -34,6 +36,7 @@ from pvdesc.model import (
     StolenTimeSpec,
     VmDescription,
     Vmm,
+    parse_quantity,
     validate,
 )
 
@@ -49,9 +52,6 @@ if TYPE_CHECKING:  # yaml.CSafeLoader exists only when PyYAML was built with lib
 #: 200-device description (bench/run).  Its marks are the same; its error messages
 #: are not, so a document it rejects is parsed again by ``yaml.SafeLoader``.
 _FAST_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_QUANTITY_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+[KMGT]?)$")
 
 
 @dataclass(frozen=True)
@@ -114,19 +114,6 @@ def schema() -> dict[str, Any]:
     raw = resources.files("pvdesc").joinpath("schema/description.schema.json").read_text("utf-8")
     result: dict[str, Any] = json.loads(raw)
     return result
-
-
-def parse_quantity(value: int | str) -> int:
-    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix."""
-    if isinstance(value, int):
-        return value
-    if not _QUANTITY_RE.match(value):
-        raise ValueError(f"not a size or address: {value!r}")
-    if value[:2].lower() == "0x":
-        return int(value, 16)
-    if value[-1] in _SUFFIX:
-        return int(value[:-1]) * _SUFFIX[value[-1]]
-    return int(value)
 
 
 def _to_data(
