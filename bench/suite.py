@@ -311,6 +311,12 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
         [*pvdesc_cmd(), "build", str(desc), "-o", str(work / "build-cli"), "-q"], cfg.repeats
     )
 
+    # What every fresh 'pvdesc build' pays before doing any work.
+    interpreter = timed_command([sys.executable, "-c", "pass"], cfg.repeats)
+    imports = timed_command(
+        [sys.executable, "-c", "import pvdesc.cli, pvdesc.build, jsonschema"], cfg.repeats
+    )
+
     out = work / "build"
     total, own, iasl_in = Timing(), Timing(), Timing()
     runs = 0
@@ -376,6 +382,12 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
 
     return [
         row("build.cli", f"pvdesc build, command ({size})", cli, outputs=files),
+        row("build.interpreter", "  floor: python -c pass", interpreter),
+        row(
+            "build.imports",
+            "  floor: python -c 'import pvdesc.cli, pvdesc.build, jsonschema'",
+            imports,
+        ),
         row("build.inprocess", "pvdesc build, in-process (imports done)", total),
         row("build.own", "  of which pvdesc's own time", own),
         row("build.iasl", f"  of which iasl ({runs} runs)", iasl_in),
@@ -455,7 +467,8 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
         out.append(
             Result(
                 "check.qemu_dtb",
-                f"{label}, {len(blob) // 1024} KiB, {tree.node_count} nodes",
+                f"{label} ({len(blob) // 1024} KiB file, {used // 1024} KiB used, "
+                f"{tree.node_count} nodes)",
                 t.median,
                 "s",
                 cpu=t.cpu_median,

@@ -17,6 +17,8 @@ from pvdesc import acpica
 
 KEYS = {
     "build.cli",
+    "build.interpreter",
+    "build.imports",
     "build.inprocess",
     "build.own",
     "build.iasl",
