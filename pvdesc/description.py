@@ -165,7 +165,7 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
     if err.validator == "enum":
         choices = " | ".join(str(c) for c in err.validator_value)
         return path, f"{err.instance!r} is not one of: {choices}", False
-    if err.validator == "oneOf" and path and path[-1] in ("base", "size"):
+    if err.validator == "anyOf" and path and path[-1] in ("base", "size"):
         return (
             path,
             (
