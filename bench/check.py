@@ -13,40 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import libfdt
+from inputs import nested_dtb
 
 from pvdesc import check, dtb
 from pvdesc.model import Range
-
-
-def nested_dtb(buses: int = 100, per_bus: int = 99) -> bytes:
-    """Root + memory + ``buses`` simple-buses with ``per_bus`` devices each (~10k nodes)."""
-    sw = libfdt.FdtSw()
-    sw.finish_reservemap()
-    with sw.add_node(""):
-        sw.property_u32("#address-cells", 2)
-        sw.property_u32("#size-cells", 2)
-        with sw.add_node("memory@40000000"):
-            sw.property_string("device_type", "memory")
-            sw.property("reg", (0x40000000).to_bytes(8, "big") + (1 << 32).to_bytes(8, "big"))
-        for b in range(buses):
-            base = 0x10000000 + b * 0x100000
-            with sw.add_node(f"bus@{base:x}"):
-                sw.property_string("compatible", "simple-bus")
-                sw.property_u32("#address-cells", 1)
-                sw.property_u32("#size-cells", 1)
-                window = (
-                    (0).to_bytes(4, "big") + base.to_bytes(8, "big") + (0x100000).to_bytes(4, "big")
-                )
-                sw.property("ranges", window)
-                for d in range(per_bus):
-                    with sw.add_node(f"dev@{d * 0x1000:x}"):
-                        sw.property(
-                            "reg", (d * 0x1000).to_bytes(4, "big") + (0x100).to_bytes(4, "big")
-                        )
-    fdt = sw.as_fdt()
-    fdt.pack()
-    return bytes(fdt.as_bytearray())
 
 
 def best(fn: Callable[[], object], runs: int = 5) -> float:

@@ -17,16 +17,22 @@ Behaviour relied on, all measured with acpica-tools 20200925 (acpi.md §4):
 
 A compiler error in generated ASL is reported against the template line it
 came from (:func:`template_line`), never as a raw dump.
+
+Every run's wall time can be observed with :func:`timing` (``bench/run`` uses it
+to split ``pvdesc build`` into pvdesc's own time and ACPICA's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvdesc import templating
@@ -66,6 +72,43 @@ class Diagnostic:
     text: str
 
 
+@dataclass
+class ToolTimes:
+    """Wall times of the ACPICA runs made inside one :func:`timing` block.
+
+    Attributes:
+        runs: ``(tool name, seconds)`` per subprocess, in order.
+    """
+
+    runs: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        """Seconds spent in ACPICA subprocesses altogether."""
+        return sum(secs for _, secs in self.runs)
+
+
+#: The active :func:`timing` recorders (a context variable: threads do not share them).
+_recorders: contextvars.ContextVar[tuple[ToolTimes, ...]] = contextvars.ContextVar(
+    "pvdesc_acpica_recorders", default=()
+)
+
+
+@contextlib.contextmanager
+def timing() -> Iterator[ToolTimes]:
+    """Record the wall time of every iasl/acpiexec run inside the ``with`` block.
+
+    Blocks nest (each sees every run inside it).  Measuring costs two clock reads
+    per run; nothing is recorded outside a block.
+    """
+    times = ToolTimes()
+    token = _recorders.set((*_recorders.get(), times))
+    try:
+        yield times
+    finally:
+        _recorders.reset(token)
+
+
 def tool(name: str) -> str:
     """The path of an ACPICA tool; :class:`ToolError` naming the package when missing."""
     path = shutil.which(name)
@@ -79,6 +122,7 @@ def tool(name: str) -> str:
 
 
 def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    start = time.perf_counter()
     try:
         return subprocess.run(
             list(argv),
@@ -94,6 +138,12 @@ def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         raise ToolError(f"timed out after {TIMEOUT:g} s", Path(argv[0]).name) from None
     except OSError as exc:
         raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
+    finally:
+        recorders = _recorders.get()
+        if recorders:
+            elapsed = time.perf_counter() - start
+            for rec in recorders:
+                rec.runs.append((Path(argv[0]).name, elapsed))
 
 
 def parse_diagnostics(text: str) -> list[Diagnostic]:

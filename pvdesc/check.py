@@ -49,10 +49,9 @@ from typing import Any
 
 from pvdesc import kvm
 from pvdesc.acpitables import AcpiTable
-from pvdesc.description import parse_quantity
 from pvdesc.dtb import DeviceTree, RegEntry, Reservation
 from pvdesc.errors import PvdescError
-from pvdesc.model import Boot, Range
+from pvdesc.model import Boot, Range, parse_quantity
 
 FORMAT = "pvdesc.check/1"
 #: Smallest arm64 page: a structure crossing one needs two guest mappings.

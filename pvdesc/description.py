@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pvdesc import kvm, profiles
 from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath
+
+# parse_quantity lives in the model (``pvdesc check`` parses --region without YAML);
+# it is imported here too, where descriptions are read.
 from pvdesc.model import (
     AcpiIds,
     Boot,
@@ -34,6 +36,7 @@ from pvdesc.model import (
     StolenTimeSpec,
     VmDescription,
     Vmm,
+    parse_quantity,
     validate,
 )
 
@@ -43,8 +46,12 @@ MAX_FILE_BYTES = 1 << 20
 #: which would otherwise expand exponentially when walked).
 MAX_NODES = 100_000
 
-_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_QUANTITY_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+[KMGT]?)$")
+if TYPE_CHECKING:  # yaml.CSafeLoader exists only when PyYAML was built with libyaml
+    _Loader = yaml.SafeLoader | yaml.CSafeLoader
+#: libyaml's parser when PyYAML has it: 8x faster than the pure-Python one on a
+#: 200-device description (bench/run).  Its marks are the same; its error messages
+#: are not, so a document it rejects is parsed again by ``yaml.SafeLoader``.
+_FAST_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -109,21 +116,8 @@ def schema() -> dict[str, Any]:
     return result
 
 
-def parse_quantity(value: int | str) -> int:
-    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix."""
-    if isinstance(value, int):
-        return value
-    if not _QUANTITY_RE.match(value):
-        raise ValueError(f"not a size or address: {value!r}")
-    if value[:2].lower() == "0x":
-        return int(value, 16)
-    if value[-1] in _SUFFIX:
-        return int(value[:-1]) * _SUFFIX[value[-1]]
-    return int(value)
-
-
 def _to_data(
-    loader: yaml.SafeLoader, node: yaml.Node, smap: SourceMap, path: KeyPath, budget: list[int]
+    loader: _Loader, node: yaml.Node, smap: SourceMap, path: KeyPath, budget: list[int]
 ) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
@@ -171,7 +165,7 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
     if err.validator == "enum":
         choices = " | ".join(str(c) for c in err.validator_value)
         return path, f"{err.instance!r} is not one of: {choices}", False
-    if err.validator == "oneOf" and path and path[-1] in ("base", "size"):
+    if err.validator == "anyOf" and path and path[-1] in ("base", "size"):
         return (
             path,
             (
@@ -192,11 +186,36 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
     return path, err.message, False
 
 
-def _check_schema(data: Any, smap: SourceMap) -> None:
+def _inline_refs(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """``node`` with every ``{"$ref": "#/$defs/NAME"}`` (a ``$ref`` alone) replaced by NAME.
+
+    The same schema without the indirection: jsonschema resolves each ``$ref``
+    through its registry on every use, which was a third of the time to validate
+    a 200-device description (bench/run).  A ``$ref`` with siblings is kept.
+    """
+    if depth > 32:
+        raise PvdescError("internal: $defs nest too deeply in the description schema")
+    if isinstance(node, list):
+        return [_inline_refs(item, defs, depth + 1) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if len(node) == 1 and isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs, depth + 1)
+    return {key: _inline_refs(value, defs, depth + 1) for key, value in node.items()}
+
+
+@cache
+def _validator() -> Any:
+    """The Draft 2020-12 validator for :func:`schema`, built once (jsonschema imported lazily)."""
     from jsonschema import Draft202012Validator
 
-    validator = Draft202012Validator(schema())
-    errors = list(validator.iter_errors(data))
+    full = schema()
+    return Draft202012Validator(_inline_refs(full, full.get("$defs", {})))
+
+
+def _check_schema(data: Any, smap: SourceMap) -> None:
+    errors = list(_validator().iter_errors(data))
     if not errors:
         return
 
@@ -247,6 +266,20 @@ def _build(data: dict[str, Any]) -> VmDescription:
     )
 
 
+def _compose(loader_class: type[_Loader], text: str, smap: SourceMap) -> Any:
+    """The single YAML document in ``text`` as plain data; fills ``smap`` on the way."""
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise DescriptionError(
+                "empty document: a description is a YAML mapping", f"{smap.file}:1:1"
+            )
+        return _to_data(loader, node, smap, (), [MAX_NODES])
+    finally:
+        loader.dispose()
+
+
 def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     """Parse and validate description bytes; errors carry ``file:line:col``."""
     smap = SourceMap(file)
@@ -260,16 +293,15 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
         line = text[: exc.start].count(b"\n") + 1
         raise DescriptionError(f"not UTF-8 text (byte {exc.start})", f"{file}:{line}:1") from None
     try:
-        loader = yaml.SafeLoader(decoded)
         try:
-            node = loader.get_single_node()
-            if node is None:
-                raise DescriptionError(
-                    "empty document: a description is a YAML mapping", f"{file}:1:1"
-                )
-            data = _to_data(loader, node, smap, (), [MAX_NODES])
-        finally:
-            loader.dispose()
+            data = _compose(_FAST_LOADER, decoded, smap)
+        except yaml.YAMLError:
+            if _FAST_LOADER is yaml.SafeLoader:
+                raise
+            # libyaml's messages are vaguer ("found character that cannot start any
+            # token"): let the pure-Python parser, the reference, say what is wrong.
+            smap = SourceMap(file)
+            data = _compose(yaml.SafeLoader, decoded, smap)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file

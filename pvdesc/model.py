@@ -31,6 +31,23 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
+_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_QUANTITY_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+[KMGT]?)$")
+
+
+def parse_quantity(value: int | str) -> int:
+    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix."""
+    if isinstance(value, int):
+        return value
+    if not _QUANTITY_RE.match(value):
+        raise ValueError(f"not a size or address: {value!r}")
+    if value[:2].lower() == "0x":
+        return int(value, 16)
+    if value[-1] in _SUFFIX:
+        return int(value[:-1]) * _SUFFIX[value[-1]]
+    return int(value)
+
+
 class Boot(enum.StrEnum):
     """How the guest learns its memory map.
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from tools import ROOT
 
-from pvdesc.description import MAX_NODES, loads, parse_quantity, schema
+from pvdesc.description import MAX_NODES, SourceMap, _compose, loads, parse_quantity, schema
 from pvdesc.errors import DescriptionError
 from pvdesc.model import Boot, Describe, Placement
 
@@ -73,3 +77,39 @@ def test_schema_is_valid_json_schema() -> None:
     Draft202012Validator.check_schema(schema())
     shipped = json.loads(json.dumps(schema()))
     assert shipped["additionalProperties"] is False
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+#: Every description in the repository that reaches the YAML parser (not-utf8.yaml does not).
+_YAML_FILES = sorted(
+    p
+    for p in [
+        *(ROOT / "examples").glob("*.yaml"),
+        *(ROOT / "tests" / "data" / "bad").glob("*.yaml"),
+        *(ROOT / "bench" / "data").glob("*.yaml"),
+    ]
+    if _is_utf8(p)
+)
+
+
+@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML built without libyaml")
+@pytest.mark.parametrize("path", _YAML_FILES, ids=lambda p: p.name)
+def test_libyaml_and_pure_python_agree(path: Path) -> None:
+    """The fast (libyaml) loader gives the same data and source map as the reference one."""
+    decoded = path.read_text(encoding="utf-8")
+
+    def compose(loader: Any) -> tuple[Any, SourceMap] | str:
+        smap = SourceMap(str(path))
+        try:
+            return _compose(loader, decoded, smap), smap
+        except (yaml.YAMLError, DescriptionError) as exc:
+            return type(exc).__name__
+
+    assert compose(yaml.CSafeLoader) == compose(yaml.SafeLoader)
