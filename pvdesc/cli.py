@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pvdesc import __version__
-from pvdesc.errors import PvdescError
+from pvdesc.errors import PvdescError, one_line
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except PvdescError as err:
-        sys.stderr.write(f"pvdesc: error: {err}\n")
+        sys.stderr.write(one_line(f"pvdesc: error: {err}") + "\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("pvdesc: interrupted\n")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from pvdesc import kvm, profiles
-from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath
+from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath, one_line
 from pvdesc.model import (
     AcpiIds,
     Boot,
@@ -37,14 +39,26 @@ from pvdesc.model import (
     validate,
 )
 
-#: Refuse larger files outright: a real description is a few KiB.
+#: Refuse larger files outright (by size, before reading them): a real description is a few KiB.
 MAX_FILE_BYTES = 1 << 20
 #: Refuse documents with more YAML nodes than this (also stops alias bombs,
 #: which would otherwise expand exponentially when walked).
 MAX_NODES = 100_000
+#: Every number in a description (address, size, count, id) is below 2**64: a
+#: larger one is refused where it is written, before it reaches any message
+#: (Python refuses to print integers of more than 4300 decimal digits).
+MAX_QUANTITY_BITS = 64
 
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_QUANTITY_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+[KMGT]?)$")
+# Anchored with fullmatch: "$" would also accept a trailing newline.  At most 20
+# significant decimal or 16 hex digits (after leading zeros): 2**64 needs 20.
+_QUANTITY_RE = re.compile(r"0[xX]0*[0-9a-fA-F]{1,16}|0*[0-9]{1,20}[KMGT]?")
+#: How values are quoted in messages: bounded, whatever the input.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
 
 
 @dataclass(frozen=True)
@@ -109,27 +123,72 @@ def schema() -> dict[str, Any]:
     return result
 
 
+def short(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters, for quoting untrusted values in messages."""
+    return _SHORT.repr(value)
+
+
 def parse_quantity(value: int | str) -> int:
-    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix."""
+    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix.
+
+    Raises ``ValueError`` for anything else, and for values of 2**64 or more.
+    """
     if isinstance(value, int):
-        return value
-    if not _QUANTITY_RE.match(value):
-        raise ValueError(f"not a size or address: {value!r}")
-    if value[:2].lower() == "0x":
-        return int(value, 16)
-    if value[-1] in _SUFFIX:
-        return int(value[:-1]) * _SUFFIX[value[-1]]
-    return int(value)
+        result = value
+    elif not _QUANTITY_RE.fullmatch(value):
+        raise ValueError(
+            f'not a size or address: {short(value)} (an integer below 2^64, "0x...", or '
+            "digits with K/M/G/T)"
+        )
+    elif value[:2].lower() == "0x":
+        result = int(value, 16)
+    elif value[-1] in _SUFFIX:
+        result = int(value[:-1]) * _SUFFIX[value[-1]]
+    else:
+        result = int(value)
+    if result >= 1 << MAX_QUANTITY_BITS:
+        raise ValueError(f"{short(value)} is 2^64 or more: addresses and sizes are 64-bit")
+    return result
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, where: str) -> Any:
+    """One scalar's Python value; a value PyYAML cannot build, or a huge number, is an error.
+
+    PyYAML's safe constructors raise plain Python errors, not ``YAMLError``, for
+    some well-formed YAML: ``ValueError`` (``!!int abc``, ``!!float x``, a
+    timestamp such as ``2001-02-30``), ``KeyError`` (``!!bool x``), ``IndexError``
+    (``!!int ''``), ``AttributeError`` (``!!timestamp x``); and they build
+    integers of any size.  All are refused here, at the value's mark.
+    """
+    try:
+        value = loader.construct_object(node)
+    except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+        kind = str(node.tag).rsplit(":", 1)[-1]
+        if "integer string conversion" in str(exc):
+            text = "a number with more than 4300 digits"
+        else:
+            text = f"cannot read {short(node.value)} as a YAML {kind}"
+        raise DescriptionError(text, where) from None
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value.bit_length() > MAX_QUANTITY_BITS
+    ):
+        raise DescriptionError(
+            f"number of {value.bit_length()} bits: every number in a description is below 2^64",
+            where,
+        )
+    return value
 
 
 def _to_data(
     loader: yaml.SafeLoader, node: yaml.Node, smap: SourceMap, path: KeyPath, budget: list[int]
 ) -> Any:
+    where = f"{smap.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
     budget[0] -= 1
     if budget[0] < 0:
         raise DescriptionError(
-            f"description has more than {MAX_NODES} YAML nodes (or an alias bomb)",
-            f"{smap.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}",
+            f"description has more than {MAX_NODES} YAML nodes (or an alias bomb)", where
         )
     smap.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
@@ -139,12 +198,12 @@ def _to_data(
             merge = key_node.tag == "tag:yaml.org,2002:merge"
             if not isinstance(key_node, yaml.ScalarNode) or merge:
                 raise DescriptionError("keys must be plain names (no merge keys)", kpos)
-            key = loader.construct_object(key_node)
+            key = _construct(loader, key_node, kpos)
             if not isinstance(key, str):
                 kind = type(key).__name__
-                raise DescriptionError(f"key {key!r} must be a name, not {kind}", kpos)
+                raise DescriptionError(f"key {short(key)} must be a name, not {kind}", kpos)
             if key in out:
-                raise DescriptionError(f"duplicate key {key!r}", kpos)
+                raise DescriptionError(f"duplicate key {short(key)}", kpos)
             child = (*path, key)
             smap.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _to_data(loader, value_node, smap, child, budget)
@@ -153,7 +212,7 @@ def _to_data(
         return [
             _to_data(loader, item, smap, (*path, i), budget) for i, item in enumerate(node.value)
         ]
-    return loader.construct_object(node)
+    return _construct(loader, node, f"{where}: {format_keypath(path)}")
 
 
 def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
@@ -165,17 +224,17 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
         bad = extra[0]
         hint = difflib.get_close_matches(bad, allowed, n=1)
         tip = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
-        return (*path, bad), f"unknown key {bad!r}{tip}", True
+        return (*path, bad), f"unknown key {short(bad)}{tip}", True
     if err.validator == "required":
         return path, err.message, False
     if err.validator == "enum":
         choices = " | ".join(str(c) for c in err.validator_value)
-        return path, f"{err.instance!r} is not one of: {choices}", False
+        return path, f"{short(err.instance)} is not one of: {choices}", False
     if err.validator == "oneOf" and path and path[-1] in ("base", "size"):
         return (
             path,
             (
-                f'{err.instance!r} is not an address or size: use an integer, "0x...", or a '
+                f'{short(err.instance)} is not an address or size: use an integer, "0x...", or a '
                 "number with K/M/G/T"
             ),
             False,
@@ -184,12 +243,30 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
         return (
             path,
             (
-                f"name {err.instance!r} must match [a-z0-9][a-z0-9-]*: it names the output "
+                f"name {short(err.instance)} must match [a-z0-9][a-z0-9-]*: it names the output "
                 "files, so no paths, dots or capitals"
             ),
             False,
         )
-    return path, err.message, False
+    if err.validator == "maxItems":
+        return (
+            path,
+            (
+                f"{len(err.instance)} entries: at most {err.validator_value} are allowed (a "
+                "limit on input size; a real VM has a handful)"
+            ),
+            False,
+        )
+    if err.validator == "type":
+        types = err.validator_value
+        kinds = " or ".join(types) if isinstance(types, list) else str(types)
+        return path, f"{short(err.instance)} is not of type {kinds!r}", False
+    if err.validator == "maxLength":
+        return path, f"{short(err.instance)} is longer than {err.validator_value}", False
+    if err.validator == "pattern":
+        return path, f"{short(err.instance)} does not match {err.validator_value!r}", False
+    # The rest quote small values only (numbers are below 2^64, see _construct).
+    return path, one_line(err.message, 200), False
 
 
 def _check_schema(data: Any, smap: SourceMap) -> None:
@@ -210,19 +287,40 @@ def _check_schema(data: Any, smap: SourceMap) -> None:
     raise DescriptionError(message, f"{smap.locate(path, key=at_key)}: {format_keypath(path)}")
 
 
+def _quantity(value: int | str, path: KeyPath) -> int:
+    try:
+        return parse_quantity(value)
+    except ValueError as exc:
+        raise DescriptionError(str(exc), path) from None
+
+
 def _build(data: dict[str, Any]) -> VmDescription:
     memory = tuple(
-        RamBank(Range(parse_quantity(b["base"]), parse_quantity(b["size"])), b.get("numa_node"), i)
+        RamBank(
+            Range(
+                _quantity(b["base"], ("memory", i, "base")),
+                _quantity(b["size"], ("memory", i, "size")),
+            ),
+            b.get("numa_node"),
+            i,
+        )
         for i, b in enumerate(data["memory"])
     )
     devices = tuple(
-        Device(d["name"], Range(parse_quantity(d["base"]), parse_quantity(d["size"])), i)
+        Device(
+            d["name"],
+            Range(
+                _quantity(d["base"], ("devices", i, "base")),
+                _quantity(d["size"], ("devices", i, "size")),
+            ),
+            i,
+        )
         for i, d in enumerate(data.get("devices", []))
     )
     st = data.get("stolen_time", {})
     spec = StolenTimeSpec(
         placement=Placement(st.get("placement", "hole")),
-        base=parse_quantity(st["base"]) if "base" in st else None,
+        base=_quantity(st["base"], ("stolen_time", "base")) if "base" in st else None,
         describe=Describe(st.get("describe", "auto")),
     )
     acpi = data.get("acpi", {})
@@ -251,9 +349,7 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     """Parse and validate description bytes; errors carry ``file:line:col``."""
     smap = SourceMap(file)
     if len(text) > MAX_FILE_BYTES:
-        raise DescriptionError(
-            f"file is {len(text)} bytes; descriptions are limited to {MAX_FILE_BYTES}", file
-        )
+        raise DescriptionError(_too_big(len(text)), file)
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -284,8 +380,8 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
             "a description is a YAML mapping (name:, vcpus:, memory:, ...)", smap.locate(())
         )
     _check_schema(data, smap)
-    desc = _build(data)
     try:
+        desc = _build(data)
         desc = profiles.apply(desc, frozenset(smap.values))
         validate(desc)
     except DescriptionError as err:
@@ -293,12 +389,27 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     return LoadedDescription(desc, smap, text)
 
 
+def _too_big(size: int, exact: bool = True) -> str:
+    what = f"{size} bytes" if exact else f"more than {MAX_FILE_BYTES} bytes"
+    return f"file is {what}; descriptions are limited to {MAX_FILE_BYTES} (a real one is a few KiB)"
+
+
 def load(path: str | Path) -> LoadedDescription:
-    """Read and parse a description file."""
+    """Read and parse a description file.
+
+    A regular file larger than :data:`MAX_FILE_BYTES` is refused by its size
+    before any of it is read; anything else (a pipe, a device) is read up to the
+    limit and refused if there is more.
+    """
     p = Path(path)
     try:
         with p.open("rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size > MAX_FILE_BYTES:
+                raise DescriptionError(_too_big(st.st_size), str(path))
             text = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise DescriptionError(f"cannot read: {exc.strerror}", str(path)) from None
+    if len(text) > MAX_FILE_BYTES:
+        raise DescriptionError(_too_big(len(text), exact=False), str(path))
     return loads(text, str(path))

@@ -293,7 +293,7 @@ def validate(desc: VmDescription) -> None:
     - NUMA ids on all banks or on none;
     - a ``fixed`` placement has a base and only ``fixed`` has one.
     """
-    if not NAME_RE.match(desc.name) or len(desc.name) > NAME_MAX:
+    if not NAME_RE.fullmatch(desc.name) or len(desc.name) > NAME_MAX:
         raise DescriptionError(
             f"name {desc.name!r} must match [a-z0-9][a-z0-9-]* (at most {NAME_MAX} "
             "characters): it names the output files, so no paths or dots",
@@ -354,13 +354,13 @@ def validate(desc: VmDescription) -> None:
             "numa_node is set on some banks but not this one: give every bank a node, or none",
             missing.path,
         )
-    if not ACPI_OEM_ID_RE.match(desc.acpi.oem_id):
+    if not ACPI_OEM_ID_RE.fullmatch(desc.acpi.oem_id):
         raise DescriptionError(
             f"oem_id {desc.acpi.oem_id!r} must be 1-6 printable ASCII characters "
             "(ACPI table header OEMID field)",
             ("acpi", "oem_id"),
         )
-    if not ACPI_OEM_TABLE_ID_RE.match(desc.acpi.oem_table_id):
+    if not ACPI_OEM_TABLE_ID_RE.fullmatch(desc.acpi.oem_table_id):
         raise DescriptionError(
             f"oem_table_id {desc.acpi.oem_table_id!r} must be 1-8 printable ASCII characters "
             "(ACPI table header OEM Table ID field)",
