@@ -24,15 +24,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc import templating
-from pvdesc.errors import ToolError
+from pvdesc import proc, templating
+from pvdesc.errors import ToolError, one_line
 from pvdesc.model import Range
 
 QEMU = "qemu-system-aarch64"
@@ -226,30 +224,12 @@ class ProcessResult:
 
 
 def run_group(argv: Sequence[str], timeout: float, cwd: Path | None = None) -> ProcessResult:
-    """Run ``argv`` in a new process group; on timeout kill the whole group (SIGKILL)."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        timed_out = True
-    finally:
-        if proc.poll() is None:  # e.g. KeyboardInterrupt: never leave QEMU behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return ProcessResult(proc.returncode, out.decode("utf-8", "replace"), timed_out)
+    """Run ``argv`` in a new process group; on timeout kill the whole group (SIGKILL).
+
+    A thin wrapper over :func:`pvdesc.proc.run` with stderr merged into the output.
+    """
+    res = proc.run(argv, timeout=timeout, cwd=cwd, merge_stderr=True)
+    return ProcessResult(res.returncode, res.stdout, res.timed_out)
 
 
 def qemu() -> str:
@@ -277,9 +257,11 @@ def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
         out = Path(tmp) / "virt.dtb"
         args = machine_args(m)
         args[1] = f"virt,dumpdtb={out}"
-        res = run_group([qemu(), *args, "-display", "none", "-nodefaults"], timeout)
-        if res.timed_out or not out.is_file():
-            raise ToolError(f"dumpdtb failed: {res.output.strip()[:200]}", QEMU)
+        res = proc.run([qemu(), *args, "-display", "none", "-nodefaults"], timeout=timeout)
+        if res.timed_out:
+            raise proc.timeout_error(res, timeout)
+        if res.returncode != 0 or not out.is_file():
+            raise ToolError(f"dumpdtb failed (exit {res.returncode}): {proc.summary(res)}", QEMU)
         return out.read_bytes()
 
 
@@ -316,7 +298,11 @@ def boot(m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIM
         res = run_group(argv, timeout, cwd=work)
     if res.timed_out:
         tail = res.output.strip().splitlines()[-1:] or ["no output"]
-        raise ToolError(f"guest did not power off within {timeout:g} s; last line: {tail[0]}", QEMU)
+        raise ToolError(
+            f"guest did not power off within {timeout:g} s (QEMU's process group was killed); "
+            f"last line: {one_line(tail[0], 200)}",
+            QEMU,
+        )
     return BootResult(res.output, res.returncode, parse_iomem(iomem_text(res.output)))
 
 
