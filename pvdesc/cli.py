@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def cmd_build(args: argparse.Namespace) -> int:
     from pvdesc import build
 
-    result = build.build(args.description, args.output, args.into)
+    result = build.build(args.description, args.output, args.into, force=args.force)
     if not args.quiet:
         sys.stdout.write(build.summary(result, args.output))
     return EXIT_OK
@@ -118,6 +118,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="patch this VMM DTB (e.g. from qemu -machine virt,dumpdtb=FILE) instead of "
         "writing pvdesc's own tree: replace /memory, add /reserved-memory, refuse collisions",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in the way that pvdesc did not write (its own are always replaced)",
+    )
     p.set_defaults(func=cmd_build)
 
     c = sub.add_parser(
@@ -160,6 +165,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="colour the terminal map (auto: on a terminal, unless NO_COLOR is set)",
     )
     m.set_defaults(func=cmd_map)
+
     return parser
 
 
