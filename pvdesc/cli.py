@@ -94,6 +94,27 @@ def cmd_map(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if amap.findings else EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pvdesc import check, description, diff
+
+    sides = []
+    for path in (args.old, args.new):
+        limit = max(check.MAX_CONFIG_BYTES, description.MAX_FILE_BYTES)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)
+        except OSError as exc:
+            raise diff.DiffInputError(f"cannot read: {exc.strerror}", path) from None
+        if len(data) > limit:
+            raise diff.DiffInputError(f"larger than {limit} bytes", path)
+        sides.append(diff.side_from_bytes(data, path))
+    old, new = sides
+    findings = diff.compare(old, new)
+    text = diff.to_json(findings) if args.format == "json" else diff.to_text(findings, old, new)
+    sys.stdout.write(text)
+    return EXIT_OK if diff.compatible(findings) else EXIT_FINDINGS
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -166,6 +187,18 @@ def make_parser() -> argparse.ArgumentParser:
     )
     m.set_defaults(func=cmd_map)
 
+    d = sub.add_parser(
+        "diff",
+        help="can a running guest migrate between two stolen-time layouts?",
+        description="Compare two VM descriptions or hypervisor configs (or one of each) for "
+        "migration and save/restore: same PVTIME_IPA for every vCPU on both sides, same region "
+        "and memslot, revision 0, no RAM newly over the region.  Exit 0 compatible, 1 not, "
+        "2 unusable input.",
+    )
+    d.add_argument("old", help="the source: a description (YAML) or NAME.hypervisor.json")
+    d.add_argument("new", help="the destination: a description (YAML) or NAME.hypervisor.json")
+    d.add_argument("--format", choices=["text", "json"], default="text")
+    d.set_defaults(func=cmd_diff)
     return parser
 
 
