@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvdesc.errors import AcpiError
+from pvdesc.inputs import read_bounded, too_big
 from pvdesc.model import Range
 
 #: A real SRAT/SSDT is a few KiB; refuse anything bigger than this.
@@ -298,7 +299,7 @@ def _srat(data: bytes, file: str) -> tuple[MemoryAffinity, ...]:
 def parse(data: bytes, file: str = "<acpi>") -> AcpiTable:
     """Check an ACPI table's header and checksum and decode it; :class:`AcpiError` if unusable."""
     if len(data) > MAX_TABLE_BYTES:
-        raise AcpiError(f"{len(data)} bytes: ACPI tables are limited to {MAX_TABLE_BYTES}", file)
+        raise AcpiError(too_big(len(data), MAX_TABLE_BYTES, "ACPI tables"), file)
     if len(data) < HEADER_SIZE:
         raise AcpiError(f"truncated: {len(data)} bytes, an ACPI table header is 36", file)
     sig_raw, length, _rev, _csum, _oem, table_id, _orev, _cid, _crev = HEADER.unpack_from(data)
@@ -326,11 +327,5 @@ def parse(data: bytes, file: str = "<acpi>") -> AcpiTable:
 
 
 def load(path: str | Path) -> AcpiTable:
-    """Read and decode an ACPI table file (``.aml``/``.dat``)."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_TABLE_BYTES + 1)
-    except OSError as exc:
-        raise AcpiError(f"cannot read: {exc.strerror}", str(path)) from None
-    return parse(data, str(path))
+    """Read and decode an ACPI table file (refused by size before it is read, see :mod:`inputs`)."""
+    return parse(read_bounded(path, MAX_TABLE_BYTES, AcpiError, "ACPI tables"), str(path))

@@ -31,6 +31,7 @@ from pvdesc import (
 )
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, OutputError, PvdescError
+from pvdesc.inputs import read_bounded
 from pvdesc.layout import Layout
 from pvdesc.model import Describe
 
@@ -192,12 +193,13 @@ def publish_outputs(
 
 
 def read_base_dtb(path: str | Path) -> bytes:
-    """The bytes of a VMM's DTB given to ``--into``."""
+    """The bytes of a VMM's DTB given to ``--into`` (refused by size before it is read)."""
     try:
-        with Path(path).open("rb") as fh:
-            return fh.read(patch.MAX_DTB_BYTES + 1)
-    except OSError as exc:
-        raise DTError(f"cannot read base DTB: {exc.strerror}", str(path)) from None
+        return read_bounded(path, patch.MAX_DTB_BYTES, DTError, "base DTBs")
+    except DTError as err:
+        if err.message.startswith("cannot read"):
+            err.message = err.message.replace("cannot read", "cannot read base DTB", 1)
+        raise
 
 
 def plan(

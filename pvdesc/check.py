@@ -52,6 +52,7 @@ from pvdesc.acpitables import AcpiTable
 from pvdesc.description import parse_quantity
 from pvdesc.dtb import DeviceTree, RegEntry, Reservation
 from pvdesc.errors import PvdescError
+from pvdesc.inputs import too_big
 from pvdesc.model import Boot, Range
 
 FORMAT = "pvdesc.check/1"
@@ -183,6 +184,8 @@ def _purpose(data: Any, file: str, where: str) -> str:
 
 def target_from_config(text: bytes, file: str) -> Target:
     """A ``pvdesc.hypervisor/1`` config (pvdesc/hypervisor.py), validated field by field."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CheckInputError(too_big(len(text), MAX_CONFIG_BYTES, "hypervisor configs"), file)
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:

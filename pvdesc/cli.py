@@ -37,6 +37,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pvdesc import acpitables, check, dtb, kvm
+    from pvdesc.inputs import read_bounded
     from pvdesc.model import Boot
 
     tree = dtb.load(args.dtb)
@@ -46,13 +47,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "--vcpus/--ipa-bits go with --region; the hypervisor config has its own",
                 "--hypervisor-config",
             )
-        try:
-            with open(args.hypervisor_config, "rb") as fh:
-                text = fh.read(check.MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise check.CheckInputError(
-                f"cannot read: {exc.strerror}", args.hypervisor_config
-            ) from None
+        text = read_bounded(
+            args.hypervisor_config,
+            check.MAX_CONFIG_BYTES,
+            check.CheckInputError,
+            "hypervisor configs",
+        )
         target = check.target_from_config(text, args.hypervisor_config)
     else:
         if args.vcpus is None:
@@ -95,18 +95,12 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from pvdesc import check, description, diff
+    from pvdesc import check, diff
+    from pvdesc.inputs import read_bounded
 
     sides = []
     for path in (args.old, args.new):
-        limit = max(check.MAX_CONFIG_BYTES, description.MAX_FILE_BYTES)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(limit + 1)
-        except OSError as exc:
-            raise diff.DiffInputError(f"cannot read: {exc.strerror}", path) from None
-        if len(data) > limit:
-            raise diff.DiffInputError(f"larger than {limit} bytes", path)
+        data = read_bounded(path, check.MAX_CONFIG_BYTES, diff.DiffInputError, "inputs")
         sides.append(diff.side_from_bytes(data, path))
     old, new = sides
     findings = diff.compare(old, new)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 import reprlib
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import yaml
 
 from pvdesc import kvm, profiles
 from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath, one_line
+from pvdesc.inputs import read_bounded, too_big
 from pvdesc.model import (
     AcpiIds,
     Boot,
@@ -349,7 +349,7 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     """Parse and validate description bytes; errors carry ``file:line:col``."""
     smap = SourceMap(file)
     if len(text) > MAX_FILE_BYTES:
-        raise DescriptionError(_too_big(len(text)), file)
+        raise DescriptionError(too_big(len(text), MAX_FILE_BYTES, "descriptions"), file)
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -389,27 +389,6 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     return LoadedDescription(desc, smap, text)
 
 
-def _too_big(size: int, exact: bool = True) -> str:
-    what = f"{size} bytes" if exact else f"more than {MAX_FILE_BYTES} bytes"
-    return f"file is {what}; descriptions are limited to {MAX_FILE_BYTES} (a real one is a few KiB)"
-
-
 def load(path: str | Path) -> LoadedDescription:
-    """Read and parse a description file.
-
-    A regular file larger than :data:`MAX_FILE_BYTES` is refused by its size
-    before any of it is read; anything else (a pipe, a device) is read up to the
-    limit and refused if there is more.
-    """
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            if st.st_size > MAX_FILE_BYTES:
-                raise DescriptionError(_too_big(st.st_size), str(path))
-            text = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise DescriptionError(f"cannot read: {exc.strerror}", str(path)) from None
-    if len(text) > MAX_FILE_BYTES:
-        raise DescriptionError(_too_big(len(text), exact=False), str(path))
-    return loads(text, str(path))
+    """Read and parse a description file (refused by size before it is read, see :mod:`inputs`)."""
+    return loads(read_bounded(path, MAX_FILE_BYTES, DescriptionError, "descriptions"), str(path))

@@ -50,6 +50,7 @@ from pathlib import Path
 import libfdt
 
 from pvdesc.errors import DTError
+from pvdesc.inputs import read_bounded, too_big
 from pvdesc.model import Range
 
 #: Refuse bigger files: QEMU pads its DTB to 1 MiB, a 100,000-node tree is ~5 MiB.
@@ -326,7 +327,7 @@ def _check_header(data: bytes, file: str) -> None:
 def parse(data: bytes, file: str = "<dtb>") -> DeviceTree:
     """Check and decode a DTB.  Raises :class:`DTError` (one line, naming ``file``)."""
     if len(data) > MAX_DTB_BYTES:
-        raise _err(file, f"{len(data)} bytes: DTBs are limited to {MAX_DTB_BYTES}")
+        raise _err(file, too_big(len(data), MAX_DTB_BYTES, "DTBs"))
     _check_header(data, file)
     total = int.from_bytes(data[4:8], "big")
     buf = bytearray(data[:total])
@@ -500,11 +501,5 @@ def _decode_reg(
 
 
 def load(path: str | Path) -> DeviceTree:
-    """Read and decode a DTB file (size-limited before it is read whole)."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_DTB_BYTES + 1)
-    except OSError as exc:
-        raise DTError(f"cannot read: {exc.strerror}", str(path)) from None
-    return parse(data, str(path))
+    """Read and decode a DTB file (refused by size before it is read, see :mod:`inputs`)."""
+    return parse(read_bounded(path, MAX_DTB_BYTES, DTError, "DTBs"), str(path))
