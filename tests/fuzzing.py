@@ -409,9 +409,16 @@ def _nodes(fdt: libfdt.Fdt) -> list[int]:
 
 
 def apply_fdt(data: bytes, ops: Sequence[tuple[object, ...]]) -> bytes:
-    """Apply structure-level mutations through libfdt (an op libfdt refuses is skipped)."""
+    """Apply structure-level mutations through libfdt (an op libfdt refuses is skipped).
+
+    Only a blob that passes ``fdt_check_full`` is edited: libfdt's write functions
+    trust the tree they are given and can crash the process on a corrupt one.
+    """
+    buf = bytearray(data)
+    if len(buf) < 40 or libfdt.fdt_check_full(buf, len(buf)) != 0:
+        return data
     try:
-        fdt = libfdt.Fdt(bytearray(data))
+        fdt = libfdt.Fdt(buf)
     except libfdt.FdtException:
         return data
     for op in ops:

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from fuzzing import (
@@ -165,8 +169,6 @@ def test_fuzz_diff(data: st.DataObject) -> None:
 
 def json_mutation(seed: bytes, data: st.DataObject) -> bytes:
     """Replace one value anywhere in a JSON document with a hostile one."""
-    import json
-
     doc = json.loads(seed)
     hostile = st.one_of(
         st.integers(-(2**70), 2**70),
@@ -202,3 +204,25 @@ def json_mutation(seed: bytes, data: st.DataObject) -> bytes:
 
 def test_crashes_dir_is_ignored_by_git() -> None:
     assert ".fuzz-crashes/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_atheris_harness_runs_every_target(tmp_path: Path) -> None:
+    """bench/fuzz.py's coverage-guided engine, briefly: every target, fixed seed and runs."""
+    crashes = tmp_path / "crashes"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fuzz.py"),
+            "--runs",
+            "200",
+            "--crashes",
+            str(crashes),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary == {"engine": "atheris", "inputs": 1200, "failures": 0, "sites": []}, res.stdout
+    assert res.returncode == 0
