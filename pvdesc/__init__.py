@@ -22,8 +22,11 @@ Layers, each with its own error class (see :mod:`pvdesc.errors`):
 - :mod:`pvdesc.acpi`, :mod:`pvdesc.acpica`: SSDT/SRAT, and the iasl/acpiexec wrapper.
 - :mod:`pvdesc.acpitables`: decoding SRAT and ``_CRS`` claims from AML.
 - :mod:`pvdesc.check`: findings for any DTB + region (``pvdesc check``).
+- :mod:`pvdesc.diff`: migration compatibility of two layouts (``pvdesc diff``).
 - :mod:`pvdesc.guest`: booting a real arm64 guest under QEMU.
-- :mod:`pvdesc.build`: all outputs, written atomically.
+- :mod:`pvdesc.proc`: the one way tools are run (process groups, timeouts, stderr).
+- :mod:`pvdesc.inputs`: reading untrusted files within a size limit.
+- :mod:`pvdesc.build`: all outputs; :mod:`pvdesc.publish` switches them in as one generation.
 - :mod:`pvdesc.validate`, :mod:`pvdesc.validators`, :mod:`pvdesc.reports`: ``pvdesc validate``
   (CI: every description built, checked and run through dtc, dt-validate and ACPICA).
 - :mod:`pvdesc.cli`: the ``pvdesc`` command.

@@ -1,7 +1,9 @@
 """The one wrapper for ACPICA's ``iasl`` (compiler/disassembler) and ``acpiexec`` (AML interpreter).
 
-Every call runs the tool as an argument list (no shell), with a timeout, in a
-fresh temporary directory; nothing is ever written next to the user's outputs.
+Every call runs the tool through :func:`pvdesc.proc.run` (an argument list, no
+shell, stdin closed, its own process group killed whole at the timeout, stderr
+captured into the error) in a fresh temporary directory; nothing is ever
+written next to the user's outputs.
 Behaviour relied on, all measured with acpica-tools 20200925 (acpi.md §4):
 
 - ``iasl -vs`` drops the banner, ``-we`` turns warnings into errors, ``-vi``
@@ -28,14 +30,13 @@ import contextlib
 import contextvars
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc import templating
+from pvdesc import proc, templating
 from pvdesc.errors import AcpiError, ToolError
 
 #: The Debian package that ships iasl and acpiexec.
@@ -121,29 +122,19 @@ def tool(name: str) -> str:
     return path
 
 
-def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
     start = time.perf_counter()
     try:
-        return subprocess.run(
-            list(argv),
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"timed out after {TIMEOUT:g} s", Path(argv[0]).name) from None
-    except OSError as exc:
-        raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
+        result = proc.run(argv, timeout=TIMEOUT, cwd=cwd)
     finally:
         recorders = _recorders.get()
         if recorders:
             elapsed = time.perf_counter() - start
             for rec in recorders:
                 rec.runs.append((Path(argv[0]).name, elapsed))
+    if result.timed_out:
+        raise proc.timeout_error(result, TIMEOUT)
+    return result
 
 
 def parse_diagnostics(text: str) -> list[Diagnostic]:
@@ -221,17 +212,17 @@ def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
         work = Path(tmp)
         src = work / f"{name}.asl"
         src.write_text(source, encoding="ascii")
-        proc = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), src.name], work)
+        res = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), src.name], work)
         aml_path = work / f"{name}.aml"
-        if proc.returncode == 0 and aml_path.is_file():
+        if res.returncode == 0 and aml_path.is_file():
             return aml_path.read_bytes()
-        diags = parse_diagnostics(proc.stderr + "\n" + proc.stdout)
+        diags = parse_diagnostics(res.stderr + "\n" + res.stdout)
         first = next((d for d in diags if d.level == "error" and d.code != 6154), None)
         first = first or (diags[0] if diags else None)
         if first is None:
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            detail = lines[0] if lines else "no message"
-            raise ToolError(f"failed (exit {proc.returncode}) on {template}: {detail}", "iasl")
+            raise ToolError(
+                f"failed (exit {res.returncode}) on {template}: {proc.summary(res)}", "iasl"
+            )
         asl_lines = source.splitlines()
         text = asl_lines[first.line - 1].strip() if 0 < first.line <= len(asl_lines) else ""
         tline = template_line(template, source, first.line)
@@ -249,12 +240,12 @@ def disassemble(aml: bytes, name: str = "table") -> str:
     with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
         work = Path(tmp)
         (work / f"{name}.aml").write_bytes(aml)
-        proc = _run([iasl, "-vs", "-p", str(work / "dis"), "-d", f"{name}.aml"], work)
+        res = _run([iasl, "-vs", "-p", str(work / "dis"), "-d", f"{name}.aml"], work)
         out = work / "dis.dsl"
-        if proc.returncode != 0 or not out.is_file():
-            raise AcpiError(f"iasl -d failed (exit {proc.returncode}): {_first_line(proc)}", name)
+        if res.returncode != 0 or not out.is_file():
+            raise AcpiError(f"iasl -d failed (exit {res.returncode}): {proc.summary(res)}", name)
         text = out.read_text(encoding="ascii", errors="replace")
-        problems = _failures(proc.stdout + proc.stderr)
+        problems = _failures(res.stdout + res.stderr)
         if problems:
             raise AcpiError(f"iasl -d: {problems[0]}", name)
         return text
@@ -266,10 +257,10 @@ def recompile(dsl: str, name: str = "table") -> bytes:
     with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
         work = Path(tmp)
         (work / f"{name}.dsl").write_text(dsl, encoding="ascii")
-        proc = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), f"{name}.dsl"], work)
+        res = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), f"{name}.dsl"], work)
         out = work / f"{name}.aml"
-        if proc.returncode != 0 or not out.is_file():
-            raise AcpiError(f"iasl failed (exit {proc.returncode}): {_first_line(proc)}", name)
+        if res.returncode != 0 or not out.is_file():
+            raise AcpiError(f"iasl failed (exit {res.returncode}): {proc.summary(res)}", name)
         return out.read_bytes()
 
 
@@ -295,7 +286,7 @@ def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
         ln for ln in (result.stdout + "\n" + result.stderr).splitlines() if not _TRACE_RE.match(ln)
     )
     if result.returncode != 0:
-        raise AcpiError(f"acpiexec exited {result.returncode}: {_first_line(result)}", "acpiexec")
+        raise AcpiError(f"acpiexec exited {result.returncode}: {proc.summary(result)}", "acpiexec")
     problems = _failures(output)
     if problems:
         raise AcpiError(problems[0], "acpiexec")
@@ -304,10 +295,3 @@ def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
 
 def _failures(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if any(m in ln for m in ACPIEXEC_FAILURES)]
-
-
-def _first_line(proc: subprocess.CompletedProcess[str]) -> str:
-    for ln in (proc.stderr + "\n" + proc.stdout).splitlines():
-        if ln.strip():
-            return ln.strip()
-    return "no message"

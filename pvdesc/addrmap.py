@@ -16,16 +16,17 @@ The renderers (:mod:`pvdesc.mapview`) only read an :class:`AddressMap`.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pvdesc import kvm
 from pvdesc.check import Finding as CheckFinding
-from pvdesc.check import Severity, Target
+from pvdesc.check import RangeIndex, Severity, Target
 from pvdesc.dtb import DeviceTree
-from pvdesc.errors import LayoutError
+from pvdesc.errors import LayoutError, PvdescError
 from pvdesc.layout import Layout, verify
 from pvdesc.model import Boot, Describe, Range
 
@@ -194,28 +195,77 @@ class AddressMap:
 
 #: The detail strip shows this many structures at each end before eliding.
 DETAIL_EDGE = 3
+#: Most rows a map may have (a description within the schema's limits needs under 15,000);
+#: a DTB with more boundaries is refused instead of rendering a map nobody can read.
+MAX_PIECES = 20_000
 
 
-def _covering(spans: Sequence[Span], r: Range) -> Span | None:
-    hits = [s for s in spans if s.range.contains(r)]
-    return min(hits, key=lambda s: (s.range.size, s.range.base)) if hits else None
+class _Sweep:
+    """The ranges containing the current piece, as the pieces are visited left to right.
+
+    Every input boundary is a cut, so a range either contains a piece or misses
+    it.  Ranges enter a heap (ordered by ``key``) when the sweep reaches their
+    base and are dropped lazily once it passes their end: O(log n) per step.
+
+    Attributes:
+        ranges: the ranges.
+        key: the order among ranges containing the same piece (best first).
+        order: indexes by base.
+        pending: the next index into ``order`` not yet in the heap (one-element list).
+        heap: ``(key, index)`` of ranges entered so far.
+    """
+
+    def __init__(self, ranges: Sequence[Range], key: Callable[[int], tuple[int, ...]]) -> None:
+        self.ranges = ranges
+        self.key = key
+        self.order = sorted(range(len(ranges)), key=lambda i: ranges[i].base)
+        self.pending = [0]
+        self.heap: list[tuple[tuple[int, ...], int]] = []
+
+    def best(self, lo: int) -> int | None:
+        """The best range containing the piece that starts at ``lo`` (pieces in order)."""
+        while self.pending[0] < len(self.order):
+            i = self.order[self.pending[0]]
+            if self.ranges[i].base > lo:
+                break
+            heapq.heappush(self.heap, (self.key(i), i))
+            self.pending[0] += 1
+        while self.heap and self.ranges[self.heap[0][1]].end <= lo:
+            heapq.heappop(self.heap)
+        return self.heap[0][1] if self.heap else None
 
 
-def _described(src: MapSource, r: Range, kind: Kind, in_ram: bool) -> tuple[Describer, ...]:
+def _smallest(ranges: Sequence[Range]) -> _Sweep:
+    """Sweep choosing the smallest (then lowest) containing range, as the map labels it."""
+    return _Sweep(ranges, lambda i: (ranges[i].size, ranges[i].base, i))
+
+
+def _first(ranges: Sequence[Range]) -> _Sweep:
+    """Sweep choosing the containing range listed first."""
+    return _Sweep(ranges, lambda i: (i,))
+
+
+def _described(
+    in_node: bool, in_reserved: bool, in_claim: bool, kind: Kind, in_ram: bool
+) -> tuple[Describer, ...]:
     out: list[Describer] = []
-    if any(n.contains(r) for n in src.memory_nodes):
+    if in_node:
         out.append(Describer.MEMORY_NODE)
-    if any(n.contains(r) for n in src.reserved):
+    if in_reserved:
         out.append(Describer.RESERVED_NO_MAP)
-    if in_ram and Describer.MEMORY_NODE not in out and kind is not Kind.DEVICE:
+    if in_ram and not in_node and kind is not Kind.DEVICE:
         out.append(Describer.EXCLUDED)
-    if any(n.contains(r) for n in src.acpi_claims):
+    if in_claim:
         out.append(Describer.ACPI_CLAIM)
     return tuple(out)
 
 
 def segments(src: MapSource) -> tuple[Segment, ...]:
-    """Cut ``[0, limit)`` at every input boundary; merge neighbours that read the same."""
+    """Cut ``[0, limit)`` at every input boundary; merge neighbours that read the same.
+
+    One left-to-right sweep with a :class:`_Sweep` per kind of input: O(n log n)
+    for n inputs, so a foreign DTB with many thousands of nodes still maps quickly.
+    """
     inputs = [
         *(s.range for s in src.ram),
         *(s.range for s in src.devices),
@@ -229,12 +279,26 @@ def segments(src: MapSource) -> tuple[Segment, ...]:
     for r in inputs:
         cuts.update((min(r.base, src.limit), min(r.end, src.limit)))
     points = sorted(cuts)
-    flagged = [f.range for f in src.findings if f.range is not None]
+    if len(points) - 1 > MAX_PIECES:
+        raise PvdescError(
+            f"the map would have {len(points) - 1} rows, more than the {MAX_PIECES} pvdesc draws; "
+            "use pvdesc check for a tree this large"
+        )
+    flagged = RangeIndex([f.range for f in src.findings if f.range is not None])
+    ram_sweep = _smallest([s.range for s in src.ram])
+    dev_sweep = _smallest([s.range for s in src.devices])
+    node_sweep = _first(src.memory_nodes)
+    reserved_sweep = _first(src.reserved)
+    claim_sweep = _first(src.acpi_claims)
+    slot_sweep = _first([s.range for s in src.memslots])
+    starts = _starts(src)
     out: list[Segment] = []
     for lo, hi in itertools.pairwise(points):
         piece = Range(lo, hi - lo)
-        ram = _covering(src.ram, piece)
-        dev = _covering(src.devices, piece)
+        ri, di = ram_sweep.best(lo), dev_sweep.best(lo)
+        ram = src.ram[ri] if ri is not None else None
+        dev = src.devices[di] if di is not None else None
+        si = slot_sweep.best(lo)
         if src.region.contains(piece):
             kind, label = Kind.REGION, "stolen-time region"
         elif dev is not None:
@@ -243,22 +307,28 @@ def segments(src: MapSource) -> tuple[Segment, ...]:
             kind, label = Kind.RAM, ram.label
         else:
             kind, label = Kind.GAP, ""
-        slot = next((s.slot for s in src.memslots if s.range.contains(piece)), None)
+        described = _described(
+            node_sweep.best(lo) is not None,
+            reserved_sweep.best(lo) is not None,
+            claim_sweep.best(lo) is not None,
+            kind,
+            ram is not None,
+        )
         seg = Segment(
             range=piece,
             kind=kind,
             label=label,
             numa_node=ram.numa_node if ram is not None and kind is not Kind.DEVICE else None,
-            described=_described(src, piece, kind, ram is not None),
-            memslot=slot,
-            flagged=any(f.overlaps(piece) for f in flagged),
+            described=described,
+            memslot=src.memslots[si].slot if si is not None else None,
+            flagged=flagged.overlapping(piece) is not None,
         )
         prev = out[-1] if out else None
         if (
             prev is not None
             and (prev.kind, prev.label, prev.numa_node, prev.described, prev.memslot, prev.flagged)
             == (seg.kind, seg.label, seg.numa_node, seg.described, seg.memslot, seg.flagged)
-            and lo not in _starts(src)
+            and lo not in starts
         ):
             out[-1] = Segment(
                 Range(prev.range.base, hi - prev.range.base),

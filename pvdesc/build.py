@@ -1,17 +1,17 @@
 """``pvdesc build``: every output for a description, rendered in memory, written atomically.
 
 All outputs are rendered before anything touches the output directory, so any
-error leaves it untouched.  Each file is then written to a temporary file in
-the same directory, flushed and fsynced, and renamed into place; the manifest
-(which pairs the files and records their hashes) is renamed last.
+error leaves it untouched.  They are then published as one generation
+(:mod:`pvdesc.publish`): whatever instant a build is killed at, the directory
+holds the old complete outputs or the new complete outputs, never a mix, and
+the manifest (which pairs the files and records their hashes) lets a consumer
+check that what it read belongs together.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +25,13 @@ from pvdesc import (
     layout,
     patch,
     profiles,
+    publish,
     templating,
     vmmconfig,
 )
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, OutputError, PvdescError
+from pvdesc.inputs import read_bounded
 from pvdesc.layout import Layout
 from pvdesc.model import Describe
 
@@ -163,42 +165,41 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
 
 
 def write_outputs(outdir: Path, outputs: Sequence[Output]) -> None:
-    """Write all files via temp file + fsync + rename; nothing half-written on error."""
+    """Write independent files (each one atomically: temp file, fsync, rename, fsync the directory).
+
+    For files the user names one by one (``pvdesc map --svg FILE``).  A build's
+    set of files goes through :func:`publish_outputs` instead, which switches
+    them all at once.
+    """
+    for out in outputs:
+        if out.name in ("", ".", "..") or out.name != Path(out.name).name or "\0" in out.name:
+            raise OutputError(f"refusing to write {out.name!r}: not a file name", str(outdir))
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory: {exc.strerror}", str(outdir)) from None
-    temps: list[tuple[str, Path]] = []
     try:
         for out in outputs:
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=outdir)
-            temps.append((tmp, outdir / out.name))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(out.data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for tmp, final in temps:
-            os.replace(tmp, final)
-        temps.clear()
-        dirfd = os.open(outdir, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+            publish.write_file_atomic(outdir / out.name, out.data)
     except OSError as exc:
         raise OutputError(f"cannot write outputs: {exc.strerror}", str(outdir)) from None
-    finally:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
+
+
+def publish_outputs(
+    outdir: Path, vm: str, outputs: Sequence[Output], *, force: bool = False
+) -> None:
+    """Publish a build's files as one generation (:func:`pvdesc.publish.publish`)."""
+    publish.publish(outdir, vm, {o.name: o.data for o in outputs}, force=force)
 
 
 def read_base_dtb(path: str | Path) -> bytes:
-    """The bytes of a VMM's DTB given to ``--into``."""
+    """The bytes of a VMM's DTB given to ``--into`` (refused by size before it is read)."""
     try:
-        with Path(path).open("rb") as fh:
-            return fh.read(patch.MAX_DTB_BYTES + 1)
-    except OSError as exc:
-        raise DTError(f"cannot read base DTB: {exc.strerror}", str(path)) from None
+        return read_bounded(path, patch.MAX_DTB_BYTES, DTError, "base DTBs")
+    except DTError as err:
+        if err.message.startswith("cannot read"):
+            err.message = err.message.replace("cannot read", "cannot read base DTB", 1)
+        raise
 
 
 def plan(
@@ -223,10 +224,19 @@ def plan(
     return BuildResult(loaded, lay, outputs)
 
 
-def build(path: str | Path, outdir: str | Path, into: str | Path | None = None) -> BuildResult:
-    """Plan, then write every output into ``outdir`` (``into``: patch that VMM DTB)."""
+def build(
+    path: str | Path,
+    outdir: str | Path,
+    into: str | Path | None = None,
+    *,
+    force: bool = False,
+) -> BuildResult:
+    """Plan, then publish every output into ``outdir`` (``into``: patch that VMM DTB).
+
+    ``force`` lets the build replace files in the way that pvdesc did not write.
+    """
     result = plan(path, into, outdir)
-    write_outputs(Path(outdir), result.outputs)
+    publish_outputs(Path(outdir), result.layout.description.name, result.outputs, force=force)
     return result
 
 

@@ -51,6 +51,7 @@ from pvdesc import kvm
 from pvdesc.acpitables import AcpiTable
 from pvdesc.dtb import DeviceTree, RegEntry, Reservation
 from pvdesc.errors import PvdescError
+from pvdesc.inputs import too_big
 from pvdesc.model import Boot, Range, parse_quantity
 
 FORMAT = "pvdesc.check/1"
@@ -169,8 +170,21 @@ def _int(data: Any, key: str, file: str, where: str) -> int:
     return value
 
 
+#: What a memslot of a hypervisor config may back (pvdesc.layout.Purpose).
+PURPOSES = ("ram", "stolen-time")
+
+
+def _purpose(data: Any, file: str, where: str) -> str:
+    value = data.get("purpose") if isinstance(data, dict) else None
+    if value not in PURPOSES:
+        raise CheckInputError(f'{where}.purpose must be "ram" or "stolen-time"', file)
+    return str(value)
+
+
 def target_from_config(text: bytes, file: str) -> Target:
     """A ``pvdesc.hypervisor/1`` config (pvdesc/hypervisor.py), validated field by field."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CheckInputError(too_big(len(text), MAX_CONFIG_BYTES, "hypervisor configs"), file)
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -197,7 +211,7 @@ def target_from_config(text: bytes, file: str) -> Target:
                 _int(s, "guest_phys_addr", file, f"memslots[{i}]"),
                 _int(s, "memory_size", file, f"memslots[{i}]"),
             ),
-            str(s.get("purpose", "")),
+            _purpose(s, file, f"memslots[{i}]"),
         )
         for i, s in enumerate(raw_slots)
     )
@@ -236,6 +250,62 @@ def sweep_overlaps(queries: Sequence[Range], ranges: Sequence[Range]) -> Iterato
         for _end, ri in active:
             if ranges[ri].base < q.end:
                 yield qi, ri
+
+
+class RangeIndex:
+    """Ranges sorted by base with a running maximum of their ends: O(log n) stabbing queries.
+
+    Answers "which range overlaps (or contains) this query" with one witness per
+    query, so a check over v structures and n ranges is O((n + v) log n) however
+    much the ranges overlap each other (a hostile DTB can stack thousands of
+    identical ``/memory`` nodes).  Empty ranges are left out.
+
+    Attributes:
+        order: indexes into the caller's sequence, by (base, end).
+        bases: the bases in that order.
+        reach: ``reach[k]`` = (largest end, its index) among ``order[0..k]``.
+    """
+
+    def __init__(self, ranges: Sequence[Range]) -> None:
+        self.order = sorted(
+            (i for i, r in enumerate(ranges) if r.size > 0),
+            key=lambda i: (ranges[i].base, ranges[i].end),
+        )
+        self.bases = [ranges[i].base for i in self.order]
+        self.reach: list[tuple[int, int]] = []
+        best = (-1, -1)
+        for i in self.order:
+            if ranges[i].end > best[0]:
+                best = (ranges[i].end, i)
+            self.reach.append(best)
+
+    def overlapping(self, q: Range) -> int | None:
+        """The index of a range overlapping ``q`` (the one reaching furthest), or ``None``."""
+        k = bisect.bisect_left(self.bases, q.end)
+        if k == 0 or q.size <= 0:
+            return None
+        end, i = self.reach[k - 1]
+        return i if end > q.base else None
+
+    def containing(self, q: Range) -> int | None:
+        """The index of a range containing ``q`` wholly, or ``None``."""
+        k = bisect.bisect_right(self.bases, q.base)
+        if k == 0:
+            return None
+        end, i = self.reach[k - 1]
+        return i if end >= q.end else None
+
+
+def merged(ranges: Sequence[Range]) -> list[Range]:
+    """The union of ``ranges`` as sorted, disjoint, non-touching ranges."""
+    out: list[Range] = []
+    for r in sorted(r for r in ranges if r.size > 0):
+        if out and r.base <= out[-1].end:
+            last = out[-1]
+            out[-1] = Range(last.base, max(last.end, r.end) - last.base)
+        else:
+            out.append(r)
+    return out
 
 
 # --------------------------------------------------------------------------- rules
@@ -397,39 +467,38 @@ def _usable_memory(dt: DeviceTree, boot: Boot) -> tuple[list[RegEntry], list[Res
 
 
 def _ram_rules(dt: DeviceTree, target: Target, boot: Boot) -> list[Finding]:
+    """Structures in ``/memory``, and what (if anything) takes them back.
+
+    One :class:`RangeIndex` query per structure and kind: O((n + v) log n).
+    """
     structs = _structs(target)
-    memory = list(dt.memory)
-    reservations = list(dt.reserved)
-    mem_hits = list(sweep_overlaps(structs, [m.range for m in memory]))
-    res_hits = list(sweep_overlaps(structs, [r.range for r in reservations]))
-    rsv_hits = list(sweep_overlaps(structs, [m.range for m in dt.memreserve]))
-    in_memory: dict[int, RegEntry] = {}
-    for si, mi in mem_hits:
-        in_memory.setdefault(si, memory[mi])
-    covering: dict[int, list[Reservation]] = {}
-    for si, ri in res_hits:
-        covering.setdefault(si, []).append(reservations[ri])
-    memres: dict[int, int] = {}
-    for si, ri in rsv_hits:
-        memres.setdefault(si, ri)
+    memory = RangeIndex([m.range for m in dt.memory])
     ignored = dt.reserved_ignored
+    honoured = [] if ignored is not None else list(dt.reserved)
+    no_map = [r for r in honoured if r.no_map and not r.reusable]
+    mapped = [r for r in honoured if not (r.no_map and not r.reusable)]
+    no_map_index = RangeIndex([r.range for r in no_map])
+    mapped_index = RangeIndex([r.range for r in mapped])
+    memreserve = RangeIndex([m.range for m in dt.memreserve])
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for si, mem in in_memory.items():
-        s = structs[si]
-        no_map = [r for r in covering.get(si, []) if r.no_map and not r.reusable]
-        mapped = [r for r in covering.get(si, []) if not (r.no_map and not r.reusable)]
-        if ignored is None and any(r.range.contains(s) for r in no_map):
-            if boot.uefi:
-                r = next(r for r in no_map if r.range.contains(s))
-                groups.setdefault(("no-map-under-uefi", r.source), []).append((si, 0))
+    for si, s in enumerate(structs):
+        mi = memory.overlapping(s)
+        if mi is None:
             continue
-        if ignored is None and mapped:
-            groups.setdefault(("ipa-in-mapped-reservation", mapped[0].source), []).append((si, 0))
-        elif si in memres:
-            src = dt.memreserve[memres[si]].source
-            groups.setdefault(("ipa-in-memreserve", src), []).append((si, 0))
+        ni = no_map_index.containing(s)
+        if ni is not None:
+            if boot.uefi:
+                groups.setdefault(("no-map-under-uefi", no_map[ni].source), []).append((si, 0))
+            continue
+        pi = mapped_index.overlapping(s)
+        ri = memreserve.overlapping(s)
+        if pi is not None:
+            key = ("ipa-in-mapped-reservation", mapped[pi].source)
+        elif ri is not None:
+            key = ("ipa-in-memreserve", dt.memreserve[ri].source)
         else:
-            groups.setdefault(("ipa-in-ram", mem.source), []).append((si, 0))
+            key = ("ipa-in-ram", dt.memory[mi].source)
+        groups.setdefault(key, []).append((si, 0))
     out = []
     for (code, src), hits in groups.items():
         for run, span in _group(hits, target):
@@ -502,15 +571,18 @@ def _granule_rules(
                 )
             )
     memory, honoured = _usable_memory(dt, boot)
-    no_map = [r.range for r in honoured if r.no_map and not r.reusable]
+    # The no-map holes near the region, merged: a memory range's part inside the
+    # granules is taken back iff one merged hole contains it (O(log n) each).
+    holes = merged(
+        [r.range for r in honoured if r.no_map and not r.reusable and r.range.overlaps(grains)]
+    )
+    hole_index = RangeIndex(holes)
     for _, mi in sweep_overlaps([grains], [m.range for m in memory]):
         mem = memory[mi]
         if mem.source in ram_flagged:
             continue
-        pieces = [mem.range]
-        for hole in no_map:
-            pieces = [p for piece in pieces for p in piece.minus(hole)]
-        if any(p.overlaps(grains) for p in pieces):
+        lo, hi = max(mem.range.base, grains.base), min(mem.range.end, grains.end)
+        if hole_index.containing(Range(lo, hi - lo)) is None:
             out.append(
                 Finding(
                     Severity.WARNING,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pvdesc import __version__
-from pvdesc.errors import PvdescError
+from pvdesc.errors import PvdescError, one_line
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def cmd_build(args: argparse.Namespace) -> int:
     from pvdesc import build
 
-    result = build.build(args.description, args.output, args.into)
+    result = build.build(args.description, args.output, args.into, force=args.force)
     if not args.quiet:
         sys.stdout.write(build.summary(result, args.output))
     return EXIT_OK
@@ -37,6 +37,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pvdesc import acpitables, check, dtb, kvm
+    from pvdesc.inputs import read_bounded
     from pvdesc.model import Boot
 
     tree = dtb.load(args.dtb)
@@ -46,13 +47,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "--vcpus/--ipa-bits go with --region; the hypervisor config has its own",
                 "--hypervisor-config",
             )
-        try:
-            with open(args.hypervisor_config, "rb") as fh:
-                text = fh.read(check.MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise check.CheckInputError(
-                f"cannot read: {exc.strerror}", args.hypervisor_config
-            ) from None
+        text = read_bounded(
+            args.hypervisor_config,
+            check.MAX_CONFIG_BYTES,
+            check.CheckInputError,
+            "hypervisor configs",
+        )
         target = check.target_from_config(text, args.hypervisor_config)
     else:
         if args.vcpus is None:
@@ -115,6 +115,21 @@ def cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_FINDINGS
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pvdesc import check, diff
+    from pvdesc.inputs import read_bounded
+
+    sides = []
+    for path in (args.old, args.new):
+        data = read_bounded(path, check.MAX_CONFIG_BYTES, diff.DiffInputError, "inputs")
+        sides.append(diff.side_from_bytes(data, path))
+    old, new = sides
+    findings = diff.compare(old, new)
+    text = diff.to_json(findings) if args.format == "json" else diff.to_text(findings, old, new)
+    sys.stdout.write(text)
+    return EXIT_OK if diff.compatible(findings) else EXIT_FINDINGS
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -138,6 +153,11 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="BASE_DTB",
         help="patch this VMM DTB (e.g. from qemu -machine virt,dumpdtb=FILE) instead of "
         "writing pvdesc's own tree: replace /memory, add /reserved-memory, refuse collisions",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in the way that pvdesc did not write (its own are always replaced)",
     )
     p.set_defaults(func=cmd_build)
 
@@ -227,6 +247,19 @@ def make_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--format", choices=["text", "json"], default="text")
     pr.set_defaults(func=cmd_prove)
+
+    d = sub.add_parser(
+        "diff",
+        help="can a running guest migrate between two stolen-time layouts?",
+        description="Compare two VM descriptions or hypervisor configs (or one of each) for "
+        "migration and save/restore: same PVTIME_IPA for every vCPU on both sides, same region "
+        "and memslot, revision 0, no RAM newly over the region.  Exit 0 compatible, 1 not, "
+        "2 unusable input.",
+    )
+    d.add_argument("old", help="the source: a description (YAML) or NAME.hypervisor.json")
+    d.add_argument("new", help="the destination: a description (YAML) or NAME.hypervisor.json")
+    d.add_argument("--format", choices=["text", "json"], default="text")
+    d.set_defaults(func=cmd_diff)
     return parser
 
 
@@ -236,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except PvdescError as err:
-        sys.stderr.write(f"pvdesc: error: {err}\n")
+        sys.stderr.write(one_line(f"pvdesc: error: {err}") + "\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("pvdesc: interrupted\n")

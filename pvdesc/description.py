@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pvdesc import kvm, profiles
-from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath
+from pvdesc import kvm, model, profiles
+from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath, one_line
+from pvdesc.inputs import read_bounded, too_big
 
 # parse_quantity lives in the model (``pvdesc check`` parses --region without YAML);
 # it is imported here too, where descriptions are read.
@@ -37,14 +38,19 @@ from pvdesc.model import (
     VmDescription,
     Vmm,
     parse_quantity,
+    short,
     validate,
 )
 
-#: Refuse larger files outright: a real description is a few KiB.
+#: Refuse larger files outright (by size, before reading them): a real description is a few KiB.
 MAX_FILE_BYTES = 1 << 20
 #: Refuse documents with more YAML nodes than this (also stops alias bombs,
 #: which would otherwise expand exponentially when walked).
 MAX_NODES = 100_000
+#: Every number in a description is below 2**64 (model.MAX_QUANTITY_BITS): a larger
+#: one is refused where it is written, before it reaches any message (Python refuses
+#: to print integers of more than 4300 decimal digits).
+MAX_QUANTITY_BITS = model.MAX_QUANTITY_BITS
 
 if TYPE_CHECKING:  # yaml.CSafeLoader exists only when PyYAML was built with libyaml
     _Loader = yaml.SafeLoader | yaml.CSafeLoader
@@ -116,14 +122,44 @@ def schema() -> dict[str, Any]:
     return result
 
 
+def _construct(loader: _Loader, node: yaml.Node, where: str) -> Any:
+    """One scalar's Python value; a value PyYAML cannot build, or a huge number, is an error.
+
+    PyYAML's safe constructors raise plain Python errors, not ``YAMLError``, for
+    some well-formed YAML: ``ValueError`` (``!!int abc``, ``!!float x``, a
+    timestamp such as ``2001-02-30``), ``KeyError`` (``!!bool x``), ``IndexError``
+    (``!!int ''``), ``AttributeError`` (``!!timestamp x``); and they build
+    integers of any size.  All are refused here, at the value's mark.
+    """
+    try:
+        value = loader.construct_object(node)
+    except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+        kind = str(node.tag).rsplit(":", 1)[-1]
+        if "integer string conversion" in str(exc):
+            text = "a number with more than 4300 digits"
+        else:
+            text = f"cannot read {short(node.value)} as a YAML {kind}"
+        raise DescriptionError(text, where) from None
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value.bit_length() > MAX_QUANTITY_BITS
+    ):
+        raise DescriptionError(
+            f"number of {value.bit_length()} bits: every number in a description is below 2^64",
+            where,
+        )
+    return value
+
+
 def _to_data(
     loader: _Loader, node: yaml.Node, smap: SourceMap, path: KeyPath, budget: list[int]
 ) -> Any:
+    where = f"{smap.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
     budget[0] -= 1
     if budget[0] < 0:
         raise DescriptionError(
-            f"description has more than {MAX_NODES} YAML nodes (or an alias bomb)",
-            f"{smap.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}",
+            f"description has more than {MAX_NODES} YAML nodes (or an alias bomb)", where
         )
     smap.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
@@ -133,12 +169,12 @@ def _to_data(
             merge = key_node.tag == "tag:yaml.org,2002:merge"
             if not isinstance(key_node, yaml.ScalarNode) or merge:
                 raise DescriptionError("keys must be plain names (no merge keys)", kpos)
-            key = loader.construct_object(key_node)
+            key = _construct(loader, key_node, kpos)
             if not isinstance(key, str):
                 kind = type(key).__name__
-                raise DescriptionError(f"key {key!r} must be a name, not {kind}", kpos)
+                raise DescriptionError(f"key {short(key)} must be a name, not {kind}", kpos)
             if key in out:
-                raise DescriptionError(f"duplicate key {key!r}", kpos)
+                raise DescriptionError(f"duplicate key {short(key)}", kpos)
             child = (*path, key)
             smap.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _to_data(loader, value_node, smap, child, budget)
@@ -147,7 +183,7 @@ def _to_data(
         return [
             _to_data(loader, item, smap, (*path, i), budget) for i, item in enumerate(node.value)
         ]
-    return loader.construct_object(node)
+    return _construct(loader, node, f"{where}: {format_keypath(path)}")
 
 
 def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
@@ -159,17 +195,17 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
         bad = extra[0]
         hint = difflib.get_close_matches(bad, allowed, n=1)
         tip = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
-        return (*path, bad), f"unknown key {bad!r}{tip}", True
+        return (*path, bad), f"unknown key {short(bad)}{tip}", True
     if err.validator == "required":
         return path, err.message, False
     if err.validator == "enum":
         choices = " | ".join(str(c) for c in err.validator_value)
-        return path, f"{err.instance!r} is not one of: {choices}", False
+        return path, f"{short(err.instance)} is not one of: {choices}", False
     if err.validator == "anyOf" and path and path[-1] in ("base", "size"):
         return (
             path,
             (
-                f'{err.instance!r} is not an address or size: use an integer, "0x...", or a '
+                f'{short(err.instance)} is not an address or size: use an integer, "0x...", or a '
                 "number with K/M/G/T"
             ),
             False,
@@ -178,12 +214,30 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
         return (
             path,
             (
-                f"name {err.instance!r} must match [a-z0-9][a-z0-9-]*: it names the output "
+                f"name {short(err.instance)} must match [a-z0-9][a-z0-9-]*: it names the output "
                 "files, so no paths, dots or capitals"
             ),
             False,
         )
-    return path, err.message, False
+    if err.validator == "maxItems":
+        return (
+            path,
+            (
+                f"{len(err.instance)} entries: at most {err.validator_value} are allowed (a "
+                "limit on input size; a real VM has a handful)"
+            ),
+            False,
+        )
+    if err.validator == "type":
+        types = err.validator_value
+        kinds = " or ".join(types) if isinstance(types, list) else str(types)
+        return path, f"{short(err.instance)} is not of type {kinds!r}", False
+    if err.validator == "maxLength":
+        return path, f"{short(err.instance)} is longer than {err.validator_value}", False
+    if err.validator == "pattern":
+        return path, f"{short(err.instance)} does not match {err.validator_value!r}", False
+    # The rest quote small values only (numbers are below 2^64, see _construct).
+    return path, one_line(err.message, 200), False
 
 
 def _inline_refs(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
@@ -229,19 +283,40 @@ def _check_schema(data: Any, smap: SourceMap) -> None:
     raise DescriptionError(message, f"{smap.locate(path, key=at_key)}: {format_keypath(path)}")
 
 
+def _quantity(value: int | str, path: KeyPath) -> int:
+    try:
+        return parse_quantity(value)
+    except ValueError as exc:
+        raise DescriptionError(str(exc), path) from None
+
+
 def _build(data: dict[str, Any]) -> VmDescription:
     memory = tuple(
-        RamBank(Range(parse_quantity(b["base"]), parse_quantity(b["size"])), b.get("numa_node"), i)
+        RamBank(
+            Range(
+                _quantity(b["base"], ("memory", i, "base")),
+                _quantity(b["size"], ("memory", i, "size")),
+            ),
+            b.get("numa_node"),
+            i,
+        )
         for i, b in enumerate(data["memory"])
     )
     devices = tuple(
-        Device(d["name"], Range(parse_quantity(d["base"]), parse_quantity(d["size"])), i)
+        Device(
+            d["name"],
+            Range(
+                _quantity(d["base"], ("devices", i, "base")),
+                _quantity(d["size"], ("devices", i, "size")),
+            ),
+            i,
+        )
         for i, d in enumerate(data.get("devices", []))
     )
     st = data.get("stolen_time", {})
     spec = StolenTimeSpec(
         placement=Placement(st.get("placement", "hole")),
-        base=parse_quantity(st["base"]) if "base" in st else None,
+        base=_quantity(st["base"], ("stolen_time", "base")) if "base" in st else None,
         describe=Describe(st.get("describe", "auto")),
     )
     acpi = data.get("acpi", {})
@@ -284,9 +359,7 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     """Parse and validate description bytes; errors carry ``file:line:col``."""
     smap = SourceMap(file)
     if len(text) > MAX_FILE_BYTES:
-        raise DescriptionError(
-            f"file is {len(text)} bytes; descriptions are limited to {MAX_FILE_BYTES}", file
-        )
+        raise DescriptionError(too_big(len(text), MAX_FILE_BYTES, "descriptions"), file)
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -316,8 +389,8 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
             "a description is a YAML mapping (name:, vcpus:, memory:, ...)", smap.locate(())
         )
     _check_schema(data, smap)
-    desc = _build(data)
     try:
+        desc = _build(data)
         desc = profiles.apply(desc, frozenset(smap.values))
         validate(desc)
     except DescriptionError as err:
@@ -326,11 +399,5 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
 
 
 def load(path: str | Path) -> LoadedDescription:
-    """Read and parse a description file."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            text = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise DescriptionError(f"cannot read: {exc.strerror}", str(path)) from None
-    return loads(text, str(path))
+    """Read and parse a description file (refused by size before it is read, see :mod:`inputs`)."""
+    return loads(read_bounded(path, MAX_FILE_BYTES, DescriptionError, "descriptions"), str(path))

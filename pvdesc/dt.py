@@ -87,7 +87,7 @@ def reg(r: Range) -> list[int]:
 
 
 def _node(fdt: Any, name: str) -> Any:
-    if not _NODE_NAME_RE.match(name):
+    if not _NODE_NAME_RE.fullmatch(name):
         raise DTError(f"invalid node name {name!r}")
     return fdt.Node(name)
 

@@ -17,6 +17,12 @@ Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
 
 - a ``reg`` is decoded with the *direct parent's* ``#address-cells`` /
   ``#size-cells``, which default to 2/1 when absent and are not inherited;
+- the root must state ``#address-cells``: without it Linux's flat-tree code
+  assumes 1 (``OF_ROOT_NODE_ADDR_CELLS_DEFAULT``, drivers/of/of_private.h) where
+  the DT spec says 2, so ``/memory`` could not be read the way the guest reads it;
+- ``/reserved-memory`` is honoured only with ``#address-cells``, ``#size-cells``
+  (both present and equal to the root's) and ``ranges`` (present):
+  ``__reserved_mem_check_root`` in drivers/of/fdt.c, kvm-pvtime-and-dt.md §4;
 - cell counts above :data:`MAX_CELLS` are refused: 3 address cells is the
   largest binding in use (PCI), and 4 cells already spans 128 bits, so more can
   only be corruption;
@@ -29,6 +35,10 @@ Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
 
 Translation compares whole child addresses; bus-specific matching (PCI's
 ``phys.hi`` space bits, as Linux's ``of_bus_pci_map``) is not modelled.
+
+Work is bounded, so a hostile blob is refused rather than slowing to a crawl:
+at most :data:`MAX_ENTRIES` decoded ``reg``/``ranges`` entries in all, and at
+most :data:`MAX_TRANSLATION_STEPS` window comparisons while translating them.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from pathlib import Path
 import libfdt
 
 from pvdesc.errors import DTError
+from pvdesc.inputs import read_bounded, too_big
 from pvdesc.model import Range
 
 #: Refuse bigger files: QEMU pads its DTB to 1 MiB, a 100,000-node tree is ~5 MiB.
@@ -50,9 +61,16 @@ MAX_NODES = 200_000
 MAX_DEPTH = 64
 #: Largest ``#address-cells`` / ``#size-cells`` accepted (see the module docstring).
 MAX_CELLS = 4
+#: ``reg`` entries plus ``ranges`` windows in the whole tree (QEMU virt has about 100).
+MAX_ENTRIES = 1_000_000
+#: ``ranges`` window comparisons while translating every entry to root addresses.
+MAX_TRANSLATION_STEPS = 5_000_000
 #: Default cells when a parent has no ``#address-cells`` / ``#size-cells`` (DT spec §2.3.5).
 DEFAULT_ADDRESS_CELLS = 2
 DEFAULT_SIZE_CELLS = 1
+
+#: ``status`` values of an available node (``of_fdt_device_is_available``, drivers/of/fdt.c).
+_AVAILABLE = (b"okay\0", b"ok\0")
 
 FDT_MAGIC = 0xD00DFEED
 FDT_HEADER_SIZE = 40
@@ -62,29 +80,34 @@ FDT_LAST_SUPPORTED_VERSION = 17
 
 @dataclass(frozen=True)
 class RegEntry:
-    """One ``reg`` entry of a node, translated to the root's address space.
+    """One ``reg`` entry (or ``ranges`` window) of a node, translated to the root's address space.
 
     Attributes:
         path: the node's full path, e.g. ``/memory@40000000``.
-        index: the entry's position in ``reg`` (0-based).
+        index: the entry's position in the property (0-based).
         range: the translated guest-physical range.
         numa_node: a memory node's ``numa-node-id`` (one u32 cell), else ``None``.
+        prop: the property it comes from: ``reg``, or ``ranges`` for a bus window.
     """
 
     path: str
     index: int
     range: Range
     numa_node: int | None = None
+    prop: str = "reg"
 
     @property
     def source(self) -> str:
         """``/memory@40000000 reg[0]``: how findings name it."""
-        return f"{self.path} reg[{self.index}]"
+        return f"{self.path} {self.prop}[{self.index}]"
 
 
 @dataclass(frozen=True)
 class Reservation:
-    """A static ``/reserved-memory`` child (one with ``reg``).
+    """A static ``/reserved-memory`` child (one with ``reg``) that Linux honours.
+
+    A child whose ``status`` is not ``okay``/``ok`` is skipped (listed in
+    :attr:`DeviceTree.skipped`), as Linux's ``fdt_scan_reserved_mem`` skips it.
 
     Attributes:
         path: the child's full path.
@@ -150,6 +173,9 @@ class DeviceTree:
         memreserve: the ``/memreserve/`` entries.
         devices: every other translatable ``reg`` entry.
         skipped: nodes with a ``reg`` that is not a CPU-physical range.
+        windows: every translatable non-empty ``ranges`` window (a bus's window into
+            its parent, e.g. PCIe MMIO), as root addresses; ``source`` ends in
+            ``ranges[i]`` instead of ``reg[i]``.
     """
 
     file: str
@@ -160,6 +186,39 @@ class DeviceTree:
     memreserve: tuple[MemReserve, ...]
     devices: tuple[RegEntry, ...]
     skipped: tuple[Skipped, ...]
+    windows: tuple[RegEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """Counters that bound the work on one blob (mutable cells in a frozen holder).
+
+    Attributes:
+        file: the blob's name, for the refusal.
+        entries: decoded ``reg``/``ranges`` entries so far (one-element list).
+        steps: window comparisons so far (one-element list).
+    """
+
+    file: str
+    entries: list[int]
+    steps: list[int]
+
+    def take_entries(self, n: int) -> None:
+        self.entries[0] += n
+        if self.entries[0] > MAX_ENTRIES:
+            raise _err(
+                self.file,
+                f"more than {MAX_ENTRIES} reg/ranges entries: refusing to audit a tree this large",
+            )
+
+    def take_steps(self, n: int) -> None:
+        self.steps[0] += n
+        if self.steps[0] > MAX_TRANSLATION_STEPS:
+            raise _err(
+                self.file,
+                f"translating reg through ranges takes more than {MAX_TRANSLATION_STEPS} steps: "
+                "refusing a tree this complex",
+            )
 
 
 @dataclass(frozen=True)
@@ -213,13 +272,14 @@ def _cells(file: str, path: str, name: str, raw: bytes | None, default: int) -> 
     return value
 
 
-def _translate(bus: _Bus, addr: int, size: int) -> int | None:
+def _translate(bus: _Bus, addr: int, size: int, budget: _Budget) -> int | None:
     """``addr`` (in ``bus``'s child space) as a root address, or ``None`` if unmapped."""
     node: _Bus | None = bus
     while node is not None and node.parent is not None:
         if node.ranges is None:
             return None
         if node.ranges:
+            budget.take_steps(len(node.ranges))
             for child, parent, length in node.ranges:
                 if child <= addr and addr + size <= child + length:
                     addr = parent + (addr - child)
@@ -231,7 +291,7 @@ def _translate(bus: _Bus, addr: int, size: int) -> int | None:
 
 
 def _decode_ranges(
-    file: str, path: str, raw: bytes, child_ac: int, parent_ac: int, sc: int
+    file: str, path: str, raw: bytes, child_ac: int, parent_ac: int, sc: int, budget: _Budget
 ) -> tuple[tuple[int, int, int], ...]:
     # (child-bus-address, parent-bus-address, length): the child's #address-cells,
     # the parent's #address-cells, the child's #size-cells (DT spec §2.3.8).
@@ -242,6 +302,7 @@ def _decode_ranges(
             f"{path}: ranges is {len(raw)} bytes, not a multiple of "
             f"({child_ac}+{parent_ac}+{sc}) cells",
         )
+    budget.take_entries(len(raw) // width)
     out = []
     for pos in range(0, len(raw), width):
         child = _int_cells(raw, pos, child_ac)
@@ -268,7 +329,7 @@ def _check_header(data: bytes, file: str) -> None:
 def parse(data: bytes, file: str = "<dtb>") -> DeviceTree:
     """Check and decode a DTB.  Raises :class:`DTError` (one line, naming ``file``)."""
     if len(data) > MAX_DTB_BYTES:
-        raise _err(file, f"{len(data)} bytes: DTBs are limited to {MAX_DTB_BYTES}")
+        raise _err(file, too_big(len(data), MAX_DTB_BYTES, "DTBs"))
     _check_header(data, file)
     total = int.from_bytes(data[4:8], "big")
     buf = bytearray(data[:total])
@@ -299,6 +360,8 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
     reserved: list[Reservation] = []
     devices: list[RegEntry] = []
     skipped: list[Skipped] = []
+    windows: list[RegEntry] = []
+    budget = _Budget(file, [0], [0])
     reserved_ignored: str | None = None
     root_cells = (0, 0)
     # stack[d] is the bus of the node at depth d (the parent of nodes at depth d+1).
@@ -327,6 +390,13 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
             file, path, "#size-cells", _getprop(buf, off, "#size-cells"), DEFAULT_SIZE_CELLS
         )
         if parent is None:
+            if _getprop(buf, off, "#address-cells") is None:
+                raise _err(
+                    file,
+                    "/: no #address-cells: Linux then reads /memory with 1 address cell, the DT "
+                    "spec with 2, so the guest's RAM is ambiguous; state #address-cells and "
+                    "#size-cells on the root",
+                )
             bus = _Bus(path, ac, sc, (), None)
             root_cells = (ac, sc)
         else:
@@ -338,10 +408,23 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
             elif not raw_ranges:
                 bus = _Bus(path, ac, sc, (), parent)
             else:
-                windows = _decode_ranges(file, path, raw_ranges, ac, parent.address_cells, sc)
-                bus = _Bus(path, ac, sc, windows, parent)
+                decoded = _decode_ranges(
+                    file, path, raw_ranges, ac, parent.address_cells, sc, budget
+                )
+                bus = _Bus(path, ac, sc, decoded, parent)
+                for i, (_child, base, length) in enumerate(decoded):
+                    if length == 0:
+                        continue
+                    translated = _translate(parent, base, length, budget)
+                    if translated is not None:
+                        windows.append(RegEntry(path, i, Range(translated, length), prop="ranges"))
             if depth == 1 and name == "reserved-memory":
-                if (ac, sc) != root_cells:
+                explicit = all(
+                    _getprop(buf, off, p) is not None for p in ("#address-cells", "#size-cells")
+                )
+                if not explicit:
+                    reserved_ignored = f"{path} does not state #address-cells and #size-cells"
+                elif (ac, sc) != root_cells:
                     reserved_ignored = (
                         f"{path} has #address-cells/#size-cells {ac}/{sc}, the root has "
                         f"{root_cells[0]}/{root_cells[1]}"
@@ -351,11 +434,16 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         stack.append(bus)
         raw_reg = _getprop(buf, off, "reg") if parent is not None else None
         if raw_reg is not None and parent is not None:
-            entries = _decode_reg(file, path, raw_reg, parent, skipped)
+            entries = _decode_reg(file, path, raw_reg, parent, skipped, budget)
             if depth == 2 and parent.path == "/reserved-memory":
-                no_map = _getprop(buf, off, "no-map") is not None
-                reusable = _getprop(buf, off, "reusable") is not None
-                reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
+                status = _getprop(buf, off, "status")
+                if status is not None and status not in _AVAILABLE:
+                    # of_fdt_device_is_available: Linux skips the child entirely.
+                    skipped.append(Skipped(path, "status is not okay: Linux ignores it"))
+                else:
+                    no_map = _getprop(buf, off, "no-map") is not None
+                    reusable = _getprop(buf, off, "reusable") is not None
+                    reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
             elif _getprop(buf, off, "device_type") == b"memory\0":
                 raw_node = _getprop(buf, off, "numa-node-id")
                 if raw_node is not None and len(raw_node) != 4:
@@ -376,11 +464,12 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         memreserve=_memreserve(buf, file),
         devices=tuple(devices),
         skipped=tuple(skipped),
+        windows=tuple(windows),
     )
 
 
 def _decode_reg(
-    file: str, path: str, raw: bytes, parent: _Bus, skipped: list[Skipped]
+    file: str, path: str, raw: bytes, parent: _Bus, skipped: list[Skipped], budget: _Budget
 ) -> Sequence[tuple[int, Range]]:
     ac, sc = parent.address_cells, parent.size_cells
     if sc == 0 or ac == 0:
@@ -398,13 +487,14 @@ def _decode_reg(
     if parent.ranges is None:
         skipped.append(Skipped(path, parent.why_not))
         return ()
+    budget.take_entries(len(raw) // width)
     out = []
     for pos in range(0, len(raw), width):
         addr = _int_cells(raw, pos, ac)
         size = _int_cells(raw, pos + 4 * ac, sc)
         if size == 0:
             continue
-        translated = _translate(parent, addr, size)
+        translated = _translate(parent, addr, size, budget)
         if translated is None:
             skipped.append(
                 Skipped(
@@ -417,11 +507,5 @@ def _decode_reg(
 
 
 def load(path: str | Path) -> DeviceTree:
-    """Read and decode a DTB file (size-limited before it is read whole)."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_DTB_BYTES + 1)
-    except OSError as exc:
-        raise DTError(f"cannot read: {exc.strerror}", str(path)) from None
-    return parse(data, str(path))
+    """Read and decode a DTB file (refused by size before it is read, see :mod:`inputs`)."""
+    return parse(read_bounded(path, MAX_DTB_BYTES, DTError, "DTBs"), str(path))

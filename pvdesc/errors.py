@@ -9,18 +9,46 @@ line and exits with status 2.
 
 from __future__ import annotations
 
+import json
+import re
+
 KeyPath = tuple[str | int, ...]
+
+#: A key that can be written bare in a key path; anything else is quoted.
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Control characters (C0, DEL, C1) and the Unicode line/paragraph separators.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: The longest error line the CLI prints; longer messages are cut (untrusted input can be huge).
+MAX_MESSAGE_CHARS = 1000
 
 
 def format_keypath(path: KeyPath) -> str:
-    """Render a key path the way a user would write it: ``memory[1].size``."""
+    """Render a key path the way a user would write it: ``memory[1].size``.
+
+    A key that is not a plain name (a hostile description can use any string) is
+    shown quoted and escaped, ``["a\\nb"]``, so a path never spans lines.
+    """
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY_RE.fullmatch(part):
             out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part[:64])}]"
     return out or "(document)"
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` as one printable line: control characters escaped, cut to ``limit`` characters.
+
+    The CLI's last line of defence for "one line per error": messages quote
+    untrusted input (file names, DT node names, tool output).
+    """
+    flat = _CONTROL_RE.sub(lambda m: json.dumps(m.group())[1:-1], text)
+    if len(flat) > limit:
+        flat = flat[: limit - 30] + f"... ({len(flat) - limit + 30} more characters)"
+    return flat
 
 
 class PvdescError(Exception):

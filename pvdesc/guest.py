@@ -25,14 +25,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc import templating
+from pvdesc import proc, templating
 from pvdesc.errors import ToolError
 from pvdesc.model import Range
 
@@ -246,30 +244,12 @@ class ProcessResult:
 
 
 def run_group(argv: Sequence[str], timeout: float, cwd: Path | None = None) -> ProcessResult:
-    """Run ``argv`` in a new process group; on timeout kill the whole group (SIGKILL)."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        timed_out = True
-    finally:
-        if proc.poll() is None:  # e.g. KeyboardInterrupt: never leave QEMU behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return ProcessResult(proc.returncode, out.decode("utf-8", "replace"), timed_out)
+    """Run ``argv`` in a new process group; on timeout kill the whole group (SIGKILL).
+
+    A thin wrapper over :func:`pvdesc.proc.run` with stderr merged into the output.
+    """
+    res = proc.run(argv, timeout=timeout, cwd=cwd, merge_stderr=True)
+    return ProcessResult(res.returncode, res.stdout, res.timed_out)
 
 
 def qemu() -> str:
@@ -301,15 +281,15 @@ def machine_args(m: Machine) -> list[str]:
     return [*args, *m.shape]
 
 
-def one_line(text: str, limit: int = 200) -> str:
-    """``text`` as one printable line for an error message (ANSI escapes, controls dropped)."""
+def serial_line(text: str, limit: int = 200) -> str:
+    """A serial-console line as printable text (ANSI escapes and controls dropped)."""
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text[:limit] or "no output"
 
 
 def _last_line(output: str) -> str:
-    lines = [ln for ln in (one_line(x) for x in output.splitlines()) if ln != "no output"]
+    lines = [ln for ln in (serial_line(x) for x in output.splitlines()) if ln != "no output"]
     return lines[-1] if lines else "no output"
 
 
@@ -319,9 +299,11 @@ def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
         out = Path(tmp) / "virt.dtb"
         args = machine_args(m)
         args[1] = f"{m.machine},dumpdtb={out}"
-        res = run_group([qemu(), *args, "-display", "none", "-nodefaults"], timeout)
-        if res.timed_out or not out.is_file():
-            raise ToolError(f"dumpdtb failed: {one_line(res.output)}", QEMU)
+        res = proc.run([qemu(), *args, "-display", "none", "-nodefaults"], timeout=timeout)
+        if res.timed_out:
+            raise proc.timeout_error(res, timeout)
+        if res.returncode != 0 or not out.is_file():
+            raise ToolError(f"dumpdtb failed (exit {res.returncode}): {proc.summary(res)}", QEMU)
         return out.read_bytes()
 
 

@@ -430,6 +430,7 @@ def from_dtb(
     (at most ``KVM_MAX_VCPUS``).
     """
     from pvdesc import addrmap, check, dtb, kvm
+    from pvdesc.errors import PvdescError
     from pvdesc.model import Boot
 
     tree = dtb.load(path)
@@ -439,7 +440,11 @@ def from_dtb(
         vcpus = max(1, min(probe.region.size // kvm.PVTIME_STRUCT_SIZE, kvm.KVM_MAX_VCPUS))
     target = check.target_from_region(region, vcpus, bits)
     findings = check.check(tree, target, Boot(boot))
-    return addrmap.build(addrmap.from_dtb(tree, target, Boot(boot), findings))
+    try:
+        return addrmap.build(addrmap.from_dtb(tree, target, Boot(boot), findings))
+    except PvdescError as err:
+        err.where = err.where or path
+        raise
 
 
 def run(amap: AddressMap, *, svg: Path | None, html: Path | None, color: bool) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import re
+import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,20 +33,45 @@ def human(size: int) -> str:
 
 
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_QUANTITY_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+[KMGT]?)$")
+#: Every number in a description (address, size, count, id) is below 2**64.
+MAX_QUANTITY_BITS = 64
+# Anchored with fullmatch: "$" would also accept a trailing newline.  At most 20
+# significant decimal or 16 hex digits (after leading zeros): 2**64 needs 20.
+_QUANTITY_RE = re.compile(r"0[xX]0*[0-9a-fA-F]{1,16}|0*[0-9]{1,20}[KMGT]?")
+#: How untrusted values are quoted in messages: bounded, whatever the input.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def short(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters, for quoting untrusted values in messages."""
+    return _SHORT.repr(value)
 
 
 def parse_quantity(value: int | str) -> int:
-    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix."""
+    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix.
+
+    Raises ``ValueError`` for anything else, and for values of 2**64 or more.
+    """
     if isinstance(value, int):
-        return value
-    if not _QUANTITY_RE.match(value):
-        raise ValueError(f"not a size or address: {value!r}")
-    if value[:2].lower() == "0x":
-        return int(value, 16)
-    if value[-1] in _SUFFIX:
-        return int(value[:-1]) * _SUFFIX[value[-1]]
-    return int(value)
+        result = value
+    elif not _QUANTITY_RE.fullmatch(value):
+        raise ValueError(
+            f'not a size or address: {short(value)} (an integer below 2^64, "0x...", or '
+            "digits with K/M/G/T)"
+        )
+    elif value[:2].lower() == "0x":
+        result = int(value, 16)
+    elif value[-1] in _SUFFIX:
+        result = int(value[:-1]) * _SUFFIX[value[-1]]
+    else:
+        result = int(value)
+    if result >= 1 << MAX_QUANTITY_BITS:
+        raise ValueError(f"{short(value)} is 2^64 or more: addresses and sizes are 64-bit")
+    return result
 
 
 class Boot(enum.StrEnum):
@@ -310,7 +336,7 @@ def validate(desc: VmDescription) -> None:
     - NUMA ids on all banks or on none;
     - a ``fixed`` placement has a base and only ``fixed`` has one.
     """
-    if not NAME_RE.match(desc.name) or len(desc.name) > NAME_MAX:
+    if not NAME_RE.fullmatch(desc.name) or len(desc.name) > NAME_MAX:
         raise DescriptionError(
             f"name {desc.name!r} must match [a-z0-9][a-z0-9-]* (at most {NAME_MAX} "
             "characters): it names the output files, so no paths or dots",
@@ -371,13 +397,13 @@ def validate(desc: VmDescription) -> None:
             "numa_node is set on some banks but not this one: give every bank a node, or none",
             missing.path,
         )
-    if not ACPI_OEM_ID_RE.match(desc.acpi.oem_id):
+    if not ACPI_OEM_ID_RE.fullmatch(desc.acpi.oem_id):
         raise DescriptionError(
             f"oem_id {desc.acpi.oem_id!r} must be 1-6 printable ASCII characters "
             "(ACPI table header OEMID field)",
             ("acpi", "oem_id"),
         )
-    if not ACPI_OEM_TABLE_ID_RE.match(desc.acpi.oem_table_id):
+    if not ACPI_OEM_TABLE_ID_RE.fullmatch(desc.acpi.oem_table_id):
         raise DescriptionError(
             f"oem_table_id {desc.acpi.oem_table_id!r} must be 1-8 printable ASCII characters "
             "(ACPI table header OEM Table ID field)",

@@ -3,14 +3,17 @@
 The base (e.g. ``qemu-system-aarch64 -machine virt,dumpdtb=base.dtb``) is
 validated with ``fdt_check_full`` first.  Then, in order:
 
-1. every node's MMIO windows are collected: ``reg`` decoded with the parent's
-   ``#address-cells``/``#size-cells`` (default 2/1, DT spec §2.3.5) and translated
+1. every node's MMIO windows are collected by :func:`pvdesc.dtb.parse` (with all
+   its limits): ``reg`` decoded with the parent's ``#address-cells``/``#size-cells``
+   (default 2/1, DT spec §2.3.5; the root must state its own) and translated
    to CPU addresses through each ancestor's ``ranges`` (empty = identity; a node
    under an ancestor without ``ranges``, or with ``#size-cells = 0`` such as
    ``/cpus``, is not memory-mapped); non-empty ``ranges`` windows count too
    (PCIe MMIO).  ``/memory`` nodes and ``/reserved-memory`` children are not devices;
 2. if any window collides with the stolen-time region (shares a 64 KiB granule
-   with it; for a region inside VMM system memory, overlaps it) the patch is refused;
+   with it; for a region inside VMM system memory, overlaps it) the patch is refused,
+   and so is a memory node below the root touching it (only the root's are replaced)
+   or, when a ``no-map`` child is needed, a base ``/reserved-memory`` Linux ignores;
 3. the root's ``device_type = "memory"`` nodes are replaced by the layout's ``/memory``
    nodes, and ``/reserved-memory`` (root cells, empty ``ranges``) gets or updates the
    layout's ``stolen-time@<base>`` ``no-map`` child.
@@ -20,12 +23,11 @@ Everything else is left as it was.  Errors are :class:`~pvdesc.errors.DTError`.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 import libfdt
 
-from pvdesc import profiles
+from pvdesc import dtb, profiles
 from pvdesc.dt import REGION_NODE, unit_address
 from pvdesc.errors import DTError
 from pvdesc.layout import Layout
@@ -61,89 +63,31 @@ def _cells_of(fdt: libfdt.Fdt, node: int) -> tuple[int, int]:
     return read("#address-cells", DEFAULT_ADDRESS_CELLS), read("#size-cells", DEFAULT_SIZE_CELLS)
 
 
-def _tuples(
-    fdt: libfdt.Fdt, node: int, name: str, widths: tuple[int, ...]
-) -> list[tuple[int, ...]]:
-    prop = fdt.getprop(node, name, _QUIET)
-    if not isinstance(prop, libfdt.Property):
-        return []
-    data = bytes(prop)
-    step = 4 * sum(widths)
-    if step == 0 or len(data) % step:
-        raise DTError(
-            f"{fdt.get_path(node)}: {name} is {len(data)} bytes, not a multiple of "
-            f"{sum(widths)} cells"
-        )
-    cells = struct.unpack(f">{len(data) // 4}I", data)
-    out: list[tuple[int, ...]] = []
-    for i in range(0, len(cells), sum(widths)):
-        entry = cells[i : i + sum(widths)]
-        fields, pos = [], 0
-        for w in widths:
-            fields.append(_num(entry[pos : pos + w]))
-            pos += w
-        out.append(tuple(fields))
-    return out
-
-
 def _is_memory(fdt: libfdt.Fdt, node: int) -> bool:
     prop = fdt.getprop(node, "device_type", _QUIET)
     return isinstance(prop, libfdt.Property) and bytes(prop) == b"memory\0"
 
 
-def _translate(fdt: libfdt.Fdt, chain: list[int], addr: int, size: int) -> Range | None:
-    """Translate an address on the bus of ``chain[-1]``'s children up to the root.
+def device_windows(tree: dtb.DeviceTree) -> Iterator[tuple[str, Range]]:
+    """Every memory-mapped window of a base tree as CPU addresses: (node path, range).
 
-    ``chain`` is root first.  ``None`` when some bus node has no ``ranges`` (not
-    memory-mapped) or no ``ranges`` entry covers the window.
+    Device ``reg`` entries and bus ``ranges`` windows (``/pcie@... (ranges)``), as
+    :mod:`pvdesc.dtb` decodes and translates them; ``/memory`` and
+    ``/reserved-memory`` children are not devices.
     """
-    for depth in range(len(chain) - 1, 0, -1):
-        node, parent = chain[depth], chain[depth - 1]
-        if not isinstance(fdt.getprop(node, "ranges", _QUIET), libfdt.Property):
-            return None
-        child_ac, child_sc = _cells_of(fdt, node)
-        parent_ac, _ = _cells_of(fdt, parent)
-        entries = _tuples(fdt, node, "ranges", (child_ac, parent_ac, child_sc))
-        if entries:
-            for child, par, length in entries:
-                if child <= addr and addr + size <= child + length:
-                    addr = par + (addr - child)
-                    break
-            else:
-                return None
-    return Range(addr, size)
+    for entry in tree.devices:
+        yield entry.path, entry.range
+    for window in tree.windows:
+        yield f"{window.path} (ranges)", window.range
 
 
-def _windows(fdt: libfdt.Fdt, chain: list[int]) -> Iterator[tuple[str, Range]]:
-    parent = chain[-1]
-    ac, sc = _cells_of(fdt, parent)
-    node = fdt.first_subnode(parent, _QUIET)
-    while node >= 0:
-        path = fdt.get_path(node)
-        skip = (len(chain) == 1 and _is_memory(fdt, node)) or path == "/reserved-memory"
-        if not skip:
-            if sc > 0:
-                for addr, size in _tuples(fdt, node, "reg", (ac, sc)):
-                    r = _translate(fdt, chain, addr, size)
-                    if r is not None and r.size > 0:
-                        yield path, r
-            child_ac, child_sc = _cells_of(fdt, node)
-            if sc > 0 and child_sc > 0:
-                for _c, par, length in _tuples(fdt, node, "ranges", (child_ac, ac, child_sc)):
-                    r = _translate(fdt, chain, par, length)
-                    if r is not None and r.size > 0:
-                        yield f"{path} (ranges)", r
-            yield from _windows(fdt, [*chain, node])
-        node = fdt.next_subnode(node, _QUIET)
+def open_base(blob: bytes, file: str = "base DTB") -> tuple[libfdt.Fdt, dtb.DeviceTree]:
+    """A validated, writable copy of a base DTB and its decoded addresses.
 
-
-def device_windows(fdt: libfdt.Fdt) -> Iterator[tuple[str, Range]]:
-    """Every memory-mapped window in the tree as CPU addresses: (node path, range)."""
-    return _windows(fdt, [0])
-
-
-def open_base(blob: bytes) -> libfdt.Fdt:
-    """A validated, writable copy of a base DTB (``fdt_check_full``)."""
+    ``fdt_check_full`` first, then :func:`pvdesc.dtb.parse`, whose limits (size,
+    nodes, depth, cells, entries, translation work) apply to a base as to any
+    untrusted DTB.
+    """
     if len(blob) > MAX_DTB_BYTES:
         raise DTError(f"base DTB is larger than {MAX_DTB_BYTES} bytes")
     buf = bytearray(blob)
@@ -151,24 +95,35 @@ def open_base(blob: bytes) -> libfdt.Fdt:
     if err:
         raise DTError(f"not a valid DTB (libfdt fdt_check_full: {libfdt.fdt_strerror(err)})")
     try:
-        return libfdt.Fdt(buf)
+        tree = dtb.parse(blob, file)
+    except DTError as exc:
+        raise DTError(f"base DTB: {exc.message}") from None
+    try:
+        return libfdt.Fdt(buf), tree
     except libfdt.FdtException as exc:
         raise DTError(f"not a valid DTB (libfdt: {exc})") from None
 
 
-def check_collisions(fdt: libfdt.Fdt, lay: Layout) -> None:
-    """Refuse a base whose devices collide with the region."""
+def check_collisions(tree: dtb.DeviceTree, lay: Layout) -> None:
+    """Refuse a base whose devices collide with the region, or whose RAM pvdesc cannot replace.
+
+    Only the root's memory nodes are replaced, so a ``device_type = "memory"`` node
+    deeper in the tree that touches the region is refused too (older kernels scan
+    every depth for memory nodes).
+    """
     region = lay.region
     inside_system = profiles.profile(lay.description.vmm).system_memory is not None
     zone = region if inside_system else region.granules()
-    try:
-        windows = list(device_windows(fdt))
-    except libfdt.FdtException as exc:
-        raise DTError(f"cannot read base DTB: {exc}") from None
-    for path, r in windows:
+    for path, r in device_windows(tree):
         if r.overlaps(zone):
             verb = "overlaps" if r.overlaps(region) else "shares a 64 KiB granule with"
             raise DTError(f"base DTB node {path} {r} {verb} the stolen-time region {region}")
+    for mem in tree.memory:
+        if mem.path.count("/") > 1 and mem.range.overlaps(zone):
+            raise DTError(
+                f"base DTB memory node {mem.path} {mem.range} is not under the root, so pvdesc "
+                f"cannot replace it, and it touches the stolen-time region {region}"
+            )
 
 
 def _encode(value: int, n: int, what: str) -> bytes:
@@ -191,8 +146,8 @@ def _call(what: str, fn: object, *args: object) -> int:
 
 def patch_dtb(blob: bytes, lay: Layout) -> bytes:
     """The base DTB with the layout's ``/memory`` and ``/reserved-memory`` (see module doc)."""
-    fdt = open_base(blob)
-    check_collisions(fdt, lay)
+    fdt, tree = open_base(blob)
+    check_collisions(tree, lay)
     ac, sc = _cells_of(fdt, 0)
     extra = 4096 + 128 * (len(lay.memory_nodes) + len(lay.reserved))
     _call("resize", fdt.resize, fdt.totalsize() + extra)
@@ -217,17 +172,21 @@ def patch_dtb(blob: bytes, lay: Layout) -> bytes:
             _call("ranges", fdt.setprop, parent, "ranges", b"")
             _call("cells", fdt.setprop_u32, parent, "#size-cells", sc)
             _call("cells", fdt.setprop_u32, parent, "#address-cells", ac)
-        rac, rsc = _cells_of(fdt, parent)
-        if (rac, rsc) != (ac, sc):
+        elif tree.reserved_ignored is not None:
             raise DTError(
-                f"base /reserved-memory has cells {rac}/{rsc}, not the root's {ac}/{sc} "
-                "(Linux ignores such a node)"
+                f"base DTB: Linux ignores its /reserved-memory ({tree.reserved_ignored}), so a "
+                "no-map child there would not keep the guest off the region; fix the base's "
+                "/reserved-memory (root cells, ranges;)"
             )
         for r in lay.reserved:
             name = f"{REGION_NODE}@{unit_address(r.base)}"
             child = fdt.subnode_offset(parent, name, _QUIET)
             if child < 0:
                 child = _call("add region", fdt.add_subnode, parent, name)
+            # A reused child must be honoured: Linux skips a disabled one, and reusable
+            # would hand the range back (of_fdt_device_is_available, reserved-memory.yaml).
+            for prop in ("status", "reusable"):
+                fdt.delprop(child, prop, _QUIET)
             _call("no-map", fdt.setprop, child, "no-map", b"")
             _call("reg", fdt.setprop, child, "reg", _reg(r, ac, sc))
     _call("pack", fdt.pack)

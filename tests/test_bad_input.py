@@ -34,14 +34,16 @@ def test_refusal_leaves_existing_outputs_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     good = ROOT / "examples" / "generic-hole.yaml"
     assert pvdesc("build", str(good), "-o", str(out)).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".pvdesc"}
+    store = sorted(str(p.relative_to(out)) for p in (out / ".pvdesc").rglob("*"))
     bad = tmp_path / "generic-hole.yaml"
     bad.write_text(
         good.read_text().replace("placement: hole", "placement: carve\n  describe: none")
     )
     res = pvdesc("build", str(bad), "-o", str(out))
     assert res.returncode == 2
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".pvdesc"} == before
+    assert sorted(str(p.relative_to(out)) for p in (out / ".pvdesc").rglob("*")) == store
 
 
 def test_missing_file_and_unwritable_output(tmp_path: Path) -> None:

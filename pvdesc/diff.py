@@ -1,0 +1,443 @@
+"""Can a running guest migrate (or be saved and restored) between two stolen-time layouts?
+
+Pure functions: two :class:`Side` values in (each from a VM description or a
+``pvdesc.hypervisor/1`` config), a tuple of :class:`Finding` out.  The guest
+keeps what it learnt at boot, so the destination must reproduce it exactly
+(kvm-pvtime-and-dt.md §6, ``shared/reference/``):
+
+- the guest asks ``PV_TIME_ST`` for each vCPU's structure once, when the CPU
+  comes up, maps that IPA and keeps reading it; the destination VMM sets
+  ``PVTIME_IPA`` again from *its* config, so every vCPU that exists on both
+  sides must get the same IPA (``ipa-changed``), and the region must not move
+  or change size (``region-moved``, ``region-resized``);
+- 53f985584e3c "KVM: arm64: pvtime: Fix stolen time accounting across
+  migration" makes KVM read the current stolen time from guest memory rather
+  than a kernel cache, so the region's contents must migrate like RAM: the
+  memslot backing it must cover the same range, with the same purpose, on both
+  sides (``region-memslot-changed``);
+- a structure revision was discussed for migration, but no revision attribute
+  was ever added: KVM only implements revision 0 (DEN0057A), so both sides must
+  say 0 (``revision-mismatch``, ``revision-unsupported``);
+- growing ``max_vcpus`` is harmless while the region stays put, but a VMM that
+  sizes the region by ``max_vcpus`` (QEMU: ``REAL_HOST_PAGE_ALIGN(max_cpus * 64)``)
+  or carves it from the top of a bank moves or resizes it
+  (``max-vcpus-moves-region``);
+- RAM the destination describes as usable must not newly cover the region
+  (``ram-covers-region``): after its next boot the guest would be handed the
+  pages KVM keeps writing.
+
+Severity ``error`` means not compatible.  Findings: ``ipa-changed``,
+``region-moved``, ``region-resized``, ``max-vcpus-moves-region``,
+``region-memslot-changed``, ``revision-mismatch``, ``revision-unsupported``,
+``stride-changed``, ``ram-covers-region``, ``ipa-beyond-ipa-space`` (errors);
+``vcpus-only-on-source``, ``ipa-bits-changed``, ``ram-layout-changed``
+(warnings); ``max-vcpus-grown``, ``compatible`` (info).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pvdesc import check, hypervisor, kvm, layout
+from pvdesc.check import Memslot, Severity
+from pvdesc.description import loads
+from pvdesc.errors import PvdescError
+from pvdesc.model import Range
+
+FORMAT = "pvdesc.diff/1"
+
+
+class DiffInputError(PvdescError):
+    """One side of ``pvdesc diff`` cannot be used."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One end of a migration, as far as stolen time is concerned.
+
+    Attributes:
+        source: where it came from (a file name).
+        ipa_bits: the guest's IPA size.
+        region: the stolen-time region.
+        revision: the structure revision the config states.
+        stride: bytes between consecutive vCPUs' structures.
+        memslots: every memslot.
+        vcpu_ipas: ``(vcpu id, PVTIME_IPA)`` for every possible vCPU, by id.
+        usable_ram: what the firmware description tells the guest it may use, or
+            ``None`` when only a hypervisor config is known.
+    """
+
+    source: str
+    ipa_bits: int
+    region: Range
+    revision: int
+    stride: int
+    memslots: tuple[Memslot, ...]
+    vcpu_ipas: tuple[tuple[int, int], ...]
+    usable_ram: tuple[Range, ...] | None
+
+    @property
+    def max_vcpus(self) -> int:
+        """Possible vCPUs."""
+        return len(self.vcpu_ipas)
+
+    @property
+    def region_memslot(self) -> Memslot | None:
+        """The memslot that holds the whole region, if any."""
+        return next((s for s in self.memslots if s.range.contains(self.region)), None)
+
+    def ram_over(self, r: Range) -> tuple[Range, ...]:
+        """The parts of ``r`` the guest may use as RAM (from the memslots when the DT is unknown).
+
+        Without a firmware description, a ``ram`` memslot holding the region is
+        taken at its word only when the region is not also the one it carves
+        (the config cannot say whether the DT cuts it out).
+        """
+        if self.usable_ram is not None:
+            ram = self.usable_ram
+        else:
+            home = self.region_memslot
+            ram = tuple(s.range for s in self.memslots if s.purpose == "ram" and s is not home)
+        out = []
+        for piece in ram:
+            lo, hi = max(piece.base, r.base), min(piece.end, r.end)
+            if lo < hi:
+                out.append(Range(lo, hi - lo))
+        return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing ``pvdesc diff`` found.
+
+    Attributes:
+        code: a stable identifier (see the module docstring).
+        severity: error (not compatible), warning or info.
+        message: what differs, why it matters, what to do.
+    """
+
+    code: str
+    severity: Severity
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": str(self.severity), "message": self.message}
+
+
+# --------------------------------------------------------------------------- sides
+
+
+def _field(data: dict[str, Any], key: str, source: str, where: str) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DiffInputError(f"{where}.{key} must be a non-negative integer", source)
+    return value
+
+
+def side_from_config(text: bytes, source: str) -> Side:
+    """A side from a ``pvdesc.hypervisor/1`` config (validated as ``pvdesc check`` does)."""
+    target = check.target_from_config(text, source)
+    data = json.loads(text)
+    st = data["stolen_time"]
+    ids = [vid for vid, _ in target.vcpu_ipas]
+    if len(set(ids)) != len(ids):
+        raise DiffInputError("vcpus lists a vCPU id twice", source)
+    return Side(
+        source=source,
+        ipa_bits=target.ipa_bits,
+        region=target.region,
+        revision=_field(st, "revision", source, "stolen_time"),
+        stride=_field(st, "stride", source, "stolen_time"),
+        memslots=target.memslots or (),
+        vcpu_ipas=tuple(sorted(target.vcpu_ipas)),
+        usable_ram=None,
+    )
+
+
+def side_from_layout(lay: layout.Layout, source: str) -> Side:
+    """A side from an allocated layout: its hypervisor config plus what its DT says is RAM."""
+    side = side_from_config(hypervisor.dumps(lay).encode(), source)
+    return Side(
+        source=side.source,
+        ipa_bits=side.ipa_bits,
+        region=side.region,
+        revision=side.revision,
+        stride=side.stride,
+        memslots=side.memslots,
+        vcpu_ipas=side.vcpu_ipas,
+        usable_ram=lay.usable_ram,
+    )
+
+
+def is_config(data: bytes, source: str) -> bool:
+    """A hypervisor config (JSON) rather than a VM description (YAML)?"""
+    return source.endswith(".json") or data.lstrip()[:1] == b"{"
+
+
+def side_from_bytes(data: bytes, source: str) -> Side:
+    """A side from a file's bytes: a hypervisor config, or a description (allocated here)."""
+    if is_config(data, source):
+        return side_from_config(data, source)
+    loaded = loads(data, source)
+    try:
+        lay = layout.allocate(loaded.description)
+    except PvdescError as err:
+        raise loaded.source.resolve(err) from None
+    return side_from_layout(lay, source)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _runs(ids: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive runs ``(first, last)`` of sorted ids."""
+    start = prev = None
+    for i in ids:
+        if prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None and prev is not None:
+            yield start, prev
+        start = prev = i
+    if start is not None and prev is not None:
+        yield start, prev
+
+
+def _who(first: int, last: int) -> str:
+    return f"vCPU {first}" if first == last else f"vCPUs {first}-{last}"
+
+
+def _slot_text(slot: Memslot | None) -> str:
+    if slot is None:
+        return "no memslot"
+    return f"memslot {slot.slot} {slot.range} ({slot.purpose})"
+
+
+def _ipa_findings(old: Side, new: Side) -> list[Finding]:
+    before, after = dict(old.vcpu_ipas), dict(new.vcpu_ipas)
+    changed = sorted(i for i in before.keys() & after.keys() if before[i] != after[i])
+    out = []
+    for first, last in _runs(changed):
+        out.append(
+            Finding(
+                "ipa-changed",
+                Severity.ERROR,
+                f"{_who(first, last)}: PVTIME_IPA {before[first]:#x} becomes {after[first]:#x}"
+                f"{'' if first == last else ' (and so on)'}; the guest asked PV_TIME_ST once "
+                "when each CPU came up and keeps reading the old address, while KVM on the "
+                "destination writes the new one: keep the region where it is",
+            )
+        )
+    only_old = sorted(before.keys() - after.keys())
+    for first, last in _runs(only_old):
+        out.append(
+            Finding(
+                "vcpus-only-on-source",
+                Severity.WARNING,
+                f"{_who(first, last)} exist only on {old.source} (max_vcpus {old.max_vcpus} -> "
+                f"{new.max_vcpus}): a guest with them online cannot be restored on "
+                f"{new.source}",
+            )
+        )
+    return out
+
+
+def _region_findings(old: Side, new: Side) -> list[Finding]:
+    out = []
+    moved = old.region.base != new.region.base
+    resized = old.region.size != new.region.size
+    if moved:
+        out.append(
+            Finding(
+                "region-moved",
+                Severity.ERROR,
+                f"the stolen-time region moves from {old.region} to {new.region}: the guest "
+                "keeps the old structures mapped; a migrated guest needs the same region",
+            )
+        )
+    elif resized:
+        out.append(
+            Finding(
+                "region-resized",
+                Severity.ERROR,
+                f"the stolen-time region changes size, {old.region} to {new.region}: its "
+                "contents migrate like RAM (53f985584e3c), so source and destination must "
+                "back the same range (QEMU refuses a RAM block whose length differs)",
+            )
+        )
+    if new.max_vcpus > old.max_vcpus:
+        if moved or resized:
+            out.append(
+                Finding(
+                    "max-vcpus-moves-region",
+                    Severity.ERROR,
+                    f"max_vcpus grows from {old.max_vcpus} to {new.max_vcpus} and that moves or "
+                    "resizes the region (it is sized by max_vcpus, or carved from the top of a "
+                    "bank): give the VM the largest max_vcpus it will ever need from its first "
+                    "boot, so the region never has to grow",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "max-vcpus-grown",
+                    Severity.INFO,
+                    f"max_vcpus grows from {old.max_vcpus} to {new.max_vcpus}; the new vCPUs' "
+                    "structures fit in the same region",
+                )
+            )
+    return out
+
+
+def _memslot_findings(old: Side, new: Side) -> list[Finding]:
+    out = []
+    a, b = old.region_memslot, new.region_memslot
+    same = (a is None and b is None) or (
+        a is not None and b is not None and (a.range, a.purpose) == (b.range, b.purpose)
+    )
+    if not same:
+        out.append(
+            Finding(
+                "region-memslot-changed",
+                Severity.ERROR,
+                f"the region is backed by {_slot_text(a)} on {old.source} but by "
+                f"{_slot_text(b)} on {new.source}: its contents migrate with the memory that "
+                "backs it (53f985584e3c), so that memslot must be the same on both sides",
+            )
+        )
+    ram_a = sorted(s.range for s in old.memslots if s.purpose == "ram")
+    ram_b = sorted(s.range for s in new.memslots if s.purpose == "ram")
+    if ram_a != ram_b:
+        text_a = ", ".join(str(r) for r in ram_a) or "none"
+        text_b = ", ".join(str(r) for r in ram_b) or "none"
+        out.append(
+            Finding(
+                "ram-layout-changed",
+                Severity.WARNING,
+                f"RAM memslots differ ({text_a} vs {text_b}): VMMs migrate RAM block by block "
+                "and refuse a different RAM layout",
+            )
+        )
+    return out
+
+
+def _ram_findings(old: Side, new: Side) -> list[Finding]:
+    out = []
+    for region in sorted({old.region, new.region}):
+        before, after = old.ram_over(region), new.ram_over(region)
+        fresh = [r for r in after if not any(p.contains(r) for p in before)]
+        if fresh:
+            out.append(
+                Finding(
+                    "ram-covers-region",
+                    Severity.ERROR,
+                    f"RAM on {new.source} ({', '.join(str(r) for r in fresh)}) covers the "
+                    f"stolen-time region {region}, which RAM on {old.source} does not: after "
+                    "its next boot the guest may allocate pages KVM keeps writing",
+                )
+            )
+    return out
+
+
+def _abi_findings(old: Side, new: Side) -> list[Finding]:
+    out = []
+    for side in (old, new):
+        if side.revision != kvm.PVTIME_REVISION:
+            out.append(
+                Finding(
+                    "revision-unsupported",
+                    Severity.ERROR,
+                    f"{side.source} says revision {side.revision}; KVM implements only revision "
+                    f"{kvm.PVTIME_REVISION} (DEN0057A) and no revision attribute exists to "
+                    "negotiate another (kvm-pvtime-and-dt.md §6)",
+                )
+            )
+    if old.revision != new.revision:
+        out.append(
+            Finding(
+                "revision-mismatch",
+                Severity.ERROR,
+                f"the structure revision differs ({old.revision} vs {new.revision}): the guest "
+                "reads the layout of the revision it booted with",
+            )
+        )
+    if {old.stride, new.stride} != {kvm.PVTIME_STRUCT_SIZE}:
+        out.append(
+            Finding(
+                "stride-changed",
+                Severity.ERROR,
+                f"the structure stride is {old.stride} vs {new.stride}; the ABI fixes 64 bytes "
+                "per vCPU",
+            )
+        )
+    if old.ipa_bits != new.ipa_bits:
+        limit = 1 << new.ipa_bits
+        beyond = [i for i, ipa in old.vcpu_ipas if ipa + kvm.PVTIME_STRUCT_SIZE > limit]
+        if beyond:
+            out.append(
+                Finding(
+                    "ipa-beyond-ipa-space",
+                    Severity.ERROR,
+                    f"{_who(beyond[0], beyond[-1])}' structures lie beyond the destination's "
+                    f"{new.ipa_bits}-bit IPA space",
+                )
+            )
+        out.append(
+            Finding(
+                "ipa-bits-changed",
+                Severity.WARNING,
+                f"the IPA size changes from {old.ipa_bits} to {new.ipa_bits} bits: the VM is "
+                "created with its IPA size (KVM_VM_TYPE_ARM_IPA_SIZE), and VMMs migrate only "
+                "between identical ones",
+            )
+        )
+    return out
+
+
+def compare(old: Side, new: Side) -> tuple[Finding, ...]:
+    """Every finding for migrating a running guest from ``old`` to ``new``, errors first."""
+    found = [
+        *_abi_findings(old, new),
+        *_ipa_findings(old, new),
+        *_region_findings(old, new),
+        *_memslot_findings(old, new),
+        *_ram_findings(old, new),
+    ]
+    if not any(f.severity is Severity.ERROR for f in found):
+        common = len(dict(old.vcpu_ipas).keys() & dict(new.vcpu_ipas).keys())
+        found.append(
+            Finding(
+                "compatible",
+                Severity.INFO,
+                f"all {common} vCPUs present on both sides keep their PVTIME_IPA in "
+                f"{new.region}, backed by the same memslot, revision {new.revision}",
+            )
+        )
+    order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    return tuple(sorted(found, key=lambda f: order[f.severity]))
+
+
+def compatible(findings: Sequence[Finding]) -> bool:
+    """True iff no finding is an error."""
+    return not any(f.severity is Severity.ERROR for f in findings)
+
+
+def to_json(findings: Sequence[Finding]) -> str:
+    """The ``pvdesc.diff/1`` document."""
+    doc = {
+        "format": FORMAT,
+        "compatible": compatible(findings),
+        "findings": [f.to_json() for f in findings],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def to_text(findings: Sequence[Finding], old: Side, new: Side) -> str:
+    """One line per finding, then the verdict."""
+    lines = [f"{f.severity}: {f.code}: {f.message}" for f in findings]
+    verdict = "compatible" if compatible(findings) else "NOT compatible"
+    lines.append(f"migration {old.source} -> {new.source}: {verdict}")
+    return "\n".join(lines) + "\n"

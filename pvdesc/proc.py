@@ -1,0 +1,128 @@
+"""Run an external tool (iasl, acpiexec, qemu-system-aarch64) the one safe way.
+
+Every tool pvdesc starts goes through :func:`run`:
+
+- an argument list, never a shell, so no file name is ever parsed as syntax;
+- stdin is ``/dev/null``: a tool waiting for input cannot hang pvdesc;
+- the tool runs in a new session (its own process group), and when the timeout
+  expires, or pvdesc itself is interrupted, the *whole group* gets SIGKILL, so
+  nothing the tool started (a shell wrapper's children, QEMU's helpers) is left
+  running.  The group is killed while its leader is still unreaped, so its id
+  cannot have been reused;
+- stdout and stderr are captured, and :func:`summary` puts the tool's own last
+  words into the one-line error the caller raises.
+
+Only the caller knows what a non-zero exit status means (iasl exits 255 on any
+error; acpiexec exits 0 even on failures), so :func:`run` reports it and never
+raises for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvdesc.errors import ToolError, one_line
+
+#: Seconds to wait for a killed group's pipes to close before giving up on its output.
+KILL_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished, or killed, tool run.
+
+    Attributes:
+        argv: the command as run.
+        returncode: the exit status (negative signal number when killed).
+        stdout: standard output (with stderr merged into it when asked for).
+        stderr: standard error ("" when merged).
+        timed_out: True when the timeout expired and the group was killed.
+    """
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+
+    @property
+    def name(self) -> str:
+        """The tool's file name, as errors name it."""
+        return Path(self.argv[0]).name
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", "replace")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    merge_stderr: bool = False,
+) -> Result:
+    """Run ``argv`` in its own process group; SIGKILL the group on timeout or interruption.
+
+    Raises :class:`ToolError` only when the tool cannot be started at all.
+    """
+    args = tuple(argv)
+    try:
+        proc = subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ToolError(f"cannot run: {exc.strerror}", Path(args[0]).name) from None
+    timed_out = False
+    try:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+            try:
+                out, err = proc.communicate(timeout=KILL_GRACE)
+            except subprocess.TimeoutExpired:  # something outside the group holds the pipes
+                out, err = b"", b""
+    finally:
+        if proc.poll() is None:  # interrupted (KeyboardInterrupt, ...): leave nothing behind
+            _kill_group(proc)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait()
+    return Result(args, proc.returncode, _text(out), _text(err), timed_out)
+
+
+def summary(result: Result, lines: int = 2, limit: int = 300) -> str:
+    """The tool's last non-empty output lines (stderr first), as one short line."""
+    text = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+    text = text or [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+    if not text:
+        return "no output"
+    return one_line(" | ".join(text[-lines:]), limit)
+
+
+def timeout_error(result: Result, timeout: float) -> ToolError:
+    """The error for a run that was killed at its timeout."""
+    return ToolError(
+        f"timed out after {timeout:g} s and was killed (with its process group); "
+        f"last output: {summary(result)}",
+        result.name,
+    )

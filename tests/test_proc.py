@@ -1,0 +1,207 @@
+"""External tools are run safely: timeouts kill the whole process group, stderr reaches the error.
+
+Fake ``iasl``, ``acpiexec`` and ``qemu-system-aarch64`` scripts are put first on
+PATH: one that hangs (and starts a child that would outlive a plain kill), one
+that writes to stderr and exits 255.  The real tools are exercised by the ACPI
+and QEMU tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES
+from tools import pvdesc
+
+from pvdesc import acpi, acpica, build, guest, proc
+from pvdesc.errors import AcpiError, ToolError
+
+HANG = """#!/bin/sh
+echo $$ > "{pids}/leader"
+sleep 1000 &
+echo $! > "{pids}/child"
+echo "started, now waiting" >&2
+wait
+"""
+FAIL = """#!/bin/sh
+echo "some banner on stdout"
+echo "{name}: fatal: cannot frobnicate the widget" >&2
+exit 255
+"""
+#: Exits at once but leaves a child holding stdout open.
+DAEMON = """#!/bin/sh
+echo $$ > "{pids}/leader"
+sleep 1000 &
+echo $! > "{pids}/child"
+exit 0
+"""
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] != "Z"
+
+
+def _gone(pid: int) -> bool:
+    # SIGKILL is delivered at once, but the exit runs asynchronously: wait for it
+    # (a hang guard, not a timing assertion).
+    for _ in range(200):
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    d = tmp_path / "bin"
+    d.mkdir()
+    (tmp_path / "pids").mkdir()
+    monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
+    yield d
+    for f in (tmp_path / "pids").glob("*"):  # never leave a stray sleep behind
+        pid = int(f.read_text())
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _fake(bin_dir: Path, name: str, template: str) -> Path:
+    path = bin_dir / name
+    path.write_text(template.format(pids=bin_dir.parent / "pids", name=name))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _pids(bin_dir: Path) -> list[int]:
+    return [int((bin_dir.parent / "pids" / n).read_text()) for n in ("leader", "child")]
+
+
+def _ssdt_source() -> str:
+    lay = build.plan(EXAMPLES / "uefi-acpi-hole.yaml").layout
+    return acpi.ssdt_source(lay)
+
+
+def test_hanging_iasl_times_out_and_leaves_no_process(
+    fakebin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake(fakebin, "iasl", HANG)
+    monkeypatch.setattr(acpica, "TIMEOUT", 1.0)
+    with pytest.raises(ToolError) as info:
+        acpica.compile_asl(_ssdt_source(), template="ssdt.asl.j2")
+    text = str(info.value)
+    assert text.startswith("iasl: timed out after 1 s and was killed")
+    assert "started, now waiting" in text  # its stderr reaches the message
+    for pid in _pids(fakebin):
+        assert _gone(pid), f"process {pid} survived the timeout"
+
+
+def test_failing_iasl_stderr_and_status_in_the_error(fakebin: Path) -> None:
+    _fake(fakebin, "iasl", FAIL)
+    with pytest.raises(ToolError) as info:
+        acpica.compile_asl(_ssdt_source(), template="ssdt.asl.j2")
+    assert str(info.value) == (
+        "iasl: failed (exit 255) on ssdt.asl.j2: iasl: fatal: cannot frobnicate the widget"
+    )
+
+
+def test_failing_iasl_through_the_cli_is_one_line_exit_2(fakebin: Path, tmp_path: Path) -> None:
+    _fake(fakebin, "iasl", FAIL)
+    out = tmp_path / "out"
+    res = pvdesc(
+        "build", str(EXAMPLES / "uefi-acpi-hole.yaml"), "-o", str(out), env=dict(os.environ)
+    )
+    assert res.returncode == 2
+    assert res.stderr == (
+        "pvdesc: error: iasl: failed (exit 255) on ssdt.asl.j2: "
+        "iasl: fatal: cannot frobnicate the widget\n"
+    )
+    assert not out.exists()
+
+
+def test_iasl_disassembler_and_acpiexec_failures_carry_stderr(fakebin: Path) -> None:
+    _fake(fakebin, "iasl", FAIL)
+    _fake(fakebin, "acpiexec", FAIL)
+    with pytest.raises(AcpiError, match="iasl -d failed \\(exit 255\\): iasl: fatal: cannot"):
+        acpica.disassemble(b"SSDT")
+    with pytest.raises(AcpiError, match="acpiexec exited 255: acpiexec: fatal: cannot"):
+        acpica.acpiexec([b"SSDT"], ["quit"])
+
+
+def test_hanging_acpiexec_times_out(fakebin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake(fakebin, "acpiexec", HANG)
+    monkeypatch.setattr(acpica, "TIMEOUT", 1.0)
+    with pytest.raises(ToolError, match=r"^acpiexec: timed out after 1 s"):
+        acpica.acpiexec([b"SSDT"], ["quit"])
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_qemu_dumpdtb_hang_and_failure(fakebin: Path) -> None:
+    machine = guest.Machine(memory=1 << 30)
+    _fake(fakebin, "qemu-system-aarch64", HANG)
+    with pytest.raises(ToolError, match=r"^qemu-system-aarch64: timed out after 1 s"):
+        guest.dump_dtb(machine, timeout=1.0)
+    assert all(_gone(pid) for pid in _pids(fakebin))
+    _fake(fakebin, "qemu-system-aarch64", FAIL)
+    with pytest.raises(ToolError) as info:
+        guest.dump_dtb(machine)
+    assert str(info.value) == (
+        "qemu-system-aarch64: dumpdtb failed (exit 255): "
+        "qemu-system-aarch64: fatal: cannot frobnicate the widget"
+    )
+
+
+def test_child_holding_the_pipe_is_killed_at_the_timeout(fakebin: Path) -> None:
+    """The tool exits at once, but a child it left keeps stdout open: the group is killed."""
+    tool = _fake(fakebin, "daemon", DAEMON)
+    res = proc.run([str(tool)], timeout=1.0)
+    assert res.timed_out
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupt_kills_the_group(fakebin: Path) -> None:
+    tool = _fake(fakebin, "hang", HANG)
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise _Interrupted
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        with pytest.raises(_Interrupted):
+            proc.run([str(tool)], timeout=600)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_missing_and_unrunnable_tools(fakebin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(fakebin))
+    with pytest.raises(ToolError, match=r"^iasl: not found on PATH; install the Debian package"):
+        acpica.tool("iasl")
+    not_exec = fakebin / "plain"
+    not_exec.write_text("x")
+    with pytest.raises(ToolError, match=r"^plain: cannot run: Permission denied$"):
+        proc.run([str(not_exec)], timeout=5)
+
+
+def test_arguments_are_never_parsed_by_a_shell(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    res = proc.run(["/bin/echo", f"; touch {marker}", "$(id)"], timeout=10)
+    assert res.stdout == f"; touch {marker} $(id)\n"
+    assert not marker.exists()
+    assert res.returncode == 0 and not res.timed_out
