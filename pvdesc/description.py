@@ -269,10 +269,23 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
     return path, one_line(err.message, 200), False
 
 
-def _check_schema(data: Any, smap: SourceMap) -> None:
-    from jsonschema import Draft202012Validator
+@cache
+def _validator_class() -> Any:
+    """Draft 2020-12, except that ``integer`` means a Python int.
 
-    validator = Draft202012Validator(schema())
+    JSON Schema counts ``2.0`` as an integer, so ``vcpus: 2.0`` or ``base: 1.`` passed
+    the schema as floats and crashed later (``1 << 40.0``); found by fuzzing.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return validators.extend(Draft202012Validator, type_checker=checker)  # type: ignore[no-untyped-call]
+
+
+def _check_schema(data: Any, smap: SourceMap) -> None:
+    validator = _validator_class()(schema())
     errors = list(validator.iter_errors(data))
     if not errors:
         return
