@@ -261,11 +261,20 @@ def _inline_refs(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
 
 @cache
 def _validator() -> Any:
-    """The Draft 2020-12 validator for :func:`schema`, built once (jsonschema imported lazily)."""
-    from jsonschema import Draft202012Validator
+    """The validator for :func:`schema`, built once (jsonschema imported lazily).
 
+    Draft 2020-12, except that ``integer`` means a Python int: JSON Schema counts
+    ``2.0`` as an integer, so ``vcpus: 2.0`` or ``base: 1.`` passed the schema as
+    floats and crashed later (``1 << 40.0``); found by fuzzing.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    cls = validators.extend(Draft202012Validator, type_checker=checker)  # type: ignore[no-untyped-call]
     full = schema()
-    return Draft202012Validator(_inline_refs(full, full.get("$defs", {})))
+    return cls(_inline_refs(full, full.get("$defs", {})))
 
 
 def _check_schema(data: Any, smap: SourceMap) -> None:

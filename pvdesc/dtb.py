@@ -23,6 +23,8 @@ Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
 - ``/reserved-memory`` is honoured only with ``#address-cells``, ``#size-cells``
   (both present and equal to the root's) and ``ranges`` (present):
   ``__reserved_mem_check_root`` in drivers/of/fdt.c, kvm-pvtime-and-dt.md §4;
+  its children's ``reg`` are root addresses whatever ``ranges`` holds (Linux
+  never applies it), and a child whose ``status`` is not ``okay`` is skipped;
 - cell counts above :data:`MAX_CELLS` are refused: 3 address cells is the
   largest binding in use (PCI), and 4 cells already spans 128 bits, so more can
   only be corruption;
@@ -405,7 +407,10 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 bus = _Bus(path, ac, sc, None, parent, parent.why_not)
             elif raw_ranges is None:
                 bus = _Bus(path, ac, sc, None, parent, f"{path} has no ranges: not memory-mapped")
-            elif not raw_ranges:
+            elif not raw_ranges or (depth == 1 and name == "reserved-memory"):
+                # Linux reads /reserved-memory children's reg as root addresses
+                # (__reserved_mem_reserve_reg uses dt_root_addr_cells and no ranges):
+                # its ranges only has to exist, its content is never applied.
                 bus = _Bus(path, ac, sc, (), parent)
             else:
                 decoded = _decode_ranges(

@@ -463,7 +463,8 @@ HOSTILE_VALUES = (
     "!!omap [{a: 1}]", "!!timestamp x", "~", ".inf", "-.inf", ".nan", "0b101", "0o777",
     "1_000", "190:20:30", "yes", "off", "'\\x00'", '"\\u2028"', '"a\\nb"', '"\\x85"', "[", "{",
     "[1, [2, [3]]]", "{base: 1}", "''", '"x\\u0000"', "!!str 5", "!!null ''", "? a",
-    "|\n  multi\n  line", "0x40000000", "1G", "64K", "512", "513", "0", "1", "52", "53",
+    "|\n  multi\n  line", "2.0", "1.", "40.0", "1.0e+3",
+    "0x40000000", "1G", "64K", "512", "513", "0", "1", "52", "53",
     "fixed", "carve", "hole", "acpi", "uefi-acpi", "reserved-memory", "qemu-virt",
     "firecracker", "cloud-hypervisor", "kvmtool", "crosvm",
 )  # fmt: skip
