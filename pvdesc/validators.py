@@ -28,14 +28,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from pvdesc import acpica
+from pvdesc import acpica, proc
 from pvdesc.errors import PvdescError, ToolError
 from pvdesc.model import Range
 
@@ -110,7 +109,7 @@ def missing_programs(validator: Validator) -> tuple[str, ...]:
     return tuple(p for p in PROGRAMS[validator] if find_program(p) is None)
 
 
-def one_line(text: str, limit: int = 400) -> str:
+def first_line(text: str, limit: int = 400) -> str:
     """``text``'s first non-empty line (tabs and runs of blanks squeezed), ``(+N lines)``."""
     lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.strip()]
     if not lines:
@@ -119,22 +118,12 @@ def one_line(text: str, limit: int = 400) -> str:
     return first + (f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else "")
 
 
-def _run(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            list(argv),
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"timed out after {TIMEOUT:g} s", Path(argv[0]).name) from None
-    except OSError as exc:
-        raise ToolError(f"cannot run: {exc.strerror}", Path(argv[0]).name) from None
+def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
+    """Run a validator through :func:`pvdesc.proc.run` (process group, timeout, no shell)."""
+    result = proc.run(argv, timeout=TIMEOUT, cwd=cwd)
+    if result.timed_out:
+        raise proc.timeout_error(result, TIMEOUT)
+    return result
 
 
 def _program(name: str) -> str:
@@ -162,7 +151,7 @@ def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
             out.append(
                 Problem(
                     Validator.DTC,
-                    f"{dtb}: dtc -E checks (exit {res.returncode}): {one_line(res.stderr)}",
+                    f"{dtb}: dtc -E checks (exit {res.returncode}): {first_line(res.stderr)}",
                 )
             )
         if dts is not None:
@@ -173,7 +162,7 @@ def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
                     Problem(
                         Validator.DTC,
                         f"{dts}: dtc cannot compile it (exit {res.returncode}): "
-                        f"{one_line(res.stderr)}",
+                        f"{first_line(res.stderr)}",
                     )
                 )
             elif (workdir / again).read_bytes() != (workdir / dtb).read_bytes():
@@ -203,7 +192,7 @@ def compile_schema(workdir: Path) -> Path:
     if res.returncode != 0 or not out.is_file():
         raise ToolError(
             f"cannot compile the devicetree schemas (exit {res.returncode}): "
-            f"{one_line(res.stderr + res.stdout)}",
+            f"{first_line(res.stderr + res.stdout)}",
             "dt-mk-schema",
         )
     return out
@@ -223,7 +212,7 @@ def dt_validate(workdir: Path, dtb: str, schema: Path) -> list[Problem]:
             Problem(
                 Validator.DT_VALIDATE,
                 f"{dtb}: dt-validate failed to run (exit {res.returncode}): "
-                f"{one_line(res.stderr + res.stdout)}",
+                f"{first_line(res.stderr + res.stdout)}",
             )
         ]
     try:
@@ -239,9 +228,9 @@ def dt_validate(workdir: Path, dtb: str, schema: Path) -> list[Problem]:
             text = item.get("message") or item.get("formatted") or "schema violation"
             schema_id = item.get("schema")
             origin = f" (schema {schema_id})" if schema_id else ""
-            message = f"{dtb}: {node}: {one_line(str(text))}{origin}"
+            message = f"{dtb}: {node}: {first_line(str(text))}{origin}"
         else:
-            message = f"{dtb}: {one_line(str(item))}"
+            message = f"{dtb}: {first_line(str(item))}"
         out.append(Problem(Validator.DT_VALIDATE, message))
     return out
 
@@ -260,7 +249,7 @@ def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
     try:
         again = acpica.recompile(acpica.disassemble(aml, "table"), "table")
     except PvdescError as err:
-        return [Problem(Validator.IASL, f"{name}: round trip: {one_line(err.message)}")]
+        return [Problem(Validator.IASL, f"{name}: round trip: {first_line(err.message)}")]
     if again != aml:
         at = _first_difference(aml, again)
         return [
@@ -323,7 +312,7 @@ def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
     try:
         output = acpica.acpiexec([ssdt], [f"evaluate {PVTM}._STA", f"resources {PVTM}"])
     except PvdescError as err:
-        return [Problem(Validator.ACPIEXEC, f"{name}: {one_line(str(err))}")]
+        return [Problem(Validator.ACPIEXEC, f"{name}: {first_line(str(err))}")]
     out: list[Problem] = []
     sta_part = output.split(f"Evaluating {PVTM}._STA", 1)[-1]
     sta = _STA_RE.search(sta_part)

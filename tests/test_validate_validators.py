@@ -154,9 +154,9 @@ def test_compile_schema_failure_is_a_tool_error(
 
 
 def test_one_line() -> None:
-    assert validators.one_line("\n a\tb \n\nc\n") == "a b (+1 more lines)"
-    assert validators.one_line("") == "no message"
-    assert validators.one_line("x" * 500, limit=10) == "xxxxxxx..."
+    assert validators.first_line("\n a\tb \n\nc\n") == "a b (+1 more lines)"
+    assert validators.first_line("") == "no message"
+    assert validators.first_line("x" * 500, limit=10) == "xxxxxxx..."
 
 
 # --------------------------------------------------------------------------- whole command

@@ -14,16 +14,9 @@ from pathlib import Path
 
 import libfdt
 
+from pvdesc.validators import DTC_CHECKS
+
 ROOT = Path(__file__).resolve().parent.parent
-DTC_CHECKS = (
-    "reg_format",
-    "ranges_format",
-    "unique_unit_address",
-    "unit_address_vs_reg",
-    "unit_address_format",
-    "avoid_default_addr_size",
-    "simple_bus_reg",
-)
 
 
 def run(args: list[str], *, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
