@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -277,7 +278,84 @@ def _validator() -> Any:
     return cls(_inline_refs(full, full.get("$defs", {})))
 
 
+#: Schema keywords whose draft-04 meaning is the same as draft 2020-12's, for the
+#: subset pvdesc uses (``exclusiveMinimum``, ``const``, ``if``... are not: a draft-04
+#: compiler would read them differently or ignore them).  See :func:`_fast_check`.
+_DRAFT4_SAME = frozenset(
+    {
+        "$schema", "$id", "$defs", "$ref", "title", "description",
+        "type", "enum", "properties", "additionalProperties", "required",
+        "items", "minItems", "maxItems", "minimum", "maximum",
+        "minLength", "maxLength", "pattern", "anyOf",
+    }
+)  # fmt: skip
+
+
+def _keywords(node: Any, under_properties: bool = False) -> set[str]:
+    """Every keyword used anywhere in a schema (property and ``$defs`` names excluded)."""
+    found: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            found |= _keywords(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if under_properties:  # a property name -> its schema
+                found |= _keywords(value)
+                continue
+            found.add(key)
+            if key not in ("enum", "required"):  # these hold data, not schemas
+                found |= _keywords(value, under_properties=key in ("properties", "$defs"))
+    return found
+
+
+@cache
+def _fast_check() -> Callable[[Any], Any] | None:
+    """A compiled schema check for the common case, valid input; None if unsafe.
+
+    :func:`_validator` (jsonschema) is the reference and writes every message, but
+    it took 11 ms of a 28 ms build of bench/data/large-vm.yaml and its import 67 ms
+    of a command's start (bench/run).  fastjsonschema compiles the same schema to
+    plain Python (1.6 ms there).  Its answer is trusted only when it *accepts*;
+    anything it rejects goes to the reference, so messages and the accepted set are
+    exactly jsonschema's as long as fast-accept implies reference-accept
+    (tests/test_schema_fast.py checks that property).  It is compiled as draft 04,
+    where ``integer`` excludes ``2.0`` as our reference does (draft 06+ accept it);
+    that is only the same language because every keyword in the schema means the
+    same in both drafts (:data:`_DRAFT4_SAME`), else there is no fast path.
+    Its patterns end at ``\\Z`` where jsonschema's ``$`` also allows a final
+    newline: stricter, so only more work for the reference.
+    """
+    return _compile_fast(schema())
+
+
+def _compile_fast(full: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """:func:`_fast_check` for ``full``; None if it uses a keyword not in :data:`_DRAFT4_SAME`."""
+    if not _keywords(full) <= _DRAFT4_SAME:
+        return None
+    import fastjsonschema
+
+    draft4 = {**full, "$schema": "http://json-schema.org/draft-04/schema#"}
+    check: Callable[[Any], Any] = fastjsonschema.compile(
+        draft4, use_formats=False, detailed_exceptions=False
+    )
+    return check
+
+
+def _schema_accepts_fast(data: Any) -> bool:
+    """True if the fast check accepts ``data`` (any doubt: False, ask the reference)."""
+    check = _fast_check()
+    if check is None:
+        return False
+    try:
+        check(data)
+    except Exception:  # a rejection, or anything unexpected: the reference decides
+        return False
+    return True
+
+
 def _check_schema(data: Any, smap: SourceMap) -> None:
+    if _schema_accepts_fast(data):
+        return
     errors = list(_validator().iter_errors(data))
     if not errors:
         return
