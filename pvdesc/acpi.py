@@ -27,6 +27,8 @@ Hypervisor's MADT give GICC ``i``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pvdesc import __version__, acpica, templating
@@ -151,21 +153,42 @@ def srat_source(layout: Layout) -> str:
     )
 
 
-def tables(layout: Layout) -> tuple[Table, ...]:
-    """Render and compile every ACPI table for a layout (SSDT, then SRAT with NUMA).
+@contextlib.contextmanager
+def compiling(layout: Layout) -> Iterator[Callable[[], tuple[Table, ...]]]:
+    """Render every ACPI table and start iasl on each; the block gets a function to wait.
 
-    Compilation happens in a temporary directory (:mod:`pvdesc.acpica`); nothing
-    is written to the output directory here.
+    The caller works while iasl runs (``pvdesc build`` renders the DT meanwhile),
+    then calls the function for the tables (SSDT, then SRAT with NUMA), which
+    raises the SSDT's error first, as if they had been compiled in order.  The
+    SRAT, thousands of lines for hundreds of vCPUs and most of iasl's time, is
+    started first.  Leaving the block stops any iasl not waited for and removes
+    its temporary directory; nothing is written to the output directory.
     """
-    out = []
-    ssdt = ssdt_source(layout)
-    out.append(Table("ssdt", ssdt, acpica.compile_asl(ssdt, template=SSDT_TEMPLATE, name="ssdt")))
-    if needs_srat(layout.description):
-        srat = srat_source(layout)
-        out.append(
-            Table("srat", srat, acpica.compile_asl(srat, template=SRAT_TEMPLATE, name="srat"))
+    srat = srat_source(layout) if needs_srat(layout.description) else None
+    with contextlib.ExitStack() as stack:
+        srat_job = (
+            stack.enter_context(acpica.Compilation(srat, template=SRAT_TEMPLATE, name="srat"))
+            if srat is not None
+            else None
         )
-    return tuple(out)
+        ssdt = ssdt_source(layout)
+        ssdt_job = stack.enter_context(
+            acpica.Compilation(ssdt, template=SSDT_TEMPLATE, name="ssdt")
+        )
+
+        def wait() -> tuple[Table, ...]:
+            out = [Table("ssdt", ssdt, ssdt_job.aml())]
+            if srat is not None and srat_job is not None:
+                out.append(Table("srat", srat, srat_job.aml()))
+            return tuple(out)
+
+        yield wait
+
+
+def tables(layout: Layout) -> tuple[Table, ...]:
+    """Render and compile every ACPI table for a layout (SSDT, then SRAT with NUMA)."""
+    with compiling(layout) as wait:
+        return wait()
 
 
 def checksum_ok(table: bytes) -> bool:

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 from pvdesc import proc, templating
 from pvdesc.errors import AcpiError, ToolError
@@ -75,17 +76,22 @@ class Diagnostic:
 
 @dataclass
 class ToolTimes:
-    """Wall times of the ACPICA runs made inside one :func:`timing` block.
+    """How long pvdesc waited for the ACPICA runs made inside one :func:`timing` block.
+
+    For a run pvdesc waits through (:func:`compile_asl`, :func:`disassemble`) that
+    is its wall time; for a :class:`Compilation` started early, only the time the
+    caller was blocked in :meth:`Compilation.aml`, so ``build time - total`` is
+    the time pvdesc spent working, whatever ran alongside.
 
     Attributes:
-        runs: ``(tool name, seconds)`` per subprocess, in order.
+        runs: ``(tool name, seconds)`` per subprocess, in the order waited for.
     """
 
     runs: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def total(self) -> float:
-        """Seconds spent in ACPICA subprocesses altogether."""
+        """Seconds spent waiting for ACPICA subprocesses altogether."""
         return sum(secs for _, secs in self.runs)
 
 
@@ -97,7 +103,7 @@ _recorders: contextvars.ContextVar[tuple[ToolTimes, ...]] = contextvars.ContextV
 
 @contextlib.contextmanager
 def timing() -> Iterator[ToolTimes]:
-    """Record the wall time of every iasl/acpiexec run inside the ``with`` block.
+    """Record the time spent waiting for every iasl/acpiexec run inside the ``with`` block.
 
     Blocks nest (each sees every run inside it).  Measuring costs two clock reads
     per run; nothing is recorded outside a block.
@@ -122,16 +128,18 @@ def tool(name: str) -> str:
     return path
 
 
+def _record(argv: Sequence[str], seconds: float) -> None:
+    """Add one run to every active :func:`timing` recorder."""
+    for rec in _recorders.get():
+        rec.runs.append((Path(argv[0]).name, seconds))
+
+
 def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
     start = time.perf_counter()
     try:
         result = proc.run(argv, timeout=TIMEOUT, cwd=cwd)
     finally:
-        recorders = _recorders.get()
-        if recorders:
-            elapsed = time.perf_counter() - start
-            for rec in recorders:
-                rec.runs.append((Path(argv[0]).name, elapsed))
+        _record(argv, time.perf_counter() - start)
     if result.timed_out:
         raise proc.timeout_error(result, TIMEOUT)
     return result
@@ -198,24 +206,60 @@ def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
     warning raises :class:`AcpiError` at ``templates/<template>:<line>`` (the
     template line the first message's ASL line came from).
     """
-    iasl = tool("iasl")
-    if not source.isascii():
-        bad = next(i for i, ch in enumerate(source) if not ch.isascii())
-        line = source.count("\n", 0, bad) + 1
-        tline = template_line(template, source, line)
-        raise AcpiError(
-            f"generated ASL line {line} holds a non-ASCII character {source[bad]!r}; "
-            "iasl reads ASCII only",
-            f"templates/{template}:{tline}" if tline else f"templates/{template}",
-        )
-    with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
-        work = Path(tmp)
-        src = work / f"{name}.asl"
-        src.write_text(source, encoding="ascii")
-        res = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), src.name], work)
-        aml_path = work / f"{name}.aml"
+    with Compilation(source, template=template, name=name) as job:
+        return job.aml()
+
+
+class Compilation:
+    """:func:`compile_asl` started, not yet waited for: iasl runs while the caller works.
+
+    Errors are raised by :meth:`aml` (a non-ASCII source, before iasl starts, by
+    the constructor).  Use it as a context manager: leaving the block stops an
+    iasl nobody waited for and removes its temporary directory.
+
+    Attributes:
+        source: the ASL text.
+        template: the template it was rendered from (errors point into it).
+        name: the table's name (``ssdt``, ``srat``), used for the file names.
+    """
+
+    def __init__(self, source: str, *, template: str, name: str = "table") -> None:
+        self.source = source
+        self.template = template
+        self.name = name
+        iasl = tool("iasl")
+        if not source.isascii():
+            bad = next(i for i, ch in enumerate(source) if not ch.isascii())
+            line = source.count("\n", 0, bad) + 1
+            tline = template_line(template, source, line)
+            raise AcpiError(
+                f"generated ASL line {line} holds a non-ASCII character {source[bad]!r}; "
+                "iasl reads ASCII only",
+                f"templates/{template}:{tline}" if tline else f"templates/{template}",
+            )
+        self._tmp = tempfile.TemporaryDirectory(prefix="pvdesc-iasl-")
+        self._work = Path(self._tmp.name)
+        try:
+            src = self._work / f"{name}.asl"
+            src.write_text(source, encoding="ascii")
+            argv = [iasl, "-vs", "-vi", "-we", "-p", str(self._work / name), src.name]
+            self._job = proc.start(argv, timeout=TIMEOUT, cwd=self._work)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def aml(self) -> bytes:
+        """Wait for iasl; the AML bytes, or :class:`AcpiError` / :class:`ToolError`."""
+        try:
+            res = self._job.wait()
+        finally:
+            _record(self._job.argv, self._job.waited)
+        if res.timed_out:
+            raise proc.timeout_error(res, TIMEOUT)
+        aml_path = self._work / f"{self.name}.aml"
         if res.returncode == 0 and aml_path.is_file():
             return aml_path.read_bytes()
+        source, template = self.source, self.template
         diags = parse_diagnostics(res.stderr + "\n" + res.stdout)
         first = next((d for d in diags if d.level == "error" and d.code != 6154), None)
         first = first or (diags[0] if diags else None)
@@ -232,6 +276,24 @@ def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
             f"(generated ASL line {first.line}: {text!r})",
             where,
         )
+
+    def close(self) -> None:
+        """Stop iasl if nobody waited for it; remove the temporary directory."""
+        try:
+            self._job.close()
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Compilation:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def disassemble(aml: bytes, name: str = "table") -> str:

@@ -10,6 +10,7 @@ check that what it read belongs together.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -106,34 +107,37 @@ def render_outputs(
         source=Path(loaded.source.file).name,
         describe_text=describe_text(lay),
     )
-    if into is None:
-        tree = dt.render(lay, header)
-        outputs = [
-            Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
-            Output(f"{desc.name}.dtb", "dtb", tree.dtb),
-        ]
-    else:
-        outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
-    if lay.describe is Describe.ACPI:
-        outputs.extend(acpi_outputs(lay))
-    outputs.append(
-        Output(f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode())
-    )
-    dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
-    source = Path(loaded.source.file).name
-    outputs.extend(Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path))
+    with contextlib.ExitStack() as stack:
+        # iasl (describe acpi) compiles while the rest renders; its outputs keep their place.
+        acpi_tables = (
+            stack.enter_context(acpi.compiling(lay)) if lay.describe is Describe.ACPI else None
+        )
+        if into is None:
+            tree = dt.render(lay, header)
+            outputs = [
+                Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
+                Output(f"{desc.name}.dtb", "dtb", tree.dtb),
+            ]
+        else:
+            outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+        config = Output(
+            f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
+        )
+        dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
+        source = Path(loaded.source.file).name
+        vmm = [Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path)]
+        if acpi_tables is not None:
+            outputs.extend(_table_outputs(desc.name, acpi_tables()))
+    outputs.append(config)
+    outputs.extend(vmm)
     outputs.append(manifest(loaded, lay, outputs))
     return tuple(outputs)
 
 
-def acpi_outputs(lay: Layout) -> list[Output]:
-    """``<name>.ssdt.dsl/.aml`` and, with NUMA, ``<name>.srat.dsl/.aml`` (see :mod:`pvdesc.acpi`).
-
-    iasl runs in a temporary directory; only the bytes come back here.
-    """
-    name = lay.description.name
+def _table_outputs(name: str, tables: Sequence[acpi.Table]) -> list[Output]:
+    """``<name>.ssdt.dsl/.aml`` and, with NUMA, ``<name>.srat.dsl/.aml`` (:mod:`pvdesc.acpi`)."""
     out: list[Output] = []
-    for table in acpi.tables(lay):
+    for table in tables:
         out.append(Output(f"{name}.{table.kind}.dsl", f"{table.kind}-asl", table.source.encode()))
         out.append(Output(f"{name}.{table.kind}.aml", f"{table.kind}-aml", table.aml))
     return out

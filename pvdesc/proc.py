@@ -15,6 +15,13 @@ Every tool pvdesc starts goes through :func:`run`:
 Only the caller knows what a non-zero exit status means (iasl exits 255 on any
 error; acpiexec exits 0 even on failures), so :func:`run` reports it and never
 raises for it.
+
+:func:`start` is :func:`run` in two halves, so a caller can work while the tool
+runs (a build renders its DT while iasl compiles): it returns a :class:`Running`
+whose :meth:`~Running.wait` gives the same :class:`Result`.  The tool's output
+goes to unlinked temporary files, not pipes, so a tool nobody reads from yet can
+never block on a full pipe; the timeout counts from the start; and leaving the
+``with`` block of an unwaited :class:`Running` kills its group.
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import IO
 
 from pvdesc.errors import ToolError, one_line
 
@@ -108,6 +119,96 @@ def run(
                 stream.close()
         proc.wait()
     return Result(args, proc.returncode, _text(out), _text(err), timed_out)
+
+
+class Running:
+    """A tool started by :func:`start`; :meth:`wait` for its :class:`Result`.
+
+    Use it as a context manager: leaving the block kills the group of a tool
+    that was not waited for (the caller failed in between) and frees its files.
+
+    Attributes:
+        argv: the command as run.
+        waited: seconds the caller spent blocked in :meth:`wait` (not the
+            tool's run time: it may have finished while the caller worked).
+    """
+
+    def __init__(self, argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> None:
+        self.argv = tuple(argv)
+        self.waited = 0.0
+        self._result: Result | None = None
+        # Closed by wait() or close() (the with block), not here.
+        self._out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(
+                list(self.argv),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=self._err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._close_files()
+            raise ToolError(f"cannot run: {exc.strerror}", Path(self.argv[0]).name) from None
+        self._deadline = time.monotonic() + timeout
+        self._timeout = timeout
+
+    def wait(self) -> Result:
+        """Block until the tool ends (or the timeout, counted from the start, kills its group)."""
+        if self._result is not None:
+            return self._result
+        begin = time.perf_counter()
+        timed_out = False
+        try:
+            try:
+                self._proc.wait(timeout=max(0.0, self._deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(self._proc)
+                self._proc.wait()
+        finally:
+            if self._proc.poll() is None:  # interrupted: leave nothing behind
+                _kill_group(self._proc)
+                self._proc.wait()
+            self.waited += time.perf_counter() - begin
+        self._out.seek(0)
+        self._err.seek(0)
+        out, err = self._out.read(), self._err.read()
+        self._close_files()
+        self._result = Result(self.argv, self._proc.returncode, _text(out), _text(err), timed_out)
+        return self._result
+
+    def close(self) -> None:
+        """Kill and reap the tool if it was not waited for; free its files."""
+        if self._proc.poll() is None:
+            _kill_group(self._proc)
+            self._proc.wait()
+        self._close_files()
+
+    def _close_files(self) -> None:
+        self._out.close()
+        self._err.close()
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def start(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> Running:
+    """Start ``argv`` as :func:`run` would, and return at once (see :class:`Running`).
+
+    Raises :class:`ToolError` only when the tool cannot be started at all.
+    """
+    return Running(argv, timeout=timeout, cwd=cwd)
 
 
 def summary(result: Result, lines: int = 2, limit: int = 300) -> str:

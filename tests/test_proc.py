@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ import pytest
 from conftest import EXAMPLES
 from tools import pvdesc
 
-from pvdesc import acpi, acpica, build, guest, proc
-from pvdesc.errors import AcpiError, ToolError
+from pvdesc import acpi, acpica, build, dt, guest, layout, proc
+from pvdesc.description import load
+from pvdesc.errors import AcpiError, DTError, ToolError
 
 HANG = """#!/bin/sh
 echo $$ > "{pids}/leader"
@@ -87,7 +89,8 @@ def _pids(bin_dir: Path) -> list[int]:
 
 
 def _ssdt_source() -> str:
-    lay = build.plan(EXAMPLES / "uefi-acpi-hole.yaml").layout
+    """The SSDT text of an example, rendered without running iasl (a fake may be on PATH)."""
+    lay = layout.allocate(load(EXAMPLES / "uefi-acpi-hole.yaml").description)
     return acpi.ssdt_source(lay)
 
 
@@ -205,3 +208,91 @@ def test_arguments_are_never_parsed_by_a_shell(tmp_path: Path) -> None:
     assert res.stdout == f"; touch {marker} $(id)\n"
     assert not marker.exists()
     assert res.returncode == 0 and not res.timed_out
+
+
+# --------------------------------------------------------------- proc.start (a tool run alongside)
+
+
+def test_started_tool_gives_what_run_gives() -> None:
+    argv = ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
+    with proc.start(argv, timeout=10) as job:
+        started = job.wait()
+    assert started == proc.run(argv, timeout=10)
+    assert (started.stdout, started.stderr, started.returncode) == ("out\n", "err\n", 3)
+
+
+def test_started_tool_never_blocks_on_output_nobody_reads() -> None:
+    """4 MiB of output, far over a pipe's 64 KiB: it still finishes before anyone waits."""
+    with proc.start(["head", "-c", str(4 << 20), "/dev/zero"], timeout=60) as job:
+        for _ in range(400):  # a hang guard, not a timing assertion
+            if job._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert job._proc.poll() == 0, "the tool blocked writing its output"
+        assert len(job.wait().stdout) == 4 << 20
+
+
+def test_leaving_the_block_unwaited_kills_the_group(fakebin: Path) -> None:
+    tool = _fake(fakebin, "hang", HANG)
+    with proc.start([str(tool)], timeout=600):
+        for _ in range(200):  # until the tool has started its child
+            if (fakebin.parent / "pids" / "child").exists():
+                break
+            time.sleep(0.05)
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_started_tool_timeout_counts_from_the_start(fakebin: Path) -> None:
+    tool = _fake(fakebin, "hang", HANG)
+    with proc.start([str(tool)], timeout=1.0) as job:
+        time.sleep(1.5)  # the caller works past the deadline
+        res = job.wait()
+    assert res.timed_out and res.returncode == -signal.SIGKILL
+    assert "started, now waiting" in res.stderr
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_interrupted_wait_kills_the_group(fakebin: Path) -> None:
+    tool = _fake(fakebin, "hang", HANG)
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise _Interrupted
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        with pytest.raises(_Interrupted), proc.start([str(tool)], timeout=600) as job:
+            job.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_a_build_that_fails_while_iasl_runs_leaves_nothing(
+    fakebin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iasl is started before the DT is rendered; a DT error stops it and removes its files."""
+    _fake(fakebin, "iasl", HANG)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def broken(*_args: object, **_kw: object) -> object:
+        raise DTError("injected failure")
+
+    monkeypatch.setattr(dt, "render", broken)
+    out = tmp_path / "out"
+    with pytest.raises(DTError, match="injected failure"):
+        build.build(EXAMPLES / "uefi-acpi-numa.yaml", out)
+    assert list(scratch.iterdir()) == []
+    assert all(_gone(pid) for pid in _pids(fakebin))
+    assert not out.exists()
+
+
+def test_unwaited_compilation_removes_its_directory(fakebin: Path) -> None:
+    _fake(fakebin, "iasl", HANG)
+    with acpica.Compilation(_ssdt_source(), template="ssdt.asl.j2", name="ssdt") as job:
+        work = job._work
+        assert (work / "ssdt.asl").is_file()
+    assert not work.exists()
