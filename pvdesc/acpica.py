@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from pvdesc import proc, templating
 from pvdesc.errors import AcpiError, ToolError
@@ -287,12 +286,7 @@ class Compilation:
     def __enter__(self) -> Compilation:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
 

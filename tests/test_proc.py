@@ -8,6 +8,7 @@ and QEMU tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -175,20 +176,27 @@ class _Interrupted(Exception):
     pass
 
 
-def test_interrupt_kills_the_group(fakebin: Path) -> None:
-    tool = _fake(fakebin, "hang", HANG)
+@contextlib.contextmanager
+def _interrupted_after(seconds: float) -> Iterator[None]:
+    """The block is interrupted (by an exception from a signal handler) after ``seconds``."""
 
     def interrupt(_sig: int, _frame: object) -> None:
         raise _Interrupted
 
     old = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         with pytest.raises(_Interrupted):
-            proc.run([str(tool)], timeout=600)
+            yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_interrupt_kills_the_group(fakebin: Path) -> None:
+    tool = _fake(fakebin, "hang", HANG)
+    with _interrupted_after(1.0):
+        proc.run([str(tool)], timeout=600)
     assert all(_gone(pid) for pid in _pids(fakebin))
 
 
@@ -254,18 +262,8 @@ def test_started_tool_timeout_counts_from_the_start(fakebin: Path) -> None:
 
 def test_interrupted_wait_kills_the_group(fakebin: Path) -> None:
     tool = _fake(fakebin, "hang", HANG)
-
-    def interrupt(_sig: int, _frame: object) -> None:
-        raise _Interrupted
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 1.0)
-        with pytest.raises(_Interrupted), proc.start([str(tool)], timeout=600) as job:
-            job.wait()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with _interrupted_after(1.0), proc.start([str(tool)], timeout=600) as job:
+        job.wait()
     assert all(_gone(pid) for pid in _pids(fakebin))
 
 
