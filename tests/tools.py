@@ -17,6 +17,8 @@ import libfdt
 from pvdesc.validators import DTC_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The installed ``pvdesc`` console script of the interpreter running the tests (the venv's).
+SCRIPT = Path(sys.executable).parent / "pvdesc"
 
 
 def run(args: list[str], *, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
