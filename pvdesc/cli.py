@@ -258,8 +258,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="can a running guest migrate between two stolen-time layouts?",
         description="Compare two VM descriptions or hypervisor configs (or one of each) for "
         "migration and save/restore: same PVTIME_IPA for every vCPU on both sides, same region "
-        "and memslot, revision 0, no RAM newly over the region.  Exit 0 compatible, 1 not, "
-        "2 unusable input.",
+        "and memslot, revision 0, no RAM newly over the region.  Each input is told apart by "
+        'its content, not its name: a config is a JSON object whose "format" is '
+        '"pvdesc.hypervisor/1"; a description is a YAML (or JSON) mapping.  Exit 0 compatible, '
+        "1 not, 2 unusable input.",
     )
     d.add_argument("old", help="the source: a description (YAML) or NAME.hypervisor.json")
     d.add_argument("new", help="the destination: a description (YAML) or NAME.hypervisor.json")
