@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import EXAMPLES, run_cli
+from tools import EXAMPLES, run_cli
 
 from pvdesc import build, diff
 from pvdesc.check import Severity

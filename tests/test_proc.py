@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
-from tools import pvdesc
+from tools import EXAMPLES, pvdesc
 
 from pvdesc import acpi, acpica, build, guest, proc
 from pvdesc.errors import AcpiError, ToolError

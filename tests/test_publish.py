@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_cli
-from tools import ROOT
+from tools import EXAMPLES, ROOT, run_cli
 
 from pvdesc import build, publish
 from pvdesc.errors import OutputError
