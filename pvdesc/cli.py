@@ -1,6 +1,7 @@
 """The ``pvdesc`` command.
 
-Exit status: 0 success, 1 findings (for commands that judge), 2 unusable input.
+Exit status: 0 success, 1 findings (for commands that judge), 2 unusable input,
+141 (128 + SIGPIPE) when the reader of stdout went away, without a word on stderr.
 Every :class:`~pvdesc.errors.PvdescError` becomes one line on stderr,
 ``pvdesc: error: <where>: <message>``, and exit status 2: never a traceback.
 Subcommand modules are imported lazily so ``pvdesc --version`` starts fast.
@@ -9,6 +10,7 @@ Subcommand modules are imported lazily so ``pvdesc --version`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +20,9 @@ from pvdesc.errors import PvdescError, one_line
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+#: 128 + SIGPIPE: the reader of stdout went away (``pvdesc map | head``), as a shell reports
+#: a C tool that SIGPIPE ended.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -253,8 +258,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="can a running guest migrate between two stolen-time layouts?",
         description="Compare two VM descriptions or hypervisor configs (or one of each) for "
         "migration and save/restore: same PVTIME_IPA for every vCPU on both sides, same region "
-        "and memslot, revision 0, no RAM newly over the region.  Exit 0 compatible, 1 not, "
-        "2 unusable input.",
+        "and memslot, revision 0, no RAM newly over the region.  Each input is told apart by "
+        'its content, not its name: a config is a JSON object whose "format" is '
+        '"pvdesc.hypervisor/1"; a description is a YAML (or JSON) mapping.  Exit 0 compatible, '
+        "1 not, 2 unusable input.",
     )
     d.add_argument("old", help="the source: a description (YAML) or NAME.hypervisor.json")
     d.add_argument("new", help="the destination: a description (YAML) or NAME.hypervisor.json")
@@ -268,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
+    except BrokenPipeError:
+        # https://docs.python.org/3/library/signal.html#note-on-sigpipe: point stdout at
+        # /dev/null so the interpreter's final flush cannot fail again ("Exception ignored").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except PvdescError as err:
         sys.stderr.write(one_line(f"pvdesc: error: {err}") + "\n")
         return EXIT_USAGE

@@ -36,10 +36,14 @@ Severity ``error`` means not compatible.  Findings: ``ipa-changed``,
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
+
+import yaml
 
 from pvdesc import check, hypervisor, kvm, layout
 from pvdesc.check import Memslot, Severity
@@ -172,14 +176,89 @@ def side_from_layout(lay: layout.Layout, source: str) -> Side:
     )
 
 
-def is_config(data: bytes, source: str) -> bool:
-    """A hypervisor config (JSON) rather than a VM description (YAML)?"""
-    return source.endswith(".json") or data.lstrip()[:1] == b"{"
+class Kind(enum.StrEnum):
+    """What one input of ``pvdesc diff`` is."""
+
+    CONFIG = "hypervisor config"
+    DESCRIPTION = "VM description"
+
+
+#: libyaml's event parser when PyYAML has it (as pvdesc.description loads descriptions).
+_EVENT_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _neither(why: str, source: str) -> DiffInputError:
+    return DiffInputError(
+        f"neither a VM description nor a {hypervisor.FORMAT} hypervisor config: {why}", source
+    )
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return "a number"
+
+
+def kind(data: bytes, source: str) -> Kind:
+    """Decide by content, never by file name, whether ``data`` is a config or a description.
+
+    A hypervisor config is a JSON object whose ``"format"`` is ``pvdesc.hypervisor/1``
+    (pvdesc/hypervisor.py writes that key first).  A description is a YAML mapping, and
+    YAML is a superset of JSON, so a JSON object without ``"format"`` is a description in
+    JSON syntax (descriptions have no such key).  Any other JSON value, a JSON object
+    with another format, and YAML whose top node is not a mapping are neither:
+    :class:`DiffInputError`.  Text that is not JSON is looked at only as far as its
+    first key: ``format`` there means a config broken as JSON, anything else a
+    description; their readers then say what is wrong and where.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return _kind_of_text(data, source)
+    if not isinstance(doc, dict):
+        raise _neither(f"the JSON value is {_json_type(doc)}, not an object", source)
+    if "format" not in doc:
+        return Kind.DESCRIPTION
+    if doc["format"] != hypervisor.FORMAT:
+        shown = json.dumps(doc["format"])
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise _neither(f'"format" is {shown}', source)
+    return Kind.CONFIG
+
+
+def _kind_of_text(data: bytes, source: str) -> Kind:
+    """:func:`kind` for what is not JSON, from its first YAML events (never composed)."""
+    try:
+        events = list(islice(yaml.parse(data.decode("utf-8"), Loader=_EVENT_LOADER), 4))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return Kind.DESCRIPTION  # the loader names the bad byte or where the syntax breaks
+    top = events[2] if len(events) > 2 else None
+    if isinstance(top, yaml.MappingStartEvent):
+        first = events[3] if len(events) > 3 else None
+        if isinstance(first, yaml.ScalarEvent) and first.value == "format":
+            return Kind.CONFIG  # its JSON reader says where the JSON breaks
+        return Kind.DESCRIPTION
+    if isinstance(top, yaml.AliasEvent):
+        return Kind.DESCRIPTION  # the loader says the alias is undefined
+    if isinstance(top, yaml.ScalarEvent):
+        what = "a scalar"
+    elif isinstance(top, yaml.SequenceStartEvent):
+        what = "a list"
+    else:
+        what = "empty"
+    raise _neither(
+        f"its YAML is {what}, not a mapping (name:, vcpus:, memory:, ...) or a JSON object",
+        source,
+    )
 
 
 def side_from_bytes(data: bytes, source: str) -> Side:
     """A side from a file's bytes: a hypervisor config, or a description (allocated here)."""
-    if is_config(data, source):
+    if kind(data, source) is Kind.CONFIG:
         return side_from_config(data, source)
     loaded = loads(data, source)
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from tools import pvdesc
 
 QEMU = "qemu-system-aarch64"
 #: QEMU virt's own stolen-time slot (vmm-layouts.md §1: hw/arm/virt.c VIRT_PVTIME).
@@ -38,12 +39,7 @@ def qemu_dtb(tmp: Path, name: str, *args: str) -> Path:
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pvdesc.cli`` in a subprocess and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "pvdesc.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return pvdesc(*args, timeout=timeout)
 
 
 def root(body: str, cells: str = "#address-cells = <2>; #size-cells = <2>;") -> str:

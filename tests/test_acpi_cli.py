@@ -6,23 +6,15 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from acpi_helpers import EXAMPLES, REPO
+from tools import pvdesc
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pvdesc.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    return pvdesc(*args, cwd=REPO, env=env, timeout=120)
 
 
 @pytest.mark.parametrize(

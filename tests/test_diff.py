@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, run_cli
+import yaml
+from tools import EXAMPLES, run_cli
 
 from pvdesc import build, diff
 from pvdesc.check import Severity
@@ -200,24 +201,92 @@ def test_ipa_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "ipa-beyond-ipa-space" in codes(doc, "error")
 
 
+NEITHER = "neither a VM description nor a pvdesc.hypervisor/1 hypervisor config: "
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "not JSON"),
-        ('{"format": "other"}', 'not a hypervisor config: "format" is not "pvdesc.hypervisor/1"'),
+        ("{not json", "YAML syntax: expected ',' or '}'"),
+        ('{"format": "pvdesc.hypervisor/1",}', "not JSON: Expecting property name"),
+        ('{"format": "other"}', NEITHER + '"format" is "other"'),
+        ("[1, 2]", NEITHER + "the JSON value is an array, not an object"),
+        ("null", NEITHER + "the JSON value is null, not an object"),
+        ("just some words\n", NEITHER + "its YAML is a scalar, not a mapping"),
+        ("- a\n- b\n", NEITHER + "its YAML is a list, not a mapping"),
+        ("# nothing but a comment\n", NEITHER + "its YAML is empty, not a mapping"),
+        (b"\xd0\x0d\xfe\xed\x00\x00", "not UTF-8 text (byte 0)"),
         ("name: x\nvcpus: 0\nmemory: []\n", "vcpus: 0 is less than the minimum of 1"),
     ],
 )
+@pytest.mark.parametrize("name", ["bad.json", "bad.yaml"])
 def test_bad_input_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | bytes,
+    message: str,
+    name: str,
 ) -> None:
     good = str(EXAMPLES / "qemu-virt.yaml")
-    bad = write(tmp_path, "bad.json" if content.startswith("{") else "bad.yaml", content)
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    bad = str(path)
     for argv in (["diff", good, bad], ["diff", bad, good]):
         code, out, err = run_cli(argv, capsys)
         assert code == 2 and out == ""
         assert err.startswith(f"pvdesc: error: {bad}") and err.count("\n") == 1
         assert message in err
+
+
+def _json_syntax(example: str, *, indent: int | None) -> str:
+    """An example description rewritten in JSON syntax (YAML is a superset of JSON)."""
+    text = json.dumps(yaml.safe_load((EXAMPLES / example).read_text()), indent=indent)
+    assert text.startswith("{")
+    return text
+
+
+@pytest.mark.parametrize("name", ["desc.json", "desc.hypervisor.json", "desc.yaml", "desc"])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_description_in_json_syntax_is_a_description(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, indent: int | None
+) -> None:
+    example = "linux-carve-reserved.yaml"
+    text = _json_syntax(example, indent=indent)
+    path = write(tmp_path, name, "\n  " + text)
+    for old, new in ((path, str(EXAMPLES / example)), (str(EXAMPLES / example), path)):
+        code, doc, _ = run_diff(capsys, old, new)
+        assert (code, codes(doc)) == (0, ["compatible"]), doc
+    assert diff.kind(text.encode(), path) is diff.Kind.DESCRIPTION
+    # Only a description knows what the DT calls RAM: the region carved out of it.
+    side = diff.side_from_bytes(text.encode(), path)
+    assert side.usable_ram is not None and side.ram_over(side.region) == ()
+
+
+def test_json_description_with_a_bad_value_reports_the_description_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = json.loads(_json_syntax("generic-hole.yaml", indent=2))
+    data["vcpus"] = 0
+    path = write(tmp_path, "desc.json", json.dumps(data, indent=2))
+    code, out, err = run_cli(["diff", path, path], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"pvdesc: error: {path}:") and err.count("\n") == 1
+    assert "vcpus: 0 is less than the minimum of 1" in err
+
+
+@pytest.mark.parametrize("name", ["x.hypervisor.json", "x.yaml", "x"])
+def test_hypervisor_config_is_a_config_whatever_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    example = str(EXAMPLES / "linux-carve-reserved.yaml")
+    data = config_of(tmp_path, example)
+    built = (tmp_path / "built" / "linux-carve-reserved.hypervisor.json").read_bytes()
+    path = write(tmp_path, name, built.decode())
+    code, doc, _ = run_diff(capsys, path, example)
+    assert (code, codes(doc)) == (0, ["compatible"]), doc
+    assert diff.kind(built, path) is diff.Kind.CONFIG
+    side = diff.side_from_bytes(built, path)
+    assert side.usable_ram is None and side.max_vcpus == len(data["vcpus"])
 
 
 def test_missing_file_and_duplicate_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
-from tools import pvdesc
+from tools import EXAMPLES, pvdesc
 
 from pvdesc import acpi, acpica, build, dt, guest, layout, proc
 from pvdesc.description import load

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT, run_cli
+from tools import EXAMPLES, ROOT, run_cli
 
 from pvdesc import dtb, guest, layout, prove
 from pvdesc.description import load, loads

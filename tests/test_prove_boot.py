@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT, run_cli
+from tools import EXAMPLES, ROOT, run_cli
 
 from pvdesc import guest, layout, prove
 from pvdesc.description import load

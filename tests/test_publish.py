@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_cli
-from tools import ROOT
+from tools import EXAMPLES, ROOT, SLOW, pvdesc, run_cli
 
 from pvdesc import build, publish
 from pvdesc.errors import OutputError
@@ -203,10 +202,10 @@ def test_killing_a_real_build_process(tmp_path: Path) -> None:
     v1.write_text(V1)
     v2.write_text(V2)
     template = tmp_path / "template"
-    assert run(["build", "-q", str(v1), "-o", str(template)]).returncode == 0
+    assert pvdesc("build", "-q", str(v1), "-o", str(template), timeout=SLOW).returncode == 0
     old = observe(template)
     new_dir = tmp_path / "fresh"
-    assert run(["build", "-q", str(v2), "-o", str(new_dir)]).returncode == 0
+    assert pvdesc("build", "-q", str(v2), "-o", str(new_dir), timeout=SLOW).returncode == 0
     new = observe(new_dir)
     script = KILLER.format(calls=CALLS)
     for kills, pause_at in enumerate(range(1, 200, 4)):
@@ -244,17 +243,6 @@ def test_killing_a_real_build_process(tmp_path: Path) -> None:
         assert proc.returncode == -signal.SIGKILL
     else:
         pytest.fail("the build never finished: more than 200 filesystem calls?")
-
-
-def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pvdesc.cli", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 # --------------------------------------------------------------------------- foreign files

@@ -1,41 +1,111 @@
-"""External checkers the tests run on pvdesc's outputs: dtc, libfdt, dt-validate.
+"""Helpers every test may import: run tools and the CLI, and the external checkers.
 
-Each raises ``AssertionError`` with the tool's own words when the output is bad.
-These tools are installed by ``scripts/setup --test``; a missing one is a test
-failure, never a skip.
+The checkers (dtc, libfdt, dt-validate) raise ``AssertionError`` with the tool's
+own words when an output is bad.  These tools are installed by ``scripts/setup
+--test``; a missing one is a test failure, never a skip.  ``conftest.py`` holds
+only fixtures.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import libfdt
+import pytest
 
+from pvdesc import cli
 from pvdesc.validators import DTC_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+#: The installed ``pvdesc`` console script of the interpreter running the tests (the venv's).
+SCRIPT = Path(sys.executable).parent / "pvdesc"
+#: Timeout for what may take minutes on a slow machine: QEMU, compilers, whole builds.
+SLOW = 300
 
 
 def run(args: list[str], *, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run a command (never a shell), capturing text output; the caller judges the result."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def pvdesc(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run the pvdesc CLI in a fresh interpreter."""
-    return run([sys.executable, "-m", "pvdesc.cli", *args], cwd=cwd or ROOT, env=env)
+    return run(
+        [sys.executable, "-m", "pvdesc.cli", *args], cwd=cwd or ROOT, env=env, timeout=timeout
+    )
 
 
-def dtc_check(dtb: Path) -> str:
-    """Decompile with every relevant check an error; fail on any stderr. Returns the DTS."""
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the pvdesc CLI in this process: ``(exit status, stdout, stderr)``."""
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _dtc_strict(dtb: Path) -> subprocess.CompletedProcess[str]:
     flags = [f for c in DTC_CHECKS for f in ("-E", c)]
     res = run(["dtc", "-I", "dtb", "-O", "dts", *flags, str(dtb)])
-    assert res.returncode == 0 and res.stderr == "", f"dtc on {dtb}: {res.stderr}"
+    assert res.returncode == 0, f"dtc on {dtb}: {res.stderr}"
+    return res
+
+
+def dtc_check(dtb: Path, *, baseline: Path | None = None) -> str:
+    """Decompile with pvdesc's dtc checks (``DTC_CHECKS``) as errors. Returns the DTS.
+
+    dtc must succeed and warn about nothing, or, given ``baseline`` (the VMM's own
+    blob that ``dtb`` was patched from), about nothing it does not warn about there.
+    """
+    res = _dtc_strict(dtb)
+    known = "" if baseline is None else _dtc_strict(baseline).stderr
+    assert res.stderr == known.replace(str(baseline), str(dtb)), f"dtc on {dtb}: {res.stderr}"
     return res.stdout
+
+
+def decompile(dtb: Path) -> str:
+    """``dtc -s``: the tree as sorted DTS, for comparing two blobs."""
+    res = run(["dtc", "-I", "dtb", "-O", "dts", "-s", str(dtb)])
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def qemu_tcg_argv(args_file: Path, dumpdtb: Path) -> list[str]:
+    """The generated QEMU command line made runnable under TCG, dumping its DTB.
+
+    Only the KVM-only parts change: ``-accel kvm`` -> tcg, ``-cpu host,kvm-steal-time=on``
+    -> ``-cpu max``; ``dumpdtb=`` is appended to ``-machine``.  ``-nic none``/``-display
+    none``: this machine has no NIC option ROMs or display.
+    """
+    lines = [ln for ln in args_file.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert len(lines) == 1
+    argv = shlex.split(lines[0])
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "-accel":
+            assert next(it) == "kvm"
+            out += ["-accel", "tcg"]
+        elif a == "-cpu":
+            assert next(it) == "host,kvm-steal-time=on"
+            out += ["-cpu", "max"]
+        elif a == "-machine":
+            out += ["-machine", next(it) + f",dumpdtb={dumpdtb}"]
+        else:
+            out.append(a)
+    return [*out, "-nic", "none", "-display", "none"]
+
+
+def qemu_dump(argv: list[str], dumpdtb: Path) -> None:
+    """Run QEMU with ``dumpdtb=``; it must exit 0 and leave the blob."""
+    res = run(argv, timeout=SLOW)
+    assert res.returncode == 0, res.stderr
+    assert dumpdtb.is_file()
 
 
 def libfdt_check(blob: bytes) -> libfdt.Fdt:

@@ -1,0 +1,50 @@
+"""``pvdesc ... | head``: a reader that goes away ends pvdesc quietly, as SIGPIPE ends a C tool."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from pathlib import Path
+
+from tools import SCRIPT
+
+#: 128 + SIGPIPE: what a shell reports for a tool that SIGPIPE killed.
+EXIT_SIGPIPE = 141
+
+
+def _wide_description(path: Path, devices: int) -> Path:
+    lines = ["name: wide", "vcpus: 4", "boot: linux-dt", "memory:"]
+    lines += ["  - {base: 0x40000000, size: 1G}", "devices:"]
+    lines += [
+        f"  - {{name: dev{d}, base: {0x1000_0000 + d * 0x1_0000:#x}, size: 4K}}"
+        for d in range(devices)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_closed_stdout_exits_141_without_traceback(tmp_path: Path) -> None:
+    assert SCRIPT.is_file(), f"no console script at {SCRIPT}: run scripts/setup --test"
+    desc = _wide_description(tmp_path / "wide.yaml", devices=2000)
+    argv = [str(SCRIPT), "map", "--color", "never", str(desc)]
+    # Buffered stdout, as a user has it: with PYTHONUNBUFFERED a short write() is dropped
+    # silently by CPython's TextIOWrapper and no error ever reaches pvdesc.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    full = subprocess.run(argv, capture_output=True, env=env, timeout=120, check=False)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        # More than the pipe holds, so pvdesc is still writing when the reader goes away.
+        assert len(full.stdout) > 2 * fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+        assert proc.stdout.readline().startswith(b"wide ")
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert err == b""
+    assert code == EXIT_SIGPIPE
