@@ -266,24 +266,40 @@ def test_interrupted_wait_kills_the_group(fakebin: Path) -> None:
     assert all(_gone(pid) for pid in _pids(fakebin))
 
 
+#: HANG, with one pair of pid files per instance (a build starts two iasl at once).
+HANG_EACH = """#!/bin/sh
+sleep 1000 &
+echo $! > "{pids}/child.$$"
+echo $$ > "{pids}/leader.$$"
+wait
+"""
+
+
 def test_a_build_that_fails_while_iasl_runs_leaves_nothing(
     fakebin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """iasl is started before the DT is rendered; a DT error stops it and removes its files."""
-    _fake(fakebin, "iasl", HANG)
+    _fake(fakebin, "iasl", HANG_EACH)
+    pids = fakebin.parent / "pids"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     def broken(*_args: object, **_kw: object) -> object:
+        for _ in range(200):  # until both iasl (SRAT, SSDT) have started their child
+            if len(list(pids.glob("leader.*"))) == 2:
+                break
+            time.sleep(0.05)
         raise DTError("injected failure")
 
     monkeypatch.setattr(dt, "render", broken)
     out = tmp_path / "out"
     with pytest.raises(DTError, match="injected failure"):
         build.build(EXAMPLES / "uefi-acpi-numa.yaml", out)
+    started = [int(f.read_text()) for f in pids.glob("*.*")]
+    assert len(started) == 4  # two iasl, each with a child
+    assert all(_gone(pid) for pid in started)
     assert list(scratch.iterdir()) == []
-    assert all(_gone(pid) for pid in _pids(fakebin))
     assert not out.exists()
 
 
@@ -293,3 +309,27 @@ def test_unwaited_compilation_removes_its_directory(fakebin: Path) -> None:
         work = job._work
         assert (work / "ssdt.asl").is_file()
     assert not work.exists()
+
+
+def test_what_a_started_tool_leaves_running_is_killed_when_it_exits(fakebin: Path) -> None:
+    tool = _fake(fakebin, "daemon", DAEMON)
+    with proc.start([str(tool)], timeout=60) as job:
+        res = job.wait()
+    assert res.returncode == 0 and not res.timed_out
+    assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_started_tool_without_pidfd(fakebin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.pidfd_open is missing or refused, waiting falls back to polling."""
+
+    def refuse(_pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", refuse)
+    argv = ["/bin/sh", "-c", "echo out; exit 3"]
+    with proc.start(argv, timeout=10) as job:
+        assert (job.wait().stdout, job.wait().returncode) == ("out\n", 3)
+    tool = _fake(fakebin, "hang", HANG)
+    with proc.start([str(tool)], timeout=1.0) as job:
+        assert job.wait().timed_out
+    assert all(_gone(pid) for pid in _pids(fakebin))
