@@ -69,7 +69,9 @@ def check_name(outdir: Path, name: str, vm: str | None = None) -> Path:
 
     Defence in depth: descriptions already restrict ``name`` to
     ``[a-z0-9][a-z0-9-]*``; this refuses, at the last moment, separators, ``..``,
-    hidden names, NUL bytes and anything whose resolved parent is not ``outdir``.
+    hidden names and NUL bytes.  A name of only ``[a-z0-9.-]`` that starts with a
+    letter or digit is one entry of ``outdir`` itself, so its parent is ``outdir``
+    (a symlinked ``outdir`` is followed as a whole); no resolving is needed.
     """
     if (
         not _FILE_RE.fullmatch(name)
@@ -77,10 +79,7 @@ def check_name(outdir: Path, name: str, vm: str | None = None) -> Path:
         or (vm is not None and not name.startswith(f"{vm}."))
     ):
         raise OutputError(f"refusing to write {name!r}: not a plain output file name", str(outdir))
-    path = outdir / name
-    if path.parent.resolve() != outdir.resolve():
-        raise OutputError(f"refusing to write {name!r}: it resolves outside the output directory")
-    return path
+    return outdir / name
 
 
 def _fsync_dir(path: Path) -> None:
