@@ -25,6 +25,7 @@ KEYS = {
     "baseline.dtc",
     "baseline.iasl",
     "build.ratio_cli",
+    "build.ratio_floor",
     "build.ratio_inprocess",
     "check.qemu_dtb",
     "check.nodes_10k",
