@@ -16,6 +16,7 @@ import re
 import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from pvdesc import kvm
 from pvdesc.errors import DescriptionError, KeyPath
@@ -289,9 +290,9 @@ class VmDescription:
         """True when the banks carry NUMA node ids."""
         return any(b.numa_node is not None for b in self.memory)
 
-    @property
+    @cached_property
     def numa_nodes(self) -> tuple[int, ...]:
-        """The distinct NUMA node ids, sorted."""
+        """The distinct NUMA node ids, sorted (computed once: the SRAT asks once per vCPU)."""
         return tuple(sorted({b.numa_node for b in self.memory if b.numa_node is not None}))
 
 
