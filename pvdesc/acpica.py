@@ -32,7 +32,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +125,32 @@ def tool(name: str) -> str:
             name,
         )
     return path
+
+
+def _scratch(tool_name: str, files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:
+    """A new temporary directory holding ``files`` for one tool run (the caller removes it).
+
+    A temporary directory that cannot be made or written (``TMPDIR`` missing,
+    a full disk) is a one-line :class:`ToolError`, not a traceback.
+    """
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=f"pvdesc-{tool_name}-")
+    except OSError as exc:
+        raise ToolError(
+            f"cannot create a temporary directory for its files: {exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "")
+            + " (set TMPDIR to a writable directory)",
+            tool_name,
+        ) from None
+    try:
+        for name, data in files.items():
+            (Path(tmp.name) / name).write_bytes(data)
+    except OSError as exc:
+        tmp.cleanup()
+        raise ToolError(
+            f"cannot write its input in {tmp.name}: {exc.strerror or exc}", tool_name
+        ) from None
+    return tmp
 
 
 def _record(argv: Sequence[str], seconds: float) -> None:
@@ -236,12 +262,10 @@ class Compilation:
                 "iasl reads ASCII only",
                 f"templates/{template}:{tline}" if tline else f"templates/{template}",
             )
-        self._tmp = tempfile.TemporaryDirectory(prefix="pvdesc-iasl-")
+        self._tmp = _scratch("iasl", {f"{name}.asl": source.encode("ascii")})
         self._work = Path(self._tmp.name)
         try:
-            src = self._work / f"{name}.asl"
-            src.write_text(source, encoding="ascii")
-            argv = [iasl, "-vs", "-vi", "-we", "-p", str(self._work / name), src.name]
+            argv = [iasl, "-vs", "-vi", "-we", "-p", str(self._work / name), f"{name}.asl"]
             self._job = proc.start(argv, timeout=TIMEOUT, cwd=self._work)
         except BaseException:
             self._tmp.cleanup()
@@ -293,9 +317,8 @@ class Compilation:
 def disassemble(aml: bytes, name: str = "table") -> str:
     """``iasl -d``: the disassembled ASL (or data-table) text of one table."""
     iasl = tool("iasl")
-    with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
+    with _scratch("iasl", {f"{name}.aml": aml}) as tmp:
         work = Path(tmp)
-        (work / f"{name}.aml").write_bytes(aml)
         res = _run([iasl, "-vs", "-p", str(work / "dis"), "-d", f"{name}.aml"], work)
         out = work / "dis.dsl"
         if res.returncode != 0 or not out.is_file():
@@ -310,9 +333,8 @@ def disassemble(aml: bytes, name: str = "table") -> str:
 def recompile(dsl: str, name: str = "table") -> bytes:
     """Compile disassembler output (no template to map errors to) with the same flags."""
     iasl = tool("iasl")
-    with tempfile.TemporaryDirectory(prefix="pvdesc-iasl-") as tmp:
+    with _scratch("iasl", {f"{name}.dsl": dsl.encode("ascii")}) as tmp:
         work = Path(tmp)
-        (work / f"{name}.dsl").write_text(dsl, encoding="ascii")
         res = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), f"{name}.dsl"], work)
         out = work / f"{name}.aml"
         if res.returncode != 0 or not out.is_file():
@@ -330,14 +352,9 @@ def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
     exe = tool("acpiexec")
     if not tables:
         raise AcpiError("acpiexec needs at least one table", "acpiexec")
-    with tempfile.TemporaryDirectory(prefix="pvdesc-acpiexec-") as tmp:
-        work = Path(tmp)
-        names = []
-        for i, data in enumerate(tables):
-            path = work / f"t{i}.aml"
-            path.write_bytes(data)
-            names.append(path.name)
-        result = _run([exe, "-b", "; ".join(commands), *names], work)
+    files = {f"t{i}.aml": data for i, data in enumerate(tables)}
+    with _scratch("acpiexec", files) as tmp:
+        result = _run([exe, "-b", "; ".join(commands), *files], Path(tmp))
     output = "\n".join(
         ln for ln in (result.stdout + "\n" + result.stderr).splitlines() if not _TRACE_RE.match(ln)
     )

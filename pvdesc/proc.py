@@ -139,9 +139,16 @@ class Running:
         self.argv = tuple(argv)
         self.waited = 0.0
         self._result: Result | None = None
-        # Closed by wait() or close() (the with block), not here.
-        self._out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
-        self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        name = Path(self.argv[0]).name
+        try:  # closed by wait() or close() (the with block), not here
+            self._out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+            self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        except OSError as exc:
+            raise ToolError(
+                f"cannot create a temporary file for its output: {exc.strerror or exc} "
+                "(set TMPDIR to a writable directory)",
+                name,
+            ) from None
         try:
             self._proc = subprocess.Popen(
                 list(self.argv),

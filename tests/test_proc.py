@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, pvdesc
+from tools import EXAMPLES, pvdesc, run_cli
 
 from pvdesc import acpi, acpica, build, dt, guest, layout, proc
 from pvdesc.description import load
@@ -333,3 +333,34 @@ def test_started_tool_without_pidfd(fakebin: Path, monkeypatch: pytest.MonkeyPat
     with proc.start([str(tool)], timeout=1.0) as job:
         assert job.wait().timed_out
     assert all(_gone(pid) for pid in _pids(fakebin))
+
+
+def test_no_temporary_directory_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    monkeypatch.setattr(tempfile, "tempdir", str(missing))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["build", str(EXAMPLES / "uefi-acpi-numa.yaml"), "-o", str(out)], capsys)
+    assert code == 2
+    assert err.startswith(
+        "pvdesc: error: iasl: cannot create a temporary directory for its files: "
+        f"No such file or directory: {missing}/pvdesc-iasl-"
+    )
+    assert err.endswith(" (set TMPDIR to a writable directory)\n") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_no_temporary_file_for_a_tools_output_is_a_tool_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full(*_args: object, **_kw: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    with pytest.raises(ToolError) as info:
+        proc.start(["/bin/true"], timeout=10)
+    assert str(info.value) == (
+        "true: cannot create a temporary file for its output: No space left on device "
+        "(set TMPDIR to a writable directory)"
+    )
