@@ -25,6 +25,27 @@ EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141
 
 
+def _write(text: str) -> None:
+    """Write ``text`` to stdout, every byte of it, or raise (BrokenPipeError: exit 141).
+
+    With ``PYTHONUNBUFFERED`` (``python -u``) ``sys.stdout`` writes straight to the
+    raw file, and its TextIOWrapper drops whatever a short write leaves over: the
+    output to a pipe that ``head`` closed was cut short without an error, and pvdesc
+    exited 0.  The encoded bytes are written here until none are left.
+    """
+    stream = sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a plain text stream (io.StringIO in a caller's harness)
+        stream.write(text)
+        return
+    stream.flush()
+    view = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while view:
+        written = buffer.write(view)
+        view = view[written or 0 :]
+    buffer.flush()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own usage errors: one line, exit 2 (its convention and ours).
@@ -36,7 +57,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     result = build.build(args.description, args.output, args.into, force=args.force)
     if not args.quiet:
-        sys.stdout.write(build.summary(result, args.output))
+        _write(build.summary(result, args.output))
     return EXIT_OK
 
 
@@ -67,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     tables = [acpitables.load(path) for path in args.acpi]
     findings = check.check(tree, target, Boot(args.boot), tables)
     render = check.to_json if args.format == "json" else check.to_text
-    sys.stdout.write(render(findings))
+    _write(render(findings))
     return EXIT_FINDINGS if check.unsafe(findings) else EXIT_OK
 
 
@@ -88,7 +109,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     else:
         amap = mapview.from_description(args.description)
     color = mapview.use_color(mapview.ColorMode(args.color), sys.stdout.isatty(), os.environ)
-    sys.stdout.write(
+    _write(
         mapview.run(
             amap,
             svg=Path(args.svg) if args.svg else None,
@@ -105,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.junit is not None:
         validate.check_report_path(args.junit, "--junit")
     report = validate.run(args.paths, jobs=args.jobs, external=args.external)
-    sys.stdout.write(reports.render(report, args.format))
+    _write(reports.render(report, args.format))
     sys.stdout.flush()
     if args.junit is not None:
         validate.write_report(args.junit, reports.to_junit(report))
@@ -116,7 +137,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from pvdesc import prove
 
     report = prove.prove_file(args.description, args.kernel, args.timeout)
-    sys.stdout.write(prove.to_json(report) if args.format == "json" else prove.to_text(report))
+    _write(prove.to_json(report) if args.format == "json" else prove.to_text(report))
     return EXIT_OK if report.passed else EXIT_FINDINGS
 
 
@@ -131,7 +152,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     old, new = sides
     findings = diff.compare(old, new)
     text = diff.to_json(findings) if args.format == "json" else diff.to_text(findings, old, new)
-    sys.stdout.write(text)
+    _write(text)
     return EXIT_OK if diff.compatible(findings) else EXIT_FINDINGS
 
 

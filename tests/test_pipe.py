@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from tools import SCRIPT
 
 #: 128 + SIGPIPE: what a shell reports for a tool that SIGPIPE killed.
@@ -24,13 +25,16 @@ def _wide_description(path: Path, devices: int) -> Path:
     return path
 
 
-def test_closed_stdout_exits_141_without_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_closed_stdout_exits_141_without_traceback(tmp_path: Path, unbuffered: bool) -> None:
+    """Also with PYTHONUNBUFFERED, where CPython's TextIOWrapper drops what a short write
+    leaves over, so without cli._write the output was cut short and pvdesc exited 0."""
     assert SCRIPT.is_file(), f"no console script at {SCRIPT}: run scripts/setup --test"
     desc = _wide_description(tmp_path / "wide.yaml", devices=2000)
     argv = [str(SCRIPT), "map", "--color", "never", str(desc)]
-    # Buffered stdout, as a user has it: with PYTHONUNBUFFERED a short write() is dropped
-    # silently by CPython's TextIOWrapper and no error ever reaches pvdesc.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     full = subprocess.run(argv, capture_output=True, env=env, timeout=120, check=False)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
