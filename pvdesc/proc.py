@@ -160,9 +160,8 @@ class Running:
             )
         except OSError as exc:
             self._close_files()
-            raise ToolError(f"cannot run: {exc.strerror}", Path(self.argv[0]).name) from None
+            raise ToolError(f"cannot run: {exc.strerror}", name) from None
         self._deadline = time.monotonic() + timeout
-        self._timeout = timeout
 
     def wait(self) -> Result:
         """Block until the tool ends (or the timeout, counted from the start, kills its group)."""
@@ -188,8 +187,8 @@ class Running:
         return self._result
 
     def close(self) -> None:
-        """Kill and reap the tool if it was not waited for; free its files."""
-        if self._proc.poll() is None:
+        """Kill the group of a tool not waited for, running or not, and reap it; free its files."""
+        if self._proc.returncode is None:  # unreaped: its group id is still its own
             _kill_group(self._proc)
             self._proc.wait()
         self._close_files()

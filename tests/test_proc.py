@@ -364,3 +364,25 @@ def test_no_temporary_file_for_a_tools_output_is_a_tool_error(
         "true: cannot create a temporary file for its output: No space left on device "
         "(set TMPDIR to a writable directory)"
     )
+
+
+def test_leaving_the_block_after_the_tool_exited_kills_what_it_left(fakebin: Path) -> None:
+    """Never waited for, the tool has exited but its child lives on: the block kills it."""
+    tool = _fake(fakebin, "daemon", DAEMON)
+    with proc.start([str(tool)], timeout=60):
+        for _ in range(200):  # until the tool has written both pids
+            if _pids_ready(fakebin):
+                break
+            time.sleep(0.05)
+        leader, child = _pids(fakebin)
+        assert _gone(leader)  # exited: a zombie until reaped
+        assert _alive(child)
+    assert _gone(child)
+
+
+def _pids_ready(bin_dir: Path) -> bool:
+    try:
+        _pids(bin_dir)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
