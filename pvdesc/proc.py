@@ -78,6 +78,34 @@ def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", "replace")
 
 
+def _popen(
+    args: tuple[str, ...], cwd: Path | None, stdout: int | IO[bytes], stderr: int | IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in a new session (its own process group), stdin ``/dev/null``."""
+    try:
+        return subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ToolError(f"cannot run: {exc.strerror}", Path(args[0]).name) from None
+
+
+def _kill_and_reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill what is left of ``proc``'s group, if ``proc`` is unreaped, then reap it.
+
+    While ``proc`` is unreaped (running, or exited but not waited for) its pid, the
+    group's id, cannot have been reused, so the kill reaches only its group.
+    """
+    if proc.returncode is None:
+        _kill_group(proc)
+        proc.wait()
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -90,17 +118,9 @@ def run(
     Raises :class:`ToolError` only when the tool cannot be started at all.
     """
     args = tuple(argv)
-    try:
-        proc = subprocess.Popen(
-            list(args),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot run: {exc.strerror}", Path(args[0]).name) from None
+    proc = _popen(
+        args, cwd, subprocess.PIPE, subprocess.STDOUT if merge_stderr else subprocess.PIPE
+    )
     timed_out = False
     try:
         try:
@@ -139,7 +159,6 @@ class Running:
         self.argv = tuple(argv)
         self.waited = 0.0
         self._result: Result | None = None
-        name = Path(self.argv[0]).name
         try:  # closed by wait() or close() (the with block), not here
             self._out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
             self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -147,20 +166,13 @@ class Running:
             raise ToolError(
                 f"cannot create a temporary file for its output: {exc.strerror or exc} "
                 "(set TMPDIR to a writable directory)",
-                name,
+                Path(self.argv[0]).name,
             ) from None
         try:
-            self._proc = subprocess.Popen(
-                list(self.argv),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=self._out,
-                stderr=self._err,
-                start_new_session=True,
-            )
-        except OSError as exc:
+            self._proc = _popen(self.argv, cwd, self._out, self._err)
+        except ToolError:
             self._close_files()
-            raise ToolError(f"cannot run: {exc.strerror}", name) from None
+            raise
         self._deadline = time.monotonic() + timeout
 
     def wait(self) -> Result:
@@ -171,12 +183,8 @@ class Running:
         exited = False
         try:
             exited = _exits_within(self._proc, self._deadline - time.monotonic())
-        finally:
-            # Ended, timed out or interrupted: kill what is left of the group while the
-            # leader is unreaped (its id cannot have been reused), then reap it.
-            if self._proc.returncode is None:
-                _kill_group(self._proc)
-                self._proc.wait()
+        finally:  # ended, timed out or interrupted: nothing of the group outlives this
+            _kill_and_reap(self._proc)
             self.waited += time.perf_counter() - begin
         timed_out = not exited
         self._out.seek(0)
@@ -188,9 +196,7 @@ class Running:
 
     def close(self) -> None:
         """Kill the group of a tool not waited for, running or not, and reap it; free its files."""
-        if self._proc.returncode is None:  # unreaped: its group id is still its own
-            _kill_group(self._proc)
-            self._proc.wait()
+        _kill_and_reap(self._proc)
         self._close_files()
 
     def _close_files(self) -> None:
@@ -207,24 +213,42 @@ class Running:
 def _exits_within(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Block until ``proc`` exits, leaving it unreaped, or ``timeout`` passes; True if it exited.
 
-    A pidfd (Linux 5.3) wakes us the moment it exits.  ``Popen.wait(timeout)``
-    instead polls with sleeps growing to 50 ms, which cost 6 ms a run on average
-    (bench/run); it is the fallback elsewhere, and it reaps.
+    A pidfd (Linux 5.3) wakes us the moment it exits.  Without one, ``waitid`` with
+    ``WNOWAIT`` is polled with sleeps growing to 50 ms, as ``Popen.wait(timeout)``
+    polls (that cost 6 ms a run on average, bench/run, and it reaps: the group could
+    then no longer be killed safely).
     """
+    if proc.returncode is not None:  # already reaped (by Popen.poll)
+        return True
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=max(0.0, timeout))
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return _polled_exit(proc, timeout)
     try:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(math.ceil(max(0.0, timeout) * 1000)))
     finally:
         os.close(fd)
+
+
+def _polled_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """:func:`_exits_within` without a pidfd."""
+    if not hasattr(os, "waitid"):  # macOS: waiting reaps, so stragglers cannot be killed
+        try:
+            proc.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + max(0.0, timeout)
+    delay = 0.0005
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.05)
+    return True
 
 
 def start(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> Running:

@@ -333,6 +333,12 @@ def test_started_tool_without_pidfd(fakebin: Path, monkeypatch: pytest.MonkeyPat
     with proc.start([str(tool)], timeout=1.0) as job:
         assert job.wait().timed_out
     assert all(_gone(pid) for pid in _pids(fakebin))
+    # ... and the tool is still unreaped when it is found to have exited, so what it
+    # left running in its group is killed.
+    tool = _fake(fakebin, "daemon", DAEMON)
+    with proc.start([str(tool)], timeout=60) as job:
+        assert not job.wait().timed_out
+    assert all(_gone(pid) for pid in _pids(fakebin))
 
 
 def test_no_temporary_directory_is_a_one_line_error(
