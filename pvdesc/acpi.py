@@ -189,8 +189,3 @@ def tables(layout: Layout) -> tuple[Table, ...]:
     """Render and compile every ACPI table for a layout (SSDT, then SRAT with NUMA)."""
     with compiling(layout) as wait:
         return wait()
-
-
-def checksum_ok(table: bytes) -> bool:
-    """True when the table's bytes sum to 0 mod 256 (ACPI table header rule)."""
-    return sum(table) % 256 == 0

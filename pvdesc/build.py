@@ -25,7 +25,6 @@ from pvdesc import (
     hypervisor,
     layout,
     patch,
-    profiles,
     publish,
     templating,
     vmmconfig,
@@ -35,8 +34,6 @@ from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.inputs import read_bounded
 from pvdesc.layout import Layout
 from pvdesc.model import Describe
-
-MANIFEST_FORMAT = "pvdesc.manifest/1"
 
 
 @dataclass(frozen=True)
@@ -79,9 +76,9 @@ def describe_text(lay: Layout) -> str:
     if lay.describe is Describe.NONE:
         return "nothing: the region is outside every /memory node (deliberate omission)"
     if lay.describe is Describe.EXCLUDE:
-        system = profiles.profile(lay.description.vmm).system_memory
-        cut = system if system is not None and system.contains(region) else region
-        return f"its absence: /memory is split around {cut}"
+        return (
+            f"its absence: /memory is split around {layout.excluded_range(lay.description, region)}"
+        )
     if lay.describe is Describe.RESERVED_MEMORY:
         return f"/reserved-memory/{dt.REGION_NODE}@{dt.unit_address(region.base)} (no-map)"
     return "SSDT device \\_SB.PVTM (PNP0C02) claiming it; outside every /memory node"
@@ -99,12 +96,13 @@ def render_outputs(
     (:mod:`pvdesc.patch`) instead of pvdesc's own tree, and no DTS is written.
     """
     desc = lay.description
+    source = Path(loaded.source.file).name
     header = templating.render(
         "dts-header.j2",
         desc=desc,
         layout=lay,
         version=__version__,
-        source=Path(loaded.source.file).name,
+        source=source,
         describe_text=describe_text(lay),
     )
     with contextlib.ExitStack() as stack:
@@ -124,7 +122,6 @@ def render_outputs(
             f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
         )
         dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
-        source = Path(loaded.source.file).name
         vmm = [Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path)]
         if acpi_tables is not None:
             outputs.extend(_table_outputs(desc.name, acpi_tables()))
@@ -147,7 +144,7 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
     """The manifest: which files belong together, their hashes, and what they pair with."""
     desc = lay.description
     data: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
+        "format": publish.MANIFEST_FORMAT,
         "generator": f"pvdesc {__version__}",
         "vm": desc.name,
         "description": {

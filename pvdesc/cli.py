@@ -93,7 +93,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     from pvdesc import mapview

@@ -117,19 +117,6 @@ class Layout:
         return self.memslots[self.region_memslot].purpose is Purpose.STOLEN_TIME
 
 
-def region_size(max_vcpus: int) -> int:
-    """``max_vcpus * 64`` rounded up to whole 64 KiB granules.
-
-    64 bytes per vCPU (``pvclock-abi.h``); whole 64 KiB pages because pvtime.rst
-    advises "one or more 64k pages are set aside for the purpose of these
-    structures and not used for other purposes" (pvtime ref §1).  A 64 KiB
-    multiple is also a whole number of host pages for 4K, 16K and 64K hosts,
-    which a memslot needs.
-    """
-    raw = max_vcpus * kvm.PVTIME_STRUCT_SIZE
-    return -(-raw // kvm.GRANULE) * kvm.GRANULE
-
-
 def occupied_granules(desc: VmDescription) -> list[Range]:
     """Every RAM bank and device, widened to 64 KiB granules, merged and sorted.
 
@@ -340,13 +327,20 @@ def memslots(
     return tuple(slots), len(slots) - 1
 
 
+def excluded_range(desc: VmDescription, region: Range) -> Range:
+    """What ``/memory`` leaves out around the region when it is excluded.
+
+    The region itself, except under a VMM that keeps a whole area out of
+    ``/memory`` (Firecracker's system memory, vmm-layouts.md §5): then that area.
+    """
+    system = profiles.profile(desc.vmm).system_memory
+    return system if system is not None and system.contains(region) else region
+
+
 def memory_nodes(desc: VmDescription, region: Range, describe: Describe) -> tuple[MemoryNode, ...]:
     """The ``/memory`` ranges: every bank, minus the region when it is excluded."""
     nodes: list[MemoryNode] = []
-    # A VMM that keeps a whole area out of /memory (Firecracker's system memory,
-    # vmm-layouts.md §5) has it cut, not just the region.
-    system = profiles.profile(desc.vmm).system_memory
-    hole = system if system is not None and system.contains(region) else region
+    hole = excluded_range(desc, region)
     for bank in desc.memory:
         cut = describe in (Describe.EXCLUDE, Describe.ACPI)
         pieces = bank.range.minus(hole) if cut else (bank.range,)

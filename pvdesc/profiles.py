@@ -93,7 +93,6 @@ class Profile:
         max_vcpus: the VMM's own vCPU limit.
         memmap: fixed MMIO windows, base_memmap-style.
         stolen_time: the VMM's fixed region slot (``None``: not fixed).
-        stolen_time_name: the VMM's name for that slot (for messages).
         size_rule: how the region is sized.
         host_page: host page size assumed by ``host-page`` sizing.
         region_align: alignment a fixed base must have.
@@ -118,7 +117,6 @@ class Profile:
     max_vcpus: int = kvm.KVM_MAX_VCPUS
     memmap: tuple[MemMapEntry, ...] = ()
     stolen_time: MemMapEntry | None = None
-    stolen_time_name: str = ""
     size_rule: SizeRule = SizeRule.GRANULES
     host_page: int = 4 * KiB
     region_align: int = kvm.GRANULE
@@ -226,7 +224,6 @@ QEMU_VIRT = Profile(
     max_vcpus=512,  # mc->max_cpus = 512 (hw/arm/virt.c:3301, layouts §1)
     memmap=QEMU_VIRT_MEMMAP,
     stolen_time=QEMU_VIRT_PVTIME,
-    stolen_time_name="VIRT_PVTIME",
     size_rule=SizeRule.HOST_PAGE,
     host_page=QEMU_HOST_PAGE,
     describe=Describe.NONE,  # no qemu_fdt_* call for pvtime; /memory is RAM only (layouts §1)
@@ -278,7 +275,6 @@ KVMTOOL = Profile(
     vcpu_hotplug=False,
     memmap=KVMTOOL_MEMMAP,
     stolen_time=KVMTOOL_PVTIME,
-    stolen_time_name="ARM_PVTIME_BASE",
     size_rule=SizeRule.SLOT,
     describe=Describe.NONE,  # DT: nothing (layouts §2)
     confirmed="confirmed: base 0x01020000, fixed 64 KiB, RAM >= 0x80000000, UART/RTC/GIC/PCI "
@@ -320,7 +316,6 @@ CROSVM = Profile(
     vcpu_hotplug=False,
     memmap=CROSVM_MEMMAP,
     stolen_time=CROSVM_PVTIME,
-    stolen_time_name="AARCH64_PVTIME_IPA_START",
     size_rule=SizeRule.SLOT,
     describe=Describe.NONE,  # DT: nothing (layouts §3)
     confirmed="confirmed: base 0x01ff0000 (newer snapshot), fixed 64 KiB, RAM at 0x80000000 "
@@ -419,6 +414,10 @@ def region_size(desc: VmDescription) -> int:
         return p.stolen_time.size
     if p.size_rule is SizeRule.PER_VCPU:
         return raw
+    # 64 bytes per vCPU (pvclock-abi.h), in whole 64 KiB pages because pvtime.rst advises
+    # "one or more 64k pages are set aside for the purpose of these structures and not
+    # used for other purposes" (pvtime ref §1); a 64 KiB multiple is also a whole number
+    # of host pages for 4K, 16K and 64K hosts, which a memslot needs.
     return _round_up(raw, kvm.GRANULE)
 
 
@@ -426,7 +425,7 @@ def _err(message: str, where: KeyPath) -> DescriptionError:
     return DescriptionError(message, where)
 
 
-def _check_memory(p: Profile, desc: VmDescription, written: Collection[KeyPath]) -> None:
+def _check_memory(p: Profile, desc: VmDescription) -> None:
     name = p.vmm.value
     if p.max_banks is not None and len(desc.memory) > p.max_banks:
         raise _err(
@@ -497,7 +496,7 @@ def _stolen_time(p: Profile, desc: VmDescription, written: Collection[KeyPath]) 
     describe = p.describe if p.describe is not None else st.describe
     if p.stolen_time is not None:
         fixed = p.stolen_time
-        label = f"{name}'s fixed {p.stolen_time_name} {fixed.base:#010x}"
+        label = f"{name}'s fixed {fixed.name} {fixed.base:#010x}"
         if wrote_placement and st.placement is not Placement.FIXED:
             raise _err(
                 f"stolen_time.placement {st.placement} conflicts with {label}",
@@ -531,7 +530,7 @@ def apply(desc: VmDescription, written: Collection[KeyPath] = ()) -> VmDescripti
         raise _err(p.unsupported, ("vmm",))
     if desc.vmm is Vmm.GENERIC_KVM:
         return desc
-    _check_memory(p, desc, written)
+    _check_memory(p, desc)
     _check_vcpus(p, desc)
     if p.size_rule is SizeRule.HOST_PAGE and p.stolen_time is not None:
         size = region_size(desc)
@@ -540,7 +539,7 @@ def apply(desc: VmDescription, written: Collection[KeyPath] = ()) -> VmDescripti
             # has been reserved" (layouts §1, virt_post_cpus_gic_realized()).
             raise _err(
                 f"{p.vmm.value} needs a {size:#x}-byte stolen-time region for {desc.max_vcpus} "
-                f"vCPUs, but only {p.stolen_time.size:#x} is reserved at {p.stolen_time_name}",
+                f"vCPUs, but only {p.stolen_time.size:#x} is reserved at {p.stolen_time.name}",
                 ("max_vcpus",),
             )
     spec = _stolen_time(p, desc, written)

@@ -354,8 +354,9 @@ def read_outputs(outdir: Path, vm: str) -> dict[str, bytes]:
             # Plain files of an older pvdesc (no pointer yet) are read where they are.
             gen = pointer.parent / os.readlink(pointer) if pointer.is_symlink() else outdir
             manifest_name = f"{vm}.manifest.json"
-            doc = json.loads((gen / manifest_name).read_bytes())
-            out = {manifest_name: (gen / manifest_name).read_bytes()}
+            raw = (gen / manifest_name).read_bytes()
+            doc = json.loads(raw)
+            out = {manifest_name: raw}
             for entry in doc["files"]:
                 data = (gen / entry["path"]).read_bytes()
                 if hashlib.sha256(data).hexdigest() != entry["sha256"]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from pvdesc import kvm, layout
+from pvdesc import kvm, layout, profiles
 from pvdesc.description import loads
 from pvdesc.errors import LayoutError
 from pvdesc.model import Describe, Range
@@ -17,10 +19,11 @@ def alloc(text: str) -> layout.Layout:
 BASE = "name: t\nvcpus: 4\n"
 
 
-@pytest.mark.parametrize(("max_vcpus", "size"), [(1, 0x10000), (512, 0x10000)])
+@pytest.mark.parametrize(("max_vcpus", "size"), [(1, 0x10000), (512, 0x10000), (1025, 0x20000)])
 def test_region_size_is_whole_granules(max_vcpus: int, size: int) -> None:
-    assert layout.region_size(max_vcpus) == size
-    assert layout.region_size(1025) == 0x20000  # beyond KVM's limit, but the rule still holds
+    """generic-kvm's rule; 1025 is beyond KVM's limit, but the rule still holds."""
+    desc = loads(f"{BASE}memory: [{{base: 0x40000000, size: 1G}}]\n".encode(), "t.yaml").description
+    assert profiles.region_size(replace(desc, max_vcpus=max_vcpus)) == size
 
 
 def test_find_hole_sweeps_in_order() -> None:
