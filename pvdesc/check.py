@@ -72,6 +72,14 @@ class Severity(enum.StrEnum):
     WARNING = "warning"
     INFO = "info"
 
+    @property
+    def rank(self) -> int:
+        """Sort key of reports: errors first, then warnings, then information."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -163,7 +171,8 @@ def target_from_region(text: str, vcpus: int, ipa_bits: int = kvm.IPA_BITS_DEFAU
     return Target(Range(base, size), ipas, ipa_bits, None, "--region")
 
 
-def _int(data: Any, key: str, file: str, where: str) -> int:
+def config_int(data: Any, key: str, file: str, where: str) -> int:
+    """``data[key]`` of a hypervisor config, a non-negative integer, else an error at ``file``."""
     value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise CheckInputError(f"{where}.{key} must be a non-negative integer", file)
@@ -183,6 +192,11 @@ def _purpose(data: Any, file: str, where: str) -> str:
 
 def target_from_config(text: bytes, file: str) -> Target:
     """A ``pvdesc.hypervisor/1`` config (pvdesc/hypervisor.py), validated field by field."""
+    return target_from_data(config_data(text, file), file)
+
+
+def config_data(text: bytes, file: str) -> dict[str, Any]:
+    """A hypervisor config's JSON object (size, syntax and ``format`` checked)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise CheckInputError(too_big(len(text), MAX_CONFIG_BYTES, "hypervisor configs"), file)
     try:
@@ -193,11 +207,18 @@ def target_from_config(text: bytes, file: str) -> Target:
         raise CheckInputError(
             'not a hypervisor config: "format" is not "pvdesc.hypervisor/1"', file
         )
-    ipa_bits = _int(data, "ipa_bits", file, "config")
+    return data
+
+
+def target_from_data(data: dict[str, Any], file: str) -> Target:
+    """:func:`target_from_config` for the config's parsed JSON object (:func:`config_data`)."""
+    ipa_bits = config_int(data, "ipa_bits", file, "config")
     if not kvm.IPA_BITS_MIN <= ipa_bits <= kvm.IPA_BITS_MAX:
         raise CheckInputError(f"ipa_bits {ipa_bits} is not {kvm.IPA_BITS_MIN}..52", file)
     st = data.get("stolen_time")
-    region = Range(_int(st, "base", file, "stolen_time"), _int(st, "size", file, "stolen_time"))
+    region = Range(
+        config_int(st, "base", file, "stolen_time"), config_int(st, "size", file, "stolen_time")
+    )
     raw_slots = data.get("memslots")
     raw_vcpus = data.get("vcpus")
     if not isinstance(raw_slots, list) or not isinstance(raw_vcpus, list) or not raw_vcpus:
@@ -206,17 +227,17 @@ def target_from_config(text: bytes, file: str) -> Target:
         raise CheckInputError("too many vcpus or memslots", file)
     slots = tuple(
         Memslot(
-            _int(s, "slot", file, f"memslots[{i}]"),
+            config_int(s, "slot", file, f"memslots[{i}]"),
             Range(
-                _int(s, "guest_phys_addr", file, f"memslots[{i}]"),
-                _int(s, "memory_size", file, f"memslots[{i}]"),
+                config_int(s, "guest_phys_addr", file, f"memslots[{i}]"),
+                config_int(s, "memory_size", file, f"memslots[{i}]"),
             ),
             _purpose(s, file, f"memslots[{i}]"),
         )
         for i, s in enumerate(raw_slots)
     )
     ipas = tuple(
-        (_int(v, "id", file, f"vcpus[{i}]"), _int(v, "pvtime_ipa", file, f"vcpus[{i}]"))
+        (config_int(v, "id", file, f"vcpus[{i}]"), config_int(v, "pvtime_ipa", file, f"vcpus[{i}]"))
         for i, v in enumerate(raw_vcpus)
     )
     return Target(region, ipas, ipa_bits, slots, file)
@@ -331,7 +352,11 @@ def _span(run: Sequence[int], target: Target) -> Range:
 
 
 def _who(run: Sequence[int], target: Target) -> str:
-    first, last = target.vcpu_ipas[run[0]][0], target.vcpu_ipas[run[-1]][0]
+    return vcpus_text(target.vcpu_ipas[run[0]][0], target.vcpu_ipas[run[-1]][0])
+
+
+def vcpus_text(first: int, last: int) -> str:
+    """``vCPU 3`` or ``vCPUs 3-7``: a run of consecutive vCPU ids in a message."""
     return f"vCPU {first}" if first == last else f"vCPUs {first}-{last}"
 
 
@@ -661,8 +686,7 @@ def check(
     findings += ram
     findings += _granule_rules(dt, target, boot, {f.source for f in ram})
     findings += _acpi_rules(acpi, target)
-    order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
-    return tuple(sorted(findings, key=lambda f: (order[f.severity], f.range.base, f.code)))
+    return tuple(sorted(findings, key=lambda f: (f.severity.rank, f.range.base, f.code)))
 
 
 def unsafe(findings: Sequence[Finding]) -> bool:

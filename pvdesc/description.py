@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # yaml.CSafeLoader exists only when PyYAML was built with lib
 #: libyaml's parser when PyYAML has it: 8x faster than the pure-Python one on a
 #: 200-device description (bench/run).  Its marks are the same; its error messages
 #: are not, so a document it rejects is parsed again by ``yaml.SafeLoader``.
-_FAST_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+FAST_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -473,9 +473,9 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
         raise DescriptionError(f"not UTF-8 text (byte {exc.start})", f"{file}:{line}:1") from None
     try:
         try:
-            data = _compose(_FAST_LOADER, decoded, smap)
+            data = _compose(FAST_LOADER, decoded, smap)
         except yaml.YAMLError:
-            if _FAST_LOADER is yaml.SafeLoader:
+            if FAST_LOADER is yaml.SafeLoader:
                 raise
             # libyaml's messages are vaguer ("found character that cannot start any
             # token"): let the pure-Python parser, the reference, say what is wrong.

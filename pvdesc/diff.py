@@ -39,15 +39,15 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
 import yaml
 
 from pvdesc import check, hypervisor, kvm, layout
-from pvdesc.check import Memslot, Severity
-from pvdesc.description import loads
+from pvdesc.check import Memslot, Severity, vcpus_text
+from pvdesc.description import FAST_LOADER, loads
 from pvdesc.errors import PvdescError
 from pvdesc.model import Range
 
@@ -134,17 +134,13 @@ class Finding:
 # --------------------------------------------------------------------------- sides
 
 
-def _field(data: dict[str, Any], key: str, source: str, where: str) -> int:
-    value = data.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DiffInputError(f"{where}.{key} must be a non-negative integer", source)
-    return value
-
-
 def side_from_config(text: bytes, source: str) -> Side:
     """A side from a ``pvdesc.hypervisor/1`` config (validated as ``pvdesc check`` does)."""
-    target = check.target_from_config(text, source)
-    data = json.loads(text)
+    return _side_from_data(check.config_data(text, source), source)
+
+
+def _side_from_data(data: dict[str, Any], source: str) -> Side:
+    target = check.target_from_data(data, source)
     st = data["stolen_time"]
     ids = [vid for vid, _ in target.vcpu_ipas]
     if len(set(ids)) != len(ids):
@@ -153,8 +149,8 @@ def side_from_config(text: bytes, source: str) -> Side:
         source=source,
         ipa_bits=target.ipa_bits,
         region=target.region,
-        revision=_field(st, "revision", source, "stolen_time"),
-        stride=_field(st, "stride", source, "stolen_time"),
+        revision=check.config_int(st, "revision", source, "stolen_time"),
+        stride=check.config_int(st, "stride", source, "stolen_time"),
         memslots=target.memslots or (),
         vcpu_ipas=tuple(sorted(target.vcpu_ipas)),
         usable_ram=None,
@@ -163,17 +159,8 @@ def side_from_config(text: bytes, source: str) -> Side:
 
 def side_from_layout(lay: layout.Layout, source: str) -> Side:
     """A side from an allocated layout: its hypervisor config plus what its DT says is RAM."""
-    side = side_from_config(hypervisor.dumps(lay).encode(), source)
-    return Side(
-        source=side.source,
-        ipa_bits=side.ipa_bits,
-        region=side.region,
-        revision=side.revision,
-        stride=side.stride,
-        memslots=side.memslots,
-        vcpu_ipas=side.vcpu_ipas,
-        usable_ram=lay.usable_ram,
-    )
+    side = _side_from_data(hypervisor.config(lay), source)
+    return replace(side, usable_ram=lay.usable_ram)
 
 
 class Kind(enum.StrEnum):
@@ -181,10 +168,6 @@ class Kind(enum.StrEnum):
 
     CONFIG = "hypervisor config"
     DESCRIPTION = "VM description"
-
-
-#: libyaml's event parser when PyYAML has it (as pvdesc.description loads descriptions).
-_EVENT_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _neither(why: str, source: str) -> DiffInputError:
@@ -233,7 +216,7 @@ def kind(data: bytes, source: str) -> Kind:
 def _kind_of_text(data: bytes, source: str) -> Kind:
     """:func:`kind` for what is not JSON, from its first YAML events (never composed)."""
     try:
-        events = list(islice(yaml.parse(data.decode("utf-8"), Loader=_EVENT_LOADER), 4))
+        events = list(islice(yaml.parse(data.decode("utf-8"), Loader=FAST_LOADER), 4))
     except (UnicodeDecodeError, yaml.YAMLError):
         return Kind.DESCRIPTION  # the loader names the bad byte or where the syntax breaks
     top = events[2] if len(events) > 2 else None
@@ -285,10 +268,6 @@ def _runs(ids: Sequence[int]) -> Iterator[tuple[int, int]]:
         yield start, prev
 
 
-def _who(first: int, last: int) -> str:
-    return f"vCPU {first}" if first == last else f"vCPUs {first}-{last}"
-
-
 def _slot_text(slot: Memslot | None) -> str:
     if slot is None:
         return "no memslot"
@@ -304,7 +283,8 @@ def _ipa_findings(old: Side, new: Side) -> list[Finding]:
             Finding(
                 "ipa-changed",
                 Severity.ERROR,
-                f"{_who(first, last)}: PVTIME_IPA {before[first]:#x} becomes {after[first]:#x}"
+                f"{vcpus_text(first, last)}: PVTIME_IPA {before[first]:#x} becomes "
+                f"{after[first]:#x}"
                 f"{'' if first == last else ' (and so on)'}; the guest asked PV_TIME_ST once "
                 "when each CPU came up and keeps reading the old address, while KVM on the "
                 "destination writes the new one: keep the region where it is",
@@ -316,7 +296,8 @@ def _ipa_findings(old: Side, new: Side) -> list[Finding]:
             Finding(
                 "vcpus-only-on-source",
                 Severity.WARNING,
-                f"{_who(first, last)} exist only on {old.source} (max_vcpus {old.max_vcpus} -> "
+                f"{vcpus_text(first, last)} exist only on {old.source} "
+                f"(max_vcpus {old.max_vcpus} -> "
                 f"{new.max_vcpus}): a guest with them online cannot be restored on "
                 f"{new.source}",
             )
@@ -460,7 +441,8 @@ def _abi_findings(old: Side, new: Side) -> list[Finding]:
                 Finding(
                     "ipa-beyond-ipa-space",
                     Severity.ERROR,
-                    f"{_who(beyond[0], beyond[-1])}' structures lie beyond the destination's "
+                    f"{vcpus_text(beyond[0], beyond[-1])}' structures lie beyond the "
+                    "destination's "
                     f"{new.ipa_bits}-bit IPA space",
                 )
             )
@@ -485,7 +467,7 @@ def compare(old: Side, new: Side) -> tuple[Finding, ...]:
         *_memslot_findings(old, new),
         *_ram_findings(old, new),
     ]
-    if not any(f.severity is Severity.ERROR for f in found):
+    if compatible(found):
         common = len(dict(old.vcpu_ipas).keys() & dict(new.vcpu_ipas).keys())
         found.append(
             Finding(
@@ -495,8 +477,7 @@ def compare(old: Side, new: Side) -> tuple[Finding, ...]:
                 f"{new.region}, backed by the same memslot, revision {new.revision}",
             )
         )
-    order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
-    return tuple(sorted(found, key=lambda f: order[f.severity]))
+    return tuple(sorted(found, key=lambda f: f.severity.rank))
 
 
 def compatible(findings: Sequence[Finding]) -> bool:

@@ -61,16 +61,8 @@ def unsafe(boot: Boot) -> tuple[prove.Report, layout.Layout]:
     loaded = load(EXAMPLES / "linux-carve-reserved.yaml")
     desc = replace(loaded.description, boot=boot)
     safe = layout.allocate(loaded.description)
-    bad = layout.Layout(
-        description=desc,
-        region=safe.region,
-        placement=safe.placement,
-        describe=Describe.RESERVED_MEMORY,
-        memslots=safe.memslots,
-        region_memslot=safe.region_memslot,
-        memory_nodes=safe.memory_nodes,
-        reserved=(safe.region,),
-        host_bank=safe.host_bank,
+    bad = replace(
+        safe, description=desc, describe=Describe.RESERVED_MEMORY, reserved=(safe.region,)
     )
     with pytest.raises(layout.LayoutError, match="relied on under a UEFI boot"):
         layout.verify(bad)  # the library's own check knows it is unsafe
