@@ -162,12 +162,9 @@ def _record(argv: Sequence[str], seconds: float) -> None:
 def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
     start = time.perf_counter()
     try:
-        result = proc.run(argv, timeout=TIMEOUT, cwd=cwd)
+        return proc.run_checked(argv, timeout=TIMEOUT, cwd=cwd)
     finally:
         _record(argv, time.perf_counter() - start)
-    if result.timed_out:
-        raise proc.timeout_error(result, TIMEOUT)
-    return result
 
 
 def parse_diagnostics(text: str) -> list[Diagnostic]:

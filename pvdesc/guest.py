@@ -228,30 +228,6 @@ def acpi_table_archive(tables: Mapping[str, bytes]) -> bytes:
     return newc_archive(files)
 
 
-@dataclass(frozen=True)
-class ProcessResult:
-    """A finished (or killed) process.
-
-    Attributes:
-        returncode: exit status (negative signal number if killed).
-        output: stdout and stderr, merged.
-        timed_out: True when the timeout expired and the group was killed.
-    """
-
-    returncode: int
-    output: str
-    timed_out: bool
-
-
-def run_group(argv: Sequence[str], timeout: float, cwd: Path | None = None) -> ProcessResult:
-    """Run ``argv`` in a new process group; on timeout kill the whole group (SIGKILL).
-
-    A thin wrapper over :func:`pvdesc.proc.run` with stderr merged into the output.
-    """
-    res = proc.run(argv, timeout=timeout, cwd=cwd, merge_stderr=True)
-    return ProcessResult(res.returncode, res.stdout, res.timed_out)
-
-
 def qemu() -> str:
     """The path of ``qemu-system-aarch64``; :class:`ToolError` naming the install command."""
     path = shutil.which(QEMU)
@@ -299,9 +275,7 @@ def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
         out = Path(tmp) / "virt.dtb"
         args = machine_args(m)
         args[1] = f"{m.machine},dumpdtb={out}"
-        res = proc.run([qemu(), *args, "-display", "none", "-nodefaults"], timeout=timeout)
-        if res.timed_out:
-            raise proc.timeout_error(res, timeout)
+        res = proc.run_checked([qemu(), *args, "-display", "none", "-nodefaults"], timeout=timeout)
         if res.returncode != 0 or not out.is_file():
             raise ToolError(f"dumpdtb failed (exit {res.returncode}): {proc.summary(res)}", QEMU)
         return out.read_bytes()
@@ -336,14 +310,14 @@ def boot(m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIM
             argv += ["-dtb", str(m.dtb)]
         argv += ["-kernel", str(parts.kernel), "-initrd", str(work / "initrd.img")]
         argv += ["-append", m.append, *m.extra]
-        res = run_group(argv, timeout, cwd=work)
+        res = proc.run(argv, timeout=timeout, cwd=work, merge_stderr=True)
     if res.timed_out:
         raise ToolError(
             f"guest did not power off within {timeout:g} s (QEMU's process group was killed); "
-            f"last line: {_last_line(res.output)}",
+            f"last line: {_last_line(res.stdout)}",
             QEMU,
         )
-    return BootResult(res.output, res.returncode, parse_iomem(iomem_text(res.output)), tuple(argv))
+    return BootResult(res.stdout, res.returncode, parse_iomem(iomem_text(res.stdout)), tuple(argv))
 
 
 def section(serial: str, begin: str, end: str) -> str | None:

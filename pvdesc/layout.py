@@ -26,6 +26,7 @@ from pvdesc.model import (
     Range,
     VmDescription,
     human,
+    subtract,
 )
 
 
@@ -103,13 +104,7 @@ class Layout:
     @property
     def usable_ram(self) -> tuple[Range, ...]:
         """What the guest may allocate: memory nodes minus no-map reservations."""
-        out: list[Range] = []
-        for node in self.memory_nodes:
-            pieces = [node.range]
-            for hole in self.reserved:
-                pieces = [p for piece in pieces for p in piece.minus(hole)]
-            out.extend(pieces)
-        return tuple(out)
+        return tuple(subtract((n.range for n in self.memory_nodes), self.reserved))
 
     @property
     def dedicated_memslot(self) -> bool:

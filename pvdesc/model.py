@@ -180,6 +180,14 @@ class Range:
         return f"{self.base:#x}-{self.last:#x}"
 
 
+def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
+    """``ranges`` with every hole removed (:meth:`Range.minus`), pieces in order."""
+    pieces = list(ranges)
+    for hole in holes:
+        pieces = [p for piece in pieces for p in piece.minus(hole)]
+    return pieces
+
+
 @dataclass(frozen=True)
 class RamBank:
     """One bank of guest RAM; each bank is one KVM memslot.

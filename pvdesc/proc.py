@@ -268,6 +268,14 @@ def summary(result: Result, lines: int = 2, limit: int = 300) -> str:
     return one_line(" | ".join(text[-lines:]), limit)
 
 
+def run_checked(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> Result:
+    """:func:`run`, with a run killed at its timeout raised as :func:`timeout_error`."""
+    result = run(argv, timeout=timeout, cwd=cwd)
+    if result.timed_out:
+        raise timeout_error(result, timeout)
+    return result
+
+
 def timeout_error(result: Result, timeout: float) -> ToolError:
     """The error for a run that was killed at its timeout."""
     return ToolError(

@@ -42,16 +42,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pvdesc import acpi, build, dtb, guest, layout, templating
+from pvdesc import acpi, build, dtb, guest, kvm, layout, templating
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, ProveError, PvdescError, ToolError
 from pvdesc.layout import Layout
-from pvdesc.model import Boot, Describe, Range, Vmm
+from pvdesc.model import Boot, Describe, Range, Vmm, subtract
 
 FORMAT = "pvdesc.prove/1"
 #: Seconds before QEMU's process group is killed (one boot takes 10-30 s under TCG).
 DEFAULT_TIMEOUT = 120.0
-GRANULE = 64 << 10
 #: VMM profiles whose map QEMU virt reproduces: its own, and pvdesc's generic one.
 BOOTABLE_VMMS = (Vmm.GENERIC_KVM, Vmm.QEMU_VIRT)
 #: The kernel command line per boot mode.  ``panic=-1`` + QEMU ``-no-reboot``: a
@@ -380,13 +379,6 @@ def merged(ranges: Iterable[Range]) -> tuple[Range, ...]:
     return tuple(out)
 
 
-def _minus(ranges: Iterable[Range], holes: Sequence[Range]) -> list[Range]:
-    pieces = list(ranges)
-    for hole in holes:
-        pieces = [p for piece in pieces for p in piece.minus(hole)]
-    return pieces
-
-
 # --- the parts ------------------------------------------------------------------------------
 
 
@@ -454,10 +446,12 @@ def _prove(
                 "boots QEMU virt, so the region must avoid its devices",
                 ("stolen_time",),
             ) from None
-        build.write_outputs(Path(tmp), outputs)
+        # QEMU reads only the DTB from disk; the SSDT goes into the initrd from memory.
+        files = {o.name: o for o in outputs}
+        build.write_outputs(Path(tmp), [files[f"{name}.dtb"]])
         tables: dict[str, bytes] = {}
         if lay.describe is Describe.ACPI:
-            tables["ssdt.aml"] = (Path(tmp) / f"{name}.ssdt.aml").read_bytes()
+            tables["ssdt.aml"] = files[f"{name}.ssdt.aml"].data
         initrd = guest.acpi_table_archive(tables) if tables else b""
         initrd += guest.initramfs(parts.busybox.read_bytes())
         machine = replace(machine, dtb=Path(tmp) / f"{name}.dtb")
@@ -581,8 +575,8 @@ def _log_ranges(lines: Iterable[str]) -> list[tuple[Range, str]]:
 
 def granules(region: Range) -> tuple[Range, ...]:
     """The 64 KiB granules the region touches."""
-    g = region.granules(GRANULE)
-    return tuple(Range(b, GRANULE) for b in range(g.base, g.end, GRANULE))
+    g = region.granules(kvm.GRANULE)
+    return tuple(Range(b, kvm.GRANULE) for b in range(g.base, g.end, kvm.GRANULE))
 
 
 def judge_granule(
@@ -683,7 +677,7 @@ def _memory(
     mmio = [r.range for r in efi if r.kind in EFI_MMIO]
     ram = [e.range for e in iomem if e.depth == 0 and e.name in ("System RAM", "reserved")]
     sources: list[tuple[str, tuple[Range, ...]]] = [
-        ("/proc/iomem System RAM + reserved", merged(_minus(ram, mmio)))
+        ("/proc/iomem System RAM + reserved", merged(subtract(ram, mmio)))
     ]
     boot = lay.description.boot
     if boot.uefi:

@@ -120,10 +120,7 @@ def first_line(text: str, limit: int = 400) -> str:
 
 def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
     """Run a validator through :func:`pvdesc.proc.run` (process group, timeout, no shell)."""
-    result = proc.run(argv, timeout=TIMEOUT, cwd=cwd)
-    if result.timed_out:
-        raise proc.timeout_error(result, TIMEOUT)
-    return result
+    return proc.run_checked(argv, timeout=TIMEOUT, cwd=cwd)
 
 
 def _program(name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-from pvdesc import guest
+from pvdesc import guest, proc
 from pvdesc.model import Range
 
 
@@ -47,6 +47,7 @@ def test_parse_iomem_nesting() -> None:
     )
 
 
-def test_run_group_kills_on_timeout() -> None:
-    res = guest.run_group(["sh", "-c", "sleep 30 & sleep 30; echo never"], timeout=1)
-    assert res.timed_out and "never" not in res.output
+def test_boot_run_kills_on_timeout() -> None:
+    """guest.boot runs QEMU as proc.run with stderr merged: a timeout ends the whole group."""
+    res = proc.run(["sh", "-c", "sleep 30 & sleep 30; echo never"], timeout=1, merge_stderr=True)
+    assert res.timed_out and "never" not in res.stdout
