@@ -195,12 +195,7 @@ def publish_outputs(
 
 def read_base_dtb(path: str | Path) -> bytes:
     """The bytes of a VMM's DTB given to ``--into`` (refused by size before it is read)."""
-    try:
-        return read_bounded(path, patch.MAX_DTB_BYTES, DTError, "base DTBs")
-    except DTError as err:
-        if err.message.startswith("cannot read"):
-            err.message = err.message.replace("cannot read", "cannot read base DTB", 1)
-        raise
+    return read_bounded(path, patch.MAX_DTB_BYTES, DTError, "base DTBs", reading="base DTB")
 
 
 def plan(

@@ -87,9 +87,9 @@ class SourceMap:
         pos = self.values.get(())
         return f"{self.file}:{pos[0]}:{pos[1]}" if pos else f"{self.file}:1:1"
 
-    def where(self, path: KeyPath) -> str:
-        """``file:line:col: key.path`` for an error message."""
-        return f"{self.locate(path)}: {format_keypath(path)}"
+    def where(self, path: KeyPath, *, key: bool = False) -> str:
+        """``file:line:col: key.path`` for an error message (``key``: see :meth:`locate`)."""
+        return f"{self.locate(path, key=key)}: {format_keypath(path)}"
 
     def resolve(self, err: PvdescError) -> PvdescError:
         """Return ``err`` with a key-path ``where`` turned into file:line:col text."""
@@ -386,7 +386,7 @@ def _check_schema(data: Any, smap: SourceMap) -> None:
 
     first = min(errors, key=order)
     path, message, at_key = _schema_error_message(first, data)
-    raise DescriptionError(message, f"{smap.locate(path, key=at_key)}: {format_keypath(path)}")
+    raise DescriptionError(message, smap.where(path, key=at_key))
 
 
 def _quantity(value: int | str, path: KeyPath) -> int:

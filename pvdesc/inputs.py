@@ -23,8 +23,13 @@ def too_big(size: int, limit: int, what: str, exact: bool = True) -> str:
     return f"{text}; {what} are limited to {limit}"
 
 
-def read_bounded(path: str | Path, limit: int, error: type[PvdescError], what: str) -> bytes:
-    """The bytes of ``path``, at most ``limit`` of them; ``error`` (naming the file) otherwise."""
+def read_bounded(
+    path: str | Path, limit: int, error: type[PvdescError], what: str, reading: str = ""
+) -> bytes:
+    """The bytes of ``path``, at most ``limit`` of them; ``error`` (naming the file) otherwise.
+
+    ``reading`` names the file's role in a read error (``cannot read base DTB: ...``).
+    """
     try:
         with Path(path).open("rb") as fh:
             st = os.fstat(fh.fileno())
@@ -32,7 +37,8 @@ def read_bounded(path: str | Path, limit: int, error: type[PvdescError], what: s
                 raise error(too_big(st.st_size, limit, what), str(path))
             data = fh.read(limit + 1)
     except OSError as exc:
-        raise error(f"cannot read: {exc.strerror}", str(path)) from None
+        role = f" {reading}" if reading else ""
+        raise error(f"cannot read{role}: {exc.strerror}", str(path)) from None
     if len(data) > limit:
         raise error(too_big(len(data), limit, what, exact=False), str(path))
     return data
