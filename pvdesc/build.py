@@ -24,7 +24,6 @@ from pvdesc import (
     dt,
     hypervisor,
     layout,
-    patch,
     publish,
     templating,
     vmmconfig,
@@ -117,6 +116,8 @@ def render_outputs(
                 Output(f"{desc.name}.dtb", "dtb", tree.dtb),
             ]
         else:
+            from pvdesc import patch  # libfdt: only for --into
+
             outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
         config = Output(
             f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
@@ -195,7 +196,9 @@ def publish_outputs(
 
 def read_base_dtb(path: str | Path) -> bytes:
     """The bytes of a VMM's DTB given to ``--into`` (refused by size before it is read)."""
-    return read_bounded(path, patch.MAX_DTB_BYTES, DTError, "base DTBs", reading="base DTB")
+    from pvdesc import dtb  # libfdt: only for --into
+
+    return read_bounded(path, dtb.MAX_DTB_BYTES, DTError, "base DTBs", reading="base DTB")
 
 
 def plan(

@@ -49,10 +49,10 @@ from typing import Any
 
 from pvdesc import kvm
 from pvdesc.acpitables import AcpiTable
-from pvdesc.dtb import DeviceTree, RegEntry, Reservation
+from pvdesc.dtb import DeviceTree, Reservation
 from pvdesc.errors import PvdescError
 from pvdesc.inputs import too_big
-from pvdesc.model import Boot, Range, parse_quantity
+from pvdesc.model import Boot, Range, merged, parse_quantity
 
 FORMAT = "pvdesc.check/1"
 #: Smallest arm64 page: a structure crossing one needs two guest mappings.
@@ -317,18 +317,6 @@ class RangeIndex:
         return i if end >= q.end else None
 
 
-def merged(ranges: Sequence[Range]) -> list[Range]:
-    """The union of ``ranges`` as sorted, disjoint, non-touching ranges."""
-    out: list[Range] = []
-    for r in sorted(r for r in ranges if r.size > 0):
-        if out and r.base <= out[-1].end:
-            last = out[-1]
-            out[-1] = Range(last.base, max(last.end, r.end) - last.base)
-        else:
-            out.append(r)
-    return out
-
-
 # --------------------------------------------------------------------------- rules
 
 
@@ -485,10 +473,9 @@ def _abi_rules(target: Target) -> list[Finding]:
     return out
 
 
-def _usable_memory(dt: DeviceTree, boot: Boot) -> tuple[list[RegEntry], list[Reservation]]:
-    """The ``/memory`` entries, and the reservations the guest honours for this boot."""
-    honoured = [] if boot.uefi or dt.reserved_ignored else list(dt.reserved)
-    return list(dt.memory), honoured
+def _honoured(dt: DeviceTree, boot: Boot) -> list[Reservation]:
+    """The reservations the guest honours for this boot (none under UEFI, nor ignored ones)."""
+    return [] if boot.uefi or dt.reserved_ignored else list(dt.reserved)
 
 
 def _ram_rules(dt: DeviceTree, target: Target, boot: Boot) -> list[Finding]:
@@ -500,8 +487,8 @@ def _ram_rules(dt: DeviceTree, target: Target, boot: Boot) -> list[Finding]:
     memory = RangeIndex([m.range for m in dt.memory])
     ignored = dt.reserved_ignored
     honoured = [] if ignored is not None else list(dt.reserved)
-    no_map = [r for r in honoured if r.no_map and not r.reusable]
-    mapped = [r for r in honoured if not (r.no_map and not r.reusable)]
+    no_map = [r for r in honoured if r.withheld]
+    mapped = [r for r in honoured if not r.withheld]
     no_map_index = RangeIndex([r.range for r in no_map])
     mapped_index = RangeIndex([r.range for r in mapped])
     memreserve = RangeIndex([m.range for m in dt.memreserve])
@@ -595,11 +582,13 @@ def _granule_rules(
                     dev.source,
                 )
             )
-    memory, honoured = _usable_memory(dt, boot)
+    memory = dt.memory
     # The no-map holes near the region, merged: a memory range's part inside the
     # granules is taken back iff one merged hole contains it (O(log n) each).
     holes = merged(
-        [r.range for r in honoured if r.no_map and not r.reusable and r.range.overlaps(grains)]
+        r.range
+        for r in _honoured(dt, boot)
+        if r.range.size > 0 and r.withheld and r.range.overlaps(grains)
     )
     hole_index = RangeIndex(holes)
     for _, mi in sweep_overlaps([grains], [m.range for m in memory]):

@@ -129,6 +129,11 @@ class Reservation:
     def source(self) -> str:
         return f"{self.path} reg[{self.index}]"
 
+    @property
+    def withheld(self) -> bool:
+        """``no-map`` and not ``reusable``: the OS neither maps nor allocates it."""
+        return self.no_map and not self.reusable
+
 
 @dataclass(frozen=True)
 class MemReserve:
@@ -178,6 +183,8 @@ class DeviceTree:
         windows: every translatable non-empty ``ranges`` window (a bus's window into
             its parent, e.g. PCIe MMIO), as root addresses; ``source`` ends in
             ``ranges[i]`` instead of ``reg[i]``.
+        root_cells: the root's ``#address-cells``/``#size-cells`` (what ``/memory``
+            and ``/reserved-memory`` use).
     """
 
     file: str
@@ -189,6 +196,7 @@ class DeviceTree:
     devices: tuple[RegEntry, ...]
     skipped: tuple[Skipped, ...]
     windows: tuple[RegEntry, ...] = ()
+    root_cells: tuple[int, int] = (DEFAULT_ADDRESS_CELLS, DEFAULT_SIZE_CELLS)
 
 
 @dataclass(frozen=True)
@@ -470,6 +478,7 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         devices=tuple(devices),
         skipped=tuple(skipped),
         windows=tuple(windows),
+        root_cells=root_cells,
     )
 
 

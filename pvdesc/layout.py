@@ -26,6 +26,7 @@ from pvdesc.model import (
     Range,
     VmDescription,
     human,
+    merged,
     subtract,
 )
 
@@ -118,15 +119,7 @@ def occupied_granules(desc: VmDescription) -> list[Range]:
     The region may not share a 64 KiB granule with RAM or MMIO: Mark Rutland's
     review of the pvtime series (pvtime ref §1).
     """
-    spans = sorted(r.granules() for r in _all_ranges(desc))
-    merged: list[Range] = []
-    for r in spans:
-        if merged and r.base <= merged[-1].end:
-            last = merged[-1]
-            merged[-1] = Range(last.base, max(last.end, r.end) - last.base)
-        else:
-            merged.append(r)
-    return merged
+    return merged(r.granules() for r in _all_ranges(desc))
 
 
 def _all_ranges(desc: VmDescription) -> Iterable[Range]:

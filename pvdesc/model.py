@@ -180,6 +180,18 @@ class Range:
         return f"{self.base:#x}-{self.last:#x}"
 
 
+def merged(ranges: Iterable[Range]) -> list[Range]:
+    """``ranges`` sorted, with overlapping or touching ones joined into one."""
+    out: list[Range] = []
+    for r in sorted(ranges):
+        if out and r.base <= out[-1].end:
+            last = out[-1]
+            out[-1] = Range(last.base, max(last.end, r.end) - last.base)
+        else:
+            out.append(r)
+    return out
+
+
 def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
     """``ranges`` with every hole removed (:meth:`Range.minus`), pieces in order."""
     pieces = list(ranges)

@@ -33,34 +33,7 @@ from pvdesc.errors import DTError
 from pvdesc.layout import Layout
 from pvdesc.model import Range
 
-#: Refuse bigger blobs outright (QEMU's dumps are 1 MiB, padded).
-MAX_DTB_BYTES = 64 << 20
-#: DT spec §2.3.5 defaults when a parent lacks the properties.
-DEFAULT_ADDRESS_CELLS = 2
-DEFAULT_SIZE_CELLS = 1
 _QUIET = (libfdt.NOTFOUND,)
-
-
-def _num(cells: tuple[int, ...]) -> int:
-    value = 0
-    for c in cells:
-        value = (value << 32) | c
-    return value
-
-
-def _cells_of(fdt: libfdt.Fdt, node: int) -> tuple[int, int]:
-    """The ``#address-cells``/``#size-cells`` a node gives its children (2/1 default)."""
-
-    def read(name: str, default: int) -> int:
-        prop = fdt.getprop(node, name, _QUIET)
-        if not isinstance(prop, libfdt.Property):
-            return default
-        if len(prop) != 4:
-            raise DTError(f"{fdt.get_path(node)}: {name} is not one cell")
-        value: int = prop.as_uint32()
-        return value
-
-    return read("#address-cells", DEFAULT_ADDRESS_CELLS), read("#size-cells", DEFAULT_SIZE_CELLS)
 
 
 def _is_memory(fdt: libfdt.Fdt, node: int) -> bool:
@@ -88,10 +61,11 @@ def open_base(blob: bytes, file: str = "base DTB") -> tuple[libfdt.Fdt, dtb.Devi
     nodes, depth, cells, entries, translation work) apply to a base as to any
     untrusted DTB.
     """
-    if len(blob) > MAX_DTB_BYTES:
-        raise DTError(f"base DTB is larger than {MAX_DTB_BYTES} bytes")
+    if len(blob) > dtb.MAX_DTB_BYTES:
+        raise DTError(f"base DTB is larger than {dtb.MAX_DTB_BYTES} bytes")
     buf = bytearray(blob)
-    err = libfdt.fdt_check_full(buf, len(buf)) if len(buf) >= 40 else -libfdt.TRUNCATED
+    short = len(buf) < dtb.FDT_HEADER_SIZE
+    err = -libfdt.TRUNCATED if short else libfdt.fdt_check_full(buf, len(buf))
     if err:
         raise DTError(f"not a valid DTB (libfdt fdt_check_full: {libfdt.fdt_strerror(err)})")
     try:
@@ -148,7 +122,7 @@ def patch_dtb(blob: bytes, lay: Layout) -> bytes:
     """The base DTB with the layout's ``/memory`` and ``/reserved-memory`` (see module doc)."""
     fdt, tree = open_base(blob)
     check_collisions(tree, lay)
-    ac, sc = _cells_of(fdt, 0)
+    ac, sc = tree.root_cells
     extra = 4096 + 128 * (len(lay.memory_nodes) + len(lay.reserved))
     _call("resize", fdt.resize, fdt.totalsize() + extra)
     # Delete the root's memory nodes (offsets move after each delete: rescan).

@@ -46,7 +46,7 @@ from pvdesc import acpi, build, dtb, guest, kvm, layout, templating
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, ProveError, PvdescError, ToolError
 from pvdesc.layout import Layout
-from pvdesc.model import Boot, Describe, Range, Vmm, subtract
+from pvdesc.model import Boot, Describe, Range, Vmm, merged, subtract
 
 FORMAT = "pvdesc.prove/1"
 #: Seconds before QEMU's process group is killed (one boot takes 10-30 s under TCG).
@@ -367,18 +367,6 @@ def _size(size: int) -> str:
     return guest.qemu_size(_checked_size(size))
 
 
-def merged(ranges: Iterable[Range]) -> tuple[Range, ...]:
-    """Sorted ranges with touching or overlapping ones joined."""
-    out: list[Range] = []
-    for r in sorted(ranges):
-        if out and r.base <= out[-1].end:
-            last = out[-1]
-            out[-1] = Range(last.base, max(last.end, r.end) - last.base)
-        else:
-            out.append(r)
-    return tuple(out)
-
-
 # --- the parts ------------------------------------------------------------------------------
 
 
@@ -662,7 +650,7 @@ def _by_node(pairs: Iterable[tuple[int | None, Range]]) -> dict[int | None, tupl
     grouped: dict[int | None, list[Range]] = {}
     for node, r in pairs:
         grouped.setdefault(node, []).append(r)
-    return {node: merged(rs) for node, rs in grouped.items()}
+    return {node: tuple(merged(rs)) for node, rs in grouped.items()}
 
 
 def _nodes_text(nodes: dict[int | None, tuple[Range, ...]]) -> str:
@@ -673,20 +661,21 @@ def _memory(
     lay: Layout, iomem: Sequence[guest.IomemEntry], efi: Sequence[EfiRegion], dt: GuestDt
 ) -> Check:
     """The guest's RAM, from every source it printed, against the layout's ``/memory``."""
-    ours = merged(n.range for n in lay.memory_nodes)
+    ours = tuple(merged(n.range for n in lay.memory_nodes))
     mmio = [r.range for r in efi if r.kind in EFI_MMIO]
     ram = [e.range for e in iomem if e.depth == 0 and e.name in ("System RAM", "reserved")]
     sources: list[tuple[str, tuple[Range, ...]]] = [
-        ("/proc/iomem System RAM + reserved", merged(subtract(ram, mmio)))
+        ("/proc/iomem System RAM + reserved", tuple(merged(subtract(ram, mmio))))
     ]
     boot = lay.description.boot
     if boot.uefi:
-        sources.append(("EFI memory map", merged(r.range for r in efi if r.kind not in EFI_MMIO)))
+        efi_ram = merged(r.range for r in efi if r.kind not in EFI_MMIO)
+        sources.append(("EFI memory map", tuple(efi_ram)))
     # Under ACPI the EFI stub hands Linux a stub DT without /memory; otherwise the guest's DT
     # keeps QEMU's rewritten memory nodes (EDK2 passes the DT on as is).
     with_dt = boot is not Boot.UEFI_ACPI
     if with_dt:
-        sources.append(("devicetree /memory", merged(m.range for m in dt.memory)))
+        sources.append(("devicetree /memory", tuple(merged(m.range for m in dt.memory))))
     bad = [f"{name} shows {_ranges(got)}" for name, got in sources if got != ours]
     evidence = tuple(Evidence("devicetree", ln) for ln in dt.lines if ln.startswith("memory"))
     if not bad and with_dt:

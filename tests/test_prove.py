@@ -16,7 +16,7 @@ from tools import EXAMPLES, ROOT, run_cli
 
 from pvdesc import dtb, guest, layout, prove
 from pvdesc.description import load, loads
-from pvdesc.model import Boot, Describe, Range
+from pvdesc.model import Boot, Describe, Range, merged
 
 DATA = ROOT / "tests" / "data" / "prove"
 
@@ -72,9 +72,7 @@ def test_qemu_makes_exactly_the_layouts_ram(path: Path) -> None:
     """The real QEMU, given the derived machine, dumps a DTB whose RAM is the layout's."""
     lay = lay_of(path)
     tree = dtb.parse(guest.dump_dtb(prove.plan_machine(lay)), "dump")
-    assert prove.merged(e.range for e in tree.memory) == prove.merged(
-        n.range for n in lay.memory_nodes
-    )
+    assert merged(e.range for e in tree.memory) == merged(n.range for n in lay.memory_nodes)
     assert not any(e.range.overlaps(lay.region) for e in tree.memory) or lay.reserved
 
 
