@@ -211,7 +211,7 @@ class _Sweep:
         ranges: the ranges.
         key: the order among ranges containing the same piece (best first).
         order: indexes by base.
-        pending: the next index into ``order`` not yet in the heap (one-element list).
+        pending: the next index into ``order`` not yet in the heap.
         heap: ``(key, index)`` of ranges entered so far.
     """
 
@@ -219,17 +219,17 @@ class _Sweep:
         self.ranges = ranges
         self.key = key
         self.order = sorted(range(len(ranges)), key=lambda i: ranges[i].base)
-        self.pending = [0]
+        self.pending = 0
         self.heap: list[tuple[tuple[int, ...], int]] = []
 
     def best(self, lo: int) -> int | None:
         """The best range containing the piece that starts at ``lo`` (pieces in order)."""
-        while self.pending[0] < len(self.order):
-            i = self.order[self.pending[0]]
+        while self.pending < len(self.order):
+            i = self.order[self.pending]
             if self.ranges[i].base > lo:
                 break
             heapq.heappush(self.heap, (self.key(i), i))
-            self.pending[0] += 1
+            self.pending += 1
         while self.heap and self.ranges[self.heap[0][1]].end <= lo:
             heapq.heappop(self.heap)
         return self.heap[0][1] if self.heap else None
