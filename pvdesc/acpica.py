@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -117,14 +116,8 @@ def timing() -> Iterator[ToolTimes]:
 
 def tool(name: str) -> str:
     """The path of an ACPICA tool; :class:`ToolError` naming the package when missing."""
-    path = shutil.which(name)
-    if path is None:
-        raise ToolError(
-            f"not found on PATH; install the Debian package {PACKAGE} "
-            f"(apt-get install {PACKAGE}), or run scripts/setup",
-            name,
-        )
-    return path
+    how = f"install the Debian package {PACKAGE} (apt-get install {PACKAGE}), or run scripts/setup"
+    return proc.program(name, how)
 
 
 def _scratch(tool_name: str, files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:

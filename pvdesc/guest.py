@@ -230,10 +230,7 @@ def acpi_table_archive(tables: Mapping[str, bytes]) -> bytes:
 
 def qemu() -> str:
     """The path of ``qemu-system-aarch64``; :class:`ToolError` naming the install command."""
-    path = shutil.which(QEMU)
-    if path is None:
-        raise ToolError(f"not found on PATH; install it with: {QEMU_INSTALL}", QEMU)
-    return path
+    return proc.program(QEMU, f"install it with: {QEMU_INSTALL}")
 
 
 #: QEMU rounds ``-m`` up to a multiple of 8 KiB (softmmu/vl.c ``set_memory_options``).

@@ -30,8 +30,10 @@ import contextlib
 import math
 import os
 import select
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -43,6 +45,28 @@ from pvdesc.errors import ToolError, one_line
 
 #: Seconds to wait for a killed group's pipes to close before giving up on its output.
 KILL_GRACE = 5.0
+
+
+def find_program(name: str) -> str | None:
+    """Where the program ``name`` is: beside the running Python first, then ``PATH``.
+
+    A virtualenv's own tools (``dt-validate``, ``dt-mk-schema``) live next to its
+    interpreter and are on ``PATH`` only when the venv is activated; running
+    ``.venv/bin/python -m pytest`` or ``.venv/bin/pvdesc`` must find them all the
+    same.  This is the one place pvdesc and its tests look a program up.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def program(name: str, install: str) -> str:
+    """:func:`find_program`, or a :class:`ToolError` saying how to install it."""
+    path = find_program(name)
+    if path is None:
+        raise ToolError(f"not found next to this Python or on PATH; {install}", name)
+    return path
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,6 @@ import enum
 import json
 import os
 import re
-import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -97,11 +95,8 @@ class Problem:
 
 
 def find_program(name: str) -> str | None:
-    """The program's path: next to this Python first (a virtualenv's dt-validate), then PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(name)
+    """The program's path (:func:`pvdesc.proc.find_program`); tests replace this one."""
+    return proc.find_program(name)
 
 
 def missing_programs(validator: Validator) -> tuple[str, ...]:
@@ -126,7 +121,7 @@ def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
 def _program(name: str) -> str:
     path = find_program(name)
     if path is None:
-        raise ToolError("not found next to this Python or on PATH", name)
+        raise ToolError("not found next to this Python or on PATH; run scripts/setup --test", name)
     return path
 
 
