@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tools import pvdesc
+from tools import program, pvdesc
 
 QEMU = "qemu-system-aarch64"
 #: QEMU virt's own stolen-time slot (vmm-layouts.md §1: hw/arm/virt.c VIRT_PVTIME).
@@ -19,7 +19,7 @@ def dtc(text: str, tmp: Path, name: str = "t") -> Path:
     out = tmp / f"{name}.dtb"
     src.write_text("/dts-v1/;\n" + text)
     subprocess.run(
-        ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(out), str(src)],
+        [program("dtc"), "-q", "-I", "dts", "-O", "dtb", "-o", str(out), str(src)],
         check=True,
         capture_output=True,
         timeout=60,
@@ -31,7 +31,7 @@ def qemu_dtb(tmp: Path, name: str, *args: str) -> Path:
     """``qemu-system-aarch64 -machine virt,...,dumpdtb=`` (TCG, no KVM needed)."""
     out = tmp / f"{name}.dtb"
     machine = "virt,gic-version=3" if "-smp" in args else "virt"
-    cmd = [QEMU, "-machine", f"{machine},dumpdtb={out}", "-cpu", "max", "-nographic"]
+    cmd = [program(QEMU), "-machine", f"{machine},dumpdtb={out}", "-cpu", "max", "-nographic"]
     cmd += ["-net", "none", "-display", "none", *args]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     return out

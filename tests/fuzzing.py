@@ -28,7 +28,18 @@ import libfdt
 import yaml
 from hypothesis import strategies as st
 
-from pvdesc import acpitables, addrmap, build, check, dtb, hypervisor, layout, mapview, patch
+from pvdesc import (
+    acpitables,
+    addrmap,
+    build,
+    check,
+    dtb,
+    hypervisor,
+    layout,
+    mapview,
+    patch,
+    proc,
+)
 from pvdesc.description import loads
 from pvdesc.errors import MAX_MESSAGE_CHARS, PvdescError
 from pvdesc.model import Boot, Range
@@ -222,7 +233,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
 
 
 def _run(argv: Sequence[str]) -> None:
-    subprocess.run(list(argv), check=True, capture_output=True, timeout=120)
+    exe = proc.program(argv[0], "scripts/setup --test installs it")
+    subprocess.run([exe, *argv[1:]], check=True, capture_output=True, timeout=120)
 
 
 #: Hand-written trees for what pvdesc's own outputs never contain.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 
+from tools import program
+
 from pvdesc import guest, proc
 from pvdesc.model import Range
 
@@ -17,7 +19,11 @@ def test_newc_archive_lists_with_cpio() -> None:
     # GNU cpio reads only the first archive; list it and the second one separately.
     first = guest.acpi_table_archive({"ssdt.aml": b"SSDT-bytes"})
     listing = subprocess.run(
-        ["cpio", "-it", "--quiet"], input=first, capture_output=True, check=True, timeout=30
+        [program("cpio"), "-it", "--quiet"],
+        input=first,
+        capture_output=True,
+        check=True,
+        timeout=30,
     ).stdout.decode()
     assert listing.split() == [
         "kernel",
@@ -27,7 +33,11 @@ def test_newc_archive_lists_with_cpio() -> None:
     ]
     second = data[len(first) :]
     listing = subprocess.run(
-        ["cpio", "-it", "--quiet"], input=second, capture_output=True, check=True, timeout=30
+        [program("cpio"), "-it", "--quiet"],
+        input=second,
+        capture_output=True,
+        check=True,
+        timeout=30,
     ).stdout.decode()
     assert set(listing.split()) == {"bin", "dev", "proc", "sys", "bin/busybox", "init"}
     assert len(first) % 4 == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from checkutil import dtc, memory, root, run_cli
+from tools import program
 
 from pvdesc import acpitables, check, dtb
 from pvdesc.errors import AcpiError
@@ -18,7 +19,7 @@ def iasl(tmp: Path, name: str, text: str) -> Path:
     src = tmp / f"{name}.asl"
     src.write_text(text)
     subprocess.run(
-        ["iasl", "-vs", "-p", str(tmp / name), str(src)],
+        [program("iasl"), "-vs", "-p", str(tmp / name), str(src)],
         check=True,
         capture_output=True,
         timeout=60,
@@ -153,7 +154,7 @@ def test_ssdt_claim_decoded_like_acpiexec(tmp_path: Path) -> None:
     ]
     # Independent oracle: ACPICA's own resource decoder (acpi.md §4.4).
     out = subprocess.run(
-        ["acpiexec", "-b", "resources \\_SB.PVTM", str(path)],
+        [program("acpiexec"), "-b", "resources \\_SB.PVTM", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,7 +6,6 @@ Chromium is installed by ``scripts/setup --test``; a missing browser fails the t
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -14,15 +13,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from tools import pvdesc
+from tools import program, pvdesc
 
 WINDOW = (1240, 1000)
 
 
 def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path is not None, "chromium is not installed: run scripts/setup --test"
-    return path
+    return program("chromium")
 
 
 def screenshot(url: str, png: Path, profile: Path, timeout: float = 120) -> str:

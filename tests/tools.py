@@ -17,7 +17,7 @@ from pathlib import Path
 import libfdt
 import pytest
 
-from pvdesc import cli
+from pvdesc import cli, proc
 from pvdesc.validators import DTC_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +28,20 @@ SCRIPT = Path(sys.executable).parent / "pvdesc"
 SLOW = 300
 
 
+def program(name: str) -> str:
+    """The path of an external program the tests use, found as pvdesc finds its own
+    (:func:`pvdesc.proc.find_program`: beside this Python, then ``PATH``).  A missing
+    program fails the test with the way to install it; it is never skipped."""
+    return proc.program(name, "scripts/setup --test installs it")
+
+
 def run(args: list[str], *, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
-    """Run a command (never a shell), capturing text output; the caller judges the result."""
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload, no-any-return]
+    """Run a command (never a shell), capturing text output; the caller judges the result.
+
+    A bare program name in ``args[0]`` is looked up with :func:`program`.
+    """
+    argv = [program(args[0]) if "/" not in args[0] else args[0], *args[1:]]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def pvdesc(
