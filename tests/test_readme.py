@@ -31,3 +31,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_cmd in _blocks()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_cmd.strip() in ci
+    # ... in a clean environment: HOME and CI only, and the system's own PATH.
+    clean = [ln for ln in ci if ln.startswith("exec env -i ")]
+    assert clean == [
+        'exec env -i HOME="$HOME" CI="${CI:-}" '
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\"
+    ]
