@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ import inputs
 import pvdesc
 from pvdesc import acpica, build, check, dtb
 from pvdesc.model import Range
+from pvdesc.proc import find_program
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = "pvdesc.bench/1"
@@ -209,7 +209,7 @@ def samples(fn: Callable[[], object], repeats: int) -> Timing:
 def run(argv: Sequence[str], *, ok: Sequence[int] = (0,), cwd: Path | None = None) -> str:
     """Run a command (no shell, with a timeout); its stdout, or RuntimeError."""
     proc = subprocess.run(
-        list(argv),
+        [find_program(argv[0]) or argv[0], *argv[1:]],
         capture_output=True,
         text=True,
         errors="replace",
@@ -254,7 +254,7 @@ def _first_line(text: str) -> str:
 
 
 def tool_version(argv: Sequence[str], pattern: str) -> str | None:
-    if shutil.which(argv[0]) is None:
+    if find_program(argv[0]) is None:
         return None
     try:
         text = run(argv, ok=range(256))
@@ -278,7 +278,7 @@ def machine() -> dict[str, Any]:
     except (AttributeError, OSError):
         usable = os.cpu_count() or 0
     commit = None
-    if shutil.which("git"):
+    if find_program("git"):
         try:
             commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).strip()
         except (OSError, RuntimeError, subprocess.SubprocessError):
@@ -431,7 +431,7 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
 
 def qemu_dtb(cfg: Config, path: Path) -> str | None:
     """Dump QEMU virt's DTB to ``path``; ``None`` or the reason it could not."""
-    qemu = shutil.which("qemu-system-aarch64")
+    qemu = find_program("qemu-system-aarch64")
     if qemu is None:
         return "qemu-system-aarch64 not found"
     smp = 8 if cfg.quick else 512
