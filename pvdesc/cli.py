@@ -124,7 +124,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if args.junit is not None:
         validate.check_report_path(args.junit, "--junit")
-    report = validate.run(args.paths, jobs=args.jobs, external=args.external)
+    shard = validate.Shard.parse(args.shard) if args.shard is not None else None
+    report = validate.run(args.paths, jobs=args.jobs, external=args.external, shard=shard)
     _write(reports.render(report, args.format))
     sys.stdout.flush()
     if args.junit is not None:
@@ -239,6 +240,12 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("-j", "--jobs", type=int, help="worker processes (default: one per CPU)")
     v.add_argument("--format", choices=["text", "json", "github"], default="text")
     v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
+    v.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="validate only every N-th description of the sorted list, from the K-th "
+        "(a CI matrix of N machines; their JUnit reports merge into one)",
+    )
     v.add_argument(
         "--external",
         action=argparse.BooleanOptionalAction,
