@@ -333,7 +333,7 @@ def _keywords(node: Any, under_properties: bool = False) -> set[str]:
 #: The package module holding the compiled schema check (:func:`fast_check_source`), and the
 #: script that writes it.
 FAST_MODULE = "schema_fast"
-FAST_GENERATOR = "scripts/generate-schema-check"
+FAST_GENERATOR = "scripts/generate-compiled"
 #: The one import line of fastjsonschema's generated code, and what replaces it: the module
 #: then needs fastjsonschema only to be generated, not to run.
 _FAST_IMPORT = "from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException\n"

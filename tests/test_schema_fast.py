@@ -53,7 +53,7 @@ def test_fast_path_is_compiled_for_the_shipped_schema() -> None:
 
 
 def test_the_generated_module_is_what_the_generator_makes_of_the_schema() -> None:
-    """Else run scripts/generate-schema-check (after any change to the schema)."""
+    """Else run scripts/generate-compiled (after any change to the schema)."""
     module = ROOT / "pvdesc" / f"{description.FAST_MODULE}.py"
     assert module.read_text(encoding="utf-8") == description.fast_check_source()
     from pvdesc import schema_fast
