@@ -438,7 +438,7 @@ def validate_chunk(paths: Sequence[str], ext: Externals) -> list[FileReport]:
 
 
 def validate_file(path: str, ext: Externals) -> FileReport:
-    """Build, check and externally validate one description (run in a worker process)."""
+    """Build, check and externally validate one description on its own (a chunk of one)."""
     [report] = validate_chunk([path], ext)
     return report
 
