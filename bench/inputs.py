@@ -1,4 +1,4 @@
-"""Benchmark inputs: the large VM description, a nested DTB, random ranges.
+"""Benchmark inputs: the large VM description, a nested DTB, random ranges, a fleet.
 
 ``bench/data/large-vm.yaml`` is checked in; regenerate it with
 ``.venv/bin/python bench/inputs.py`` (it must not change unless this file does).
@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import libfdt
 from pvdesc.model import Range
 
 LARGE_VM = Path(__file__).resolve().parent / "data" / "large-vm.yaml"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: RAM starts where QEMU virt's does; every bank is 4 GiB and its own NUMA node.
 RAM_BASE = 0x4000_0000
@@ -103,6 +105,34 @@ def random_ranges(n: int, seed: int = 1) -> list[Range]:
     """``n`` ranges of 1 B..1 MiB at random bases in a 40-bit space (few overlap)."""
     rng = random.Random(seed)
     return [Range(rng.randrange(1 << 40), rng.randrange(1, 1 << 20)) for _ in range(n)]
+
+
+_NAME_RE = re.compile(r"^name: (?P<name>\S+)$", re.MULTILINE)
+
+
+def fleet(dest: Path, n: int, examples: Path = EXAMPLES) -> list[Path]:
+    """``n`` descriptions in ``dest``: the shipped examples in turn, each copy renamed.
+
+    Copy ``k`` of ``examples/NAME.yaml`` is ``dest/NNNNN-NAME.yaml`` with ``name:
+    NAME-k``, so every VM (and every output file name) in the fleet is distinct,
+    as in a real CI fleet, and the files sort in the order they were made.
+    """
+    sources = sorted(examples.glob("*.yaml"))
+    if not sources:
+        raise ValueError(f"no *.yaml in {examples}")
+    texts = [src.read_text(encoding="utf-8") for src in sources]
+    dest.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(n):
+        src, text = sources[i % len(sources)], texts[i % len(sources)]
+        copy = i // len(sources)
+        renamed, count = _NAME_RE.subn(rf"name: \g<name>-{copy}", text, 1)
+        if count != 1:
+            raise ValueError(f"{src}: no 'name:' line to rename")
+        path = dest / f"{i:05d}-{src.stem}.yaml"
+        path.write_text(renamed, encoding="utf-8")
+        made.append(path)
+    return made
 
 
 def main(argv: list[str]) -> int:

@@ -18,9 +18,19 @@ installed ``pvdesc`` entry point, interpreter start included.
    10,002-node DTB (:func:`inputs.nested_dtb`); the
    overlap sweep on 10k and 100k ranges and its growth (n log n predicts
    10 * log(100k) / log(10k) = 12.5; n^2 would be 100).
+   The ``pvdesc check`` command on QEMU's DTB is also timed against a bare
+   ``python -c pass`` of the same interpreter, the two run in turn (A B A B ...),
+   and the ratio taken run by run: target <= 2.  The build command's ratio to
+   dtc + iasl has the target <= 3.
 3. ``pvdesc --version`` cold start, and which modules it imports (``-X importtime``).
 4. ``pvdesc validate examples/`` with ``--jobs 1`` and ``--jobs 2`` (when the
-   installed pvdesc has ``validate``).
+   installed pvdesc has ``validate``), and a fleet of 1,000 descriptions made by
+   :func:`inputs.fleet` (the examples in turn, renamed) with ``--jobs 2 --external``
+   (every external validator): target < 20 s; ``--no-external`` beside it.
+
+The package is byte-compiled first (``python -m compileall``), as pip does when it
+installs a wheel: a module without current bytecode would be compiled from source
+in every timed process (``PYTHONDONTWRITEBYTECODE`` keeps it so).
 
 ``--quick`` runs everything once on smaller inputs (to keep this script working;
 its figures mean nothing).  Results go to a table on stdout and to JSON
@@ -64,7 +74,9 @@ HEAVY_MODULES = ("yaml", "jinja2", "jsonschema", "libfdt", "fdt", "pvdesc.build"
 #: The region and vCPU count ``pvdesc check`` audits (QEMU's VIRT_PVTIME).
 REGION = "0x090a0000:64K"
 #: The parts ``--only`` selects from, in the order they run.
-PARTS = ("build", "check", "version", "validate")
+PARTS = ("build", "check", "version", "validate", "fleet")
+#: Descriptions in the validate fleet (``--quick``: one of each example).
+FLEET = 1000
 
 
 @dataclass
@@ -131,6 +143,15 @@ class Config:
     def validate_repeats(self) -> int:
         """``pvdesc validate examples/`` takes seconds: at most 7 runs."""
         return min(self.repeats, 7)
+
+    @property
+    def fleet_repeats(self) -> int:
+        """The 1,000-description fleet takes about 15 s a run: at most 3 runs."""
+        return min(self.repeats, 3)
+
+    @property
+    def fleet(self) -> int:
+        return 16 if self.quick else FLEET
 
     @property
     def vcpus(self) -> int:
@@ -230,6 +251,31 @@ def timed_command(
     return samples(lambda: run(argv, ok=ok, cwd=cwd), repeats)
 
 
+def paired(
+    a: Sequence[str], b: Sequence[str], repeats: int
+) -> tuple[Timing, Timing, list[float], list[float]]:
+    """``a`` and ``b`` run in turn (one warm-up each when ``repeats`` > 1).
+
+    Returns both timings and the ratios a/b of each pair, wall and CPU: a pair
+    shares the machine's state of the moment, so the ratio holds when the
+    machine's speed drifts.
+    """
+    if repeats > 1:
+        run(a)
+        run(b)
+    ta, tb = Timing(), Timing()
+    for _ in range(repeats):
+        for argv, t in ((a, ta), (b, tb)):
+            cpu = cpu_seconds()
+            start = time.perf_counter()
+            run(argv)
+            t.wall.append(time.perf_counter() - start)
+            t.cpu.append(cpu_seconds() - cpu)
+    wall_ratios = [x / y for x, y in zip(ta.wall, tb.wall, strict=True)]
+    cpu_ratios = [x / y for x, y in zip(ta.cpu, tb.cpu, strict=True) if y > 0]
+    return ta, tb, wall_ratios, cpu_ratios
+
+
 def combine(parts: Sequence[Timing]) -> Timing:
     """Run-by-run sums of several timings (e.g. dtc + iasl + iasl)."""
     return Timing(
@@ -318,9 +364,7 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
 
     # What every fresh 'pvdesc build' pays before doing any work.
     interpreter = timed_command([sys.executable, "-c", "pass"], cfg.repeats)
-    imports = timed_command(
-        [sys.executable, "-c", "import pvdesc.cli, pvdesc.build, fastjsonschema"], cfg.repeats
-    )
+    imports = timed_command([sys.executable, "-c", "import pvdesc.cli, pvdesc.build"], cfg.repeats)
 
     out = work / "build"
     total, own, iasl_in = Timing(), Timing(), Timing()
@@ -390,7 +434,7 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
         row("build.interpreter", "  floor: python -c pass", interpreter),
         row(
             "build.imports",
-            "  floor: python -c 'import pvdesc.cli, pvdesc.build, fastjsonschema'",
+            "  floor: python -c 'import pvdesc.cli, pvdesc.build'",
             imports,
         ),
         row("build.inprocess", "pvdesc build, in-process (imports done)", total),
@@ -407,8 +451,8 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
             "build.ratio_cli",
             "pvdesc build command / (dtc + iasl)",
             cli,
-            "fresh process: interpreter start and imports included (information: see the floor)",
-            limit=None,
+            "fresh process: interpreter start and imports included (see the floor row)",
+            limit=3.0,
         ),
         ratio(
             "build.ratio_floor",
@@ -472,11 +516,16 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
     label = "pvdesc check, QEMU virt dumpdtb"
     if why is not None:
         out.append(Result("check.qemu_dtb", label, None, "s", limit=0.150, note=f"skipped: {why}"))
+        out.append(
+            Result("check.ratio_bare", "  / python -c pass", None, "x", note=f"skipped: {why}")
+        )
     else:
         blob = qpath.read_bytes()
         tree = dtb.parse(blob, str(qpath))
         used = int.from_bytes(blob[12:16], "big") + int.from_bytes(blob[32:36], "big")
-        t = timed_command(_check_argv(qpath, 8 if cfg.quick else 512), cfg.repeats)
+        t, bare, wall_ratio, cpu_ratio = paired(
+            _check_argv(qpath, 8 if cfg.quick else 512), [sys.executable, "-c", "pass"], cfg.repeats
+        )
         out.append(
             Result(
                 "check.qemu_dtb",
@@ -493,6 +542,19 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
                     "strings_end": used,
                     "nodes": tree.node_count,
                 },
+            )
+        )
+        out.append(
+            Result(
+                "check.ratio_bare",
+                "  / python -c pass, run in turn (pair by pair)",
+                statistics.median(wall_ratio),
+                "x",
+                cpu=statistics.median(cpu_ratio) if cpu_ratio else None,
+                limit=2.0,
+                note=f"python -c pass: median {bare.median * 1000:.1f} ms wall, "
+                f"{bare.cpu_median * 1000:.1f} ms cpu",
+                detail={"bare": bare.to_json(), "wall_ratios": wall_ratio, "cpu_ratios": cpu_ratio},
             )
         )
     blob = inputs.nested_dtb(cfg.buses, 99)
@@ -609,6 +671,33 @@ def bench_validate(cfg: Config) -> list[Result]:
     return out
 
 
+def bench_fleet(cfg: Config, work: Path) -> list[Result]:
+    """``pvdesc validate`` over a generated fleet, every external validator, and without."""
+    fleet = work / "fleet"
+    inputs.fleet(fleet, cfg.fleet)
+    cmd = pvdesc_cmd()
+    out = []
+    for key, flag, limit in (
+        ("fleet.external", "--external", 20.0),
+        ("fleet.no_external", "--no-external", None),
+    ):
+        t = timed_command(
+            [*cmd, "validate", str(fleet), "--jobs", "2", flag], cfg.fleet_repeats, cwd=work
+        )
+        out.append(
+            Result(
+                key,
+                f"pvdesc validate, fleet of {cfg.fleet:,} descriptions, --jobs 2 {flag}",
+                t.median,
+                "s",
+                cpu=t.cpu_median,
+                limit=limit,
+                detail={**t.to_json(), "descriptions": cfg.fleet},
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -638,7 +727,7 @@ def table(results: Sequence[Result], mach: dict[str, Any], cfg: Config) -> str:
         "quick mode, 1 run, small inputs: the figures mean nothing"
         if cfg.quick
         else f"median of {cfg.repeats} runs ({cfg.slow_repeats} for the 100k sweep, "
-        f"{cfg.validate_repeats} for validate), "
+        f"{cfg.validate_repeats} for validate, {cfg.fleet_repeats} for the fleet), "
         "after one warm-up run; wall time (cpu: user+sys, children included)"
         + (f"; load average at start {load[0]:.2f}" if load else ""),
         "",
@@ -683,6 +772,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if repeats < 1:
         parser.error("--repeats must be at least 1")
     cfg = Config(args.quick, repeats, 1 if args.quick else max(1, min(repeats, 7)))
+    # As pip does on install: no timed process compiles pvdesc's modules from source.
+    run([sys.executable, "-m", "compileall", "-q", str(Path(pvdesc.__file__).parent)])
     mach = machine()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="pvdesc-bench-") as tmp:
@@ -695,6 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += bench_version(cfg)
     if "validate" in parts:
         results += bench_validate(cfg)
+    if "fleet" in parts:
+        with tempfile.TemporaryDirectory(prefix="pvdesc-bench-fleet-") as tmp:
+            results += bench_fleet(cfg, Path(tmp))
     mach["loadavg_end"] = list(os.getloadavg())
     sys.stdout.write(table(results, mach, cfg))
     doc = {

@@ -12,10 +12,14 @@ Behaviour relied on, all measured with acpica-tools 20200925 (acpi.md §4):
 - iasl exits 0 on success (even with remarks) and **255** on any error (§4.3);
 - ``iasl -d`` disassembles AML and data tables; ``-z`` would keep a data
   table's compiler ID, which pvdesc does not need (§4.2);
-- ``acpiexec -b "cmd; cmd" t.aml`` supplies its own RSDP/XSDT/FACP/DSDT and
-  **exits 0 even when an evaluation fails**, so its output is searched for
-  ``failed with status``, ``ACPI Error``, ``Firmware Error`` and
-  ``Firmware Warning`` (§4.4).
+- ``acpiexec t.aml`` supplies its own RSDP/XSDT/FACP/DSDT and **exits 0 even
+  when an evaluation fails**, so its output is searched for ``failed with
+  status``, ``ACPI Error``, ``Firmware Error`` and ``Firmware Warning`` (§4.4).
+  Its commands are read from stdin, one a line, ending with ``quit``: the batch
+  option ``-b "cmd; cmd"`` runs the same commands but then waits for its
+  debugger threads in 100 ms sleeps (``AcpiTerminateDebugger`` in ACPICA's
+  ``dbxface.c``), a whole second per run, with the same output otherwise (the
+  interactive prompt echoes each command as ``- cmd``).
 
 A compiler error in generated ASL is reported against the template line it
 came from (:func:`template_line`), never as a raw dump.
@@ -152,10 +156,10 @@ def _record(argv: Sequence[str], seconds: float) -> None:
         rec.runs.append((Path(argv[0]).name, seconds))
 
 
-def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
+def _run(argv: Sequence[str], cwd: Path, stdin: Path | None = None) -> proc.Result:
     start = time.perf_counter()
     try:
-        return proc.run_checked(argv, timeout=TIMEOUT, cwd=cwd)
+        return proc.run_checked(argv, timeout=TIMEOUT, cwd=cwd, stdin=stdin)
     finally:
         _record(argv, time.perf_counter() - start)
 
@@ -333,18 +337,23 @@ def recompile(dsl: str, name: str = "table") -> bytes:
 
 
 def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
-    """Load ``tables`` into ``acpiexec`` and run ``commands`` in batch mode; return its output.
+    """Load ``tables`` into ``acpiexec`` and run ``commands``, then ``quit``; return its output.
 
-    Raises :class:`AcpiError` when the output reports a failure (acpiexec's
-    exit status cannot be trusted, acpi.md §4.4).  Resource-trace lines are
-    dropped from the returned text.
+    The commands are acpiexec's standard input, one a line (see the module doc
+    for why not ``-b``).  Raises :class:`AcpiError` when the output reports a
+    failure (acpiexec's exit status cannot be trusted, acpi.md §4.4).
+    Resource-trace lines are dropped from the returned text.
     """
     exe = tool("acpiexec")
     if not tables:
         raise AcpiError("acpiexec needs at least one table", "acpiexec")
+    if any("\n" in c or "\r" in c for c in commands):
+        raise AcpiError("an acpiexec command is one line", "acpiexec")
     files = {f"t{i}.aml": data for i, data in enumerate(tables)}
-    with _scratch("acpiexec", files) as tmp:
-        result = _run([exe, "-b", "; ".join(commands), *files], Path(tmp))
+    script = "".join(f"{c}\n" for c in [*commands, "quit"]).encode()
+    with _scratch("acpiexec", {**files, "commands.txt": script}) as tmp:
+        work = Path(tmp)
+        result = _run([exe, *files], work, stdin=work / "commands.txt")
     output = "\n".join(
         ln for ln in (result.stdout + "\n" + result.stderr).splitlines() if not _TRACE_RE.match(ln)
     )

@@ -45,14 +45,16 @@ import heapq
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pvdesc import kvm
-from pvdesc.acpitables import AcpiTable
 from pvdesc.dtb import DeviceTree, Reservation
 from pvdesc.errors import PvdescError
 from pvdesc.inputs import too_big
 from pvdesc.model import Boot, Range, merged, parse_quantity
+
+if TYPE_CHECKING:  # only named in annotations: ``pvdesc check`` without --acpi never loads it
+    from pvdesc.acpitables import AcpiTable
 
 FORMAT = "pvdesc.check/1"
 #: Smallest arm64 page: a structure crossing one needs two guest mappings.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -43,6 +44,8 @@ from pvdesc.model import (
     validate,
 )
 
+#: The JSON Schema for descriptions, in the package.
+SCHEMA_FILE = "schema/description.schema.json"
 #: Refuse larger files outright (by size, before reading them): a real description is a few KiB.
 MAX_FILE_BYTES = 1 << 20
 #: Refuse documents with more YAML nodes than this (also stops alias bombs,
@@ -118,7 +121,7 @@ class LoadedDescription:
 @cache
 def schema() -> dict[str, Any]:
     """The JSON Schema for descriptions (also usable by editors)."""
-    raw = resources.files("pvdesc").joinpath("schema/description.schema.json").read_text("utf-8")
+    raw = _schema_bytes().decode("utf-8")
     result: dict[str, Any] = json.loads(raw)
     return result
 
@@ -327,36 +330,124 @@ def _keywords(node: Any, under_properties: bool = False) -> set[str]:
     return found
 
 
+#: The package module holding the compiled schema check (:func:`fast_check_source`), and the
+#: script that writes it.
+FAST_MODULE = "schema_fast"
+FAST_GENERATOR = "scripts/generate-compiled"
+#: The one import line of fastjsonschema's generated code, and what replaces it: the module
+#: then needs fastjsonschema only to be generated, not to run.
+_FAST_IMPORT = "from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException\n"
+_FAST_EXCEPTIONS = """
+
+class JsonSchemaValueException(ValueError):
+    \"\"\"The data does not match the schema.\"\"\"
+
+
+class JsonSchemaValuesException(ValueError):
+    \"\"\"The data does not match the schema (several reasons).\"\"\"
+
+"""
+_FAST_ENTRY_RE = re.compile(r"^def (?P<name>\w+)\(data\b", re.MULTILINE)
+
+
+def _schema_bytes() -> bytes:
+    """The shipped schema's bytes, read through the package's own loader when it can.
+
+    ``loader.get_data`` (what :func:`pkgutil.get_data` calls) reads a folder or a
+    zip alike without importing :mod:`importlib.resources`' readers (zipfile,
+    threading: 2.4 ms of a command's start).
+    """
+    loader = getattr(__spec__, "loader", None)
+    get_data = getattr(loader, "get_data", None)
+    if get_data is not None:
+        data: bytes = get_data(str(Path(__file__).parent / SCHEMA_FILE))
+        return data
+    return resources.files("pvdesc").joinpath(SCHEMA_FILE).read_bytes()
+
+
 @cache
 def _fast_check() -> Callable[[Any], Any] | None:
-    """A compiled schema check for the common case, valid input; None if unsafe.
+    """A compiled schema check for the common case, valid input; None if unsafe or stale.
 
     :func:`_validator` (jsonschema) is the reference and writes every message, but
     it took 11 ms of a 28 ms build of bench/data/large-vm.yaml and its import 67 ms
     of a command's start (bench/run).  fastjsonschema compiles the same schema to
-    plain Python (1.6 ms there).  Its answer is trusted only when it *accepts*;
-    anything it rejects goes to the reference, so messages and the accepted set are
-    exactly jsonschema's as long as fast-accept implies reference-accept
-    (tests/test_schema_fast.py checks that property).  It is compiled as draft 04,
-    where ``integer`` excludes ``2.0`` as our reference does (draft 06+ accept it);
-    that is only the same language because every keyword in the schema means the
-    same in both drafts (:data:`_DRAFT4_SAME`), else there is no fast path.
-    Its patterns end at ``\\Z`` where jsonschema's ``$`` also allows a final
-    newline: stricter, so only more work for the reference.
+    plain Python (1.6 ms there); compiling it took another 14 ms of every process,
+    so the code is generated once, when the schema changes, into the module
+    :data:`FAST_MODULE` (:func:`fast_check_source`, written by
+    :data:`FAST_GENERATOR`; tests/test_schema_fast.py fails when the module is not
+    what the generator makes of the current schema).  The module records the
+    SHA-256 of the schema it was made from: a module that does not match the
+    shipped schema is never used (the reference then decides everything).
+
+    Its answer is trusted only when it *accepts*; anything it rejects goes to the
+    reference, so messages and the accepted set are exactly jsonschema's as long
+    as fast-accept implies reference-accept (tests/test_schema_fast.py checks that
+    property).  It is compiled as draft 04, where ``integer`` excludes ``2.0`` as
+    our reference does (draft 06+ accept it); that is only the same language
+    because every keyword in the schema means the same in both drafts
+    (:data:`_DRAFT4_SAME`), else there is no fast path.  Its patterns end at
+    ``\\Z`` where jsonschema's ``$`` also allows a final newline: stricter, so
+    only more work for the reference.
     """
-    return _compile_fast(schema())
+    import hashlib
+    import importlib
+
+    try:
+        module = importlib.import_module(f"pvdesc.{FAST_MODULE}")
+    except ImportError:
+        return None
+    if hashlib.sha256(_schema_bytes()).hexdigest() != module.SCHEMA_SHA256:
+        return None
+    check: Callable[[Any], Any] = module.validate
+    return check
+
+
+def fast_check_source(full: dict[str, Any] | None = None, digest: str | None = None) -> str | None:
+    """The Python source of the module :data:`FAST_MODULE` for ``full`` (the shipped schema).
+
+    ``digest`` is the SHA-256 recorded in it (default: the shipped schema's).
+    ``None`` if the schema uses a keyword not in :data:`_DRAFT4_SAME`.  Needs
+    fastjsonschema (a test and generation dependency only).
+    """
+    import hashlib
+
+    import fastjsonschema
+
+    if full is None:
+        full = schema()
+    if digest is None:
+        digest = hashlib.sha256(_schema_bytes()).hexdigest()
+    if not _keywords(full) <= _DRAFT4_SAME:
+        return None
+    draft4 = {**full, "$schema": "http://json-schema.org/draft-04/schema#"}
+    code: str = fastjsonschema.compile_to_code(draft4, use_formats=False, detailed_exceptions=False)
+    entry = _FAST_ENTRY_RE.search(code)
+    if _FAST_IMPORT not in code or entry is None:
+        raise PvdescError(
+            "internal: fastjsonschema's generated code changed shape; update fast_check_source"
+        )
+    head = (
+        f'"""GENERATED by {FAST_GENERATOR} from pvdesc/{SCHEMA_FILE}: do not edit.\n\n'
+        "The description schema compiled to Python by fastjsonschema "
+        f"{fastjsonschema.VERSION} as draft 04, the\n"
+        "fast path of pvdesc.description's schema check (see description._fast_check).\n"
+        '"""\n'
+        "# mypy: ignore-errors\n\n"
+        f'SCHEMA_SHA256 = "{digest}"\n\n'
+    )
+    body = code.replace(_FAST_IMPORT, _FAST_EXCEPTIONS, 1)
+    return f"{head}{body}\n\nvalidate = {entry['name']}\n"
 
 
 def _compile_fast(full: dict[str, Any]) -> Callable[[Any], Any] | None:
-    """:func:`_fast_check` for ``full``; None if it uses a keyword not in :data:`_DRAFT4_SAME`."""
-    if not _keywords(full) <= _DRAFT4_SAME:
+    """:func:`fast_check_source` for ``full``, executed; None if it uses an unsafe keyword."""
+    source = fast_check_source(full, digest="")
+    if source is None:
         return None
-    import fastjsonschema
-
-    draft4 = {**full, "$schema": "http://json-schema.org/draft-04/schema#"}
-    check: Callable[[Any], Any] = fastjsonschema.compile(
-        draft4, use_formats=False, detailed_exceptions=False
-    )
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<{FAST_MODULE} for a schema>", "exec"), namespace)
+    check: Callable[[Any], Any] = namespace["validate"]
     return check
 
 

@@ -3,7 +3,8 @@
 Every tool pvdesc starts goes through :func:`run`:
 
 - an argument list, never a shell, so no file name is ever parsed as syntax;
-- stdin is ``/dev/null``: a tool waiting for input cannot hang pvdesc;
+- stdin is ``/dev/null``, or a file the caller wrote (acpiexec's commands): a
+  tool waiting for more input gets end-of-file, it cannot hang pvdesc;
 - the tool runs in a new session (its own process group), and when the timeout
   expires, or pvdesc itself is interrupted, the *whole group* gets SIGKILL, so
   nothing the tool started (a shell wrapper's children, QEMU's helpers) is left
@@ -103,18 +104,26 @@ def _text(data: bytes | None) -> str:
 
 
 def _popen(
-    args: tuple[str, ...], cwd: Path | None, stdout: int | IO[bytes], stderr: int | IO[bytes]
+    args: tuple[str, ...],
+    cwd: Path | None,
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    stdin: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` in a new session (its own process group), stdin ``/dev/null``."""
+    """Start ``args`` in a new session (its own process group), stdin ``/dev/null`` or a file."""
     try:
-        return subprocess.Popen(
-            list(args),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as stack:
+            source: int | IO[bytes] = (
+                subprocess.DEVNULL if stdin is None else stack.enter_context(stdin.open("rb"))
+            )
+            return subprocess.Popen(
+                list(args),
+                cwd=cwd,
+                stdin=source,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise ToolError(f"cannot run: {exc.strerror}", Path(args[0]).name) from None
 
@@ -136,14 +145,16 @@ def run(
     timeout: float,
     cwd: Path | None = None,
     merge_stderr: bool = False,
+    stdin: Path | None = None,
 ) -> Result:
     """Run ``argv`` in its own process group; SIGKILL the group on timeout or interruption.
 
+    ``stdin``: a file the tool reads as its standard input (default ``/dev/null``).
     Raises :class:`ToolError` only when the tool cannot be started at all.
     """
     args = tuple(argv)
     proc = _popen(
-        args, cwd, subprocess.PIPE, subprocess.STDOUT if merge_stderr else subprocess.PIPE
+        args, cwd, subprocess.PIPE, subprocess.STDOUT if merge_stderr else subprocess.PIPE, stdin
     )
     timed_out = False
     try:
@@ -292,9 +303,11 @@ def summary(result: Result, lines: int = 2, limit: int = 300) -> str:
     return one_line(" | ".join(text[-lines:]), limit)
 
 
-def run_checked(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> Result:
+def run_checked(
+    argv: Sequence[str], *, timeout: float, cwd: Path | None = None, stdin: Path | None = None
+) -> Result:
     """:func:`run`, with a run killed at its timeout raised as :func:`timeout_error`."""
-    result = run(argv, timeout=timeout, cwd=cwd)
+    result = run(argv, timeout=timeout, cwd=cwd, stdin=stdin)
     if result.timed_out:
         raise timeout_error(result, timeout)
     return result

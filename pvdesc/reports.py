@@ -29,6 +29,11 @@ also ``:`` and ``,`` in property values); then the summary line.
                 "failures": [{"rule": R, "file": P, "line": L|null, "column": C|null,
                               "message": M, "text": "P:L:C: M"}]}]}
 
+**--shard K/N** adds ``(shard K/N of M)`` to the summary's counts, ``"shard":
+"K/N", "of": M`` to the JSON summary and a ``shard`` property to the JUnit
+suite; the testcases of the N shards together are those of one whole run, so
+their JUnit files merge into one (each shard's ``<testsuite>`` side by side).
+
 **junit**: one ``<testsuite>`` in ``<testsuites>``, one ``<testcase>`` per
 description (``name`` its path, ``classname`` ``pvdesc.validate``); a failed
 one holds one ``<failure>`` whose ``message`` is the first failure's text,
@@ -62,6 +67,8 @@ def summary(report: Report) -> str:
     """The closing line: counts, and which external validators ran or could not."""
     n = len(report.files)
     counts = f"{_plural(n, 'description')}, {n - report.failed} ok, {report.failed} failed"
+    if report.shard is not None:
+        counts += f" (shard {report.shard} of {report.found})"
     ext = report.externals
     if ext.mode == "off":
         tools = "external validators: none (--no-external)"
@@ -139,6 +146,9 @@ def to_data(report: Report) -> dict[str, Any]:
             "descriptions": len(report.files),
             "ok": len(report.files) - report.failed,
             "failed": report.failed,
+            **(
+                {"shard": str(report.shard), "of": report.found} if report.shard is not None else {}
+            ),
         },
         "files": [
             {
@@ -190,6 +200,8 @@ def to_junit(report: Report) -> bytes:
     ET.SubElement(props, "property", {"name": "external.ran", "value": ran})
     gone = " ".join(str(v) for v, _ in ext.missing)
     ET.SubElement(props, "property", {"name": "external.missing", "value": gone})
+    if report.shard is not None:
+        ET.SubElement(props, "property", {"name": "shard", "value": str(report.shard)})
     for f in report.files:
         case = ET.SubElement(
             suite, "testcase", {"name": _xml_text(f.path), "classname": JUNIT_CLASSNAME}

@@ -16,8 +16,15 @@ prints (``file:line:col: key.path: message``).  A failure found in the outputs
 points at the description's ``stolen_time`` entry (its first line when there is
 none), the part of the description the outputs pair with.
 
-Descriptions run in parallel worker processes (``jobs``); results come back in
-path order, and nothing in a report depends on timing or on the number of jobs.
+Descriptions run in chunks of up to :data:`CHUNK`, in parallel worker processes
+(``jobs``).  Within a chunk each description's outputs get a folder of their own
+and the external validators run in batches where the tool takes several inputs:
+one dt-validate process (one schema load) checks every DTB of the chunk, and its
+findings go back to their description by the file each one names
+(:func:`pvdesc.validators.dt_validate_many`).  Results come back in path order,
+and nothing in a report depends on timing, on the number of jobs or on how the
+descriptions were chunked.  ``shard`` (``--shard K/N``) keeps every N-th
+description of the sorted list from the K-th, so N machines split a fleet.
 """
 
 from __future__ import annotations
@@ -135,10 +142,14 @@ class Report:
     Attributes:
         files: one report per description, sorted by path.
         externals: the external validators used.
+        shard: the part of the fleet this run validated (``--shard``), or ``None``.
+        found: how many descriptions the paths hold (more than ``files`` in a shard).
     """
 
     files: tuple[FileReport, ...]
     externals: Externals
+    shard: Shard | None = None
+    found: int | None = None
 
     @property
     def failed(self) -> int:
@@ -285,63 +296,158 @@ def _check_findings(result: build.BuildResult) -> list[tuple[str, str]]:
     ]
 
 
-def _run_validators(
-    result: build.BuildResult, ext: Externals, workdir: Path
-) -> tuple[list[str], list[validators.Problem]]:
-    name = result.layout.description.name
-    names = [o.name for o in result.outputs]
-    dts = f"{name}.dts" if f"{name}.dts" in names else None
-    amls = [(o.name, o.data) for o in result.outputs if o.name.endswith(".aml")]
-    ssdt = next((data for fname, data in amls if fname.endswith(".ssdt.aml")), None)
-    stages: list[str] = []
-    problems: list[validators.Problem] = []
-    for v in ext.enabled:
-        if v is Validator.DTC:
-            problems += validators.dtc(workdir, f"{name}.dtb", dts)
-        elif v is Validator.DT_VALIDATE and ext.schema is not None:
-            problems += validators.dt_validate(workdir, f"{name}.dtb", Path(ext.schema))
-        elif v is Validator.IASL and amls:
-            for fname, data in amls:
-                problems += validators.iasl_round_trip(fname, data)
-        elif v is Validator.ACPIEXEC and ssdt is not None:
-            problems += validators.acpiexec(f"{name}.ssdt.aml", ssdt, result.layout.region)
-        else:
-            continue
-        stages.append(str(v))
-    return stages, problems
+@dataclass
+class _Built:
+    """A description built and checked, its outputs written into its own folder.
+
+    Attributes:
+        path: the description's path as found.
+        result: the build.
+        folder: the folder under the chunk's work directory holding its outputs.
+        anchor: ``(line, column)`` every output failure points at.
+        failures: the check findings so far.
+        problems: each enabled validator's problems, filled in validator by validator.
+    """
+
+    path: str
+    result: build.BuildResult
+    folder: Path
+    anchor: tuple[int | None, int | None]
+    failures: list[Failure]
+    problems: dict[Validator, list[validators.Problem]]
+
+    @property
+    def name(self) -> str:
+        return self.result.layout.description.name
+
+    def names(self) -> list[str]:
+        return [o.name for o in self.result.outputs]
+
+    def amls(self) -> list[tuple[str, bytes]]:
+        return [(o.name, o.data) for o in self.result.outputs if o.name.endswith(".aml")]
+
+    def ssdt(self) -> bytes | None:
+        return next((data for fname, data in self.amls() if fname.endswith(".ssdt.aml")), None)
+
+    def applies(self, v: Validator, ext: Externals) -> bool:
+        """Whether validator ``v`` has anything to check in these outputs."""
+        if v is Validator.DT_VALIDATE:
+            return ext.schema is not None
+        if v is Validator.IASL:
+            return bool(self.amls())
+        if v is Validator.ACPIEXEC:
+            return self.ssdt() is not None
+        return True
+
+    def report(self, ext: Externals) -> FileReport:
+        line, col = self.anchor
+        stages = ["build", "check"]
+        failures = list(self.failures)
+        for v in ext.enabled:
+            if v not in self.problems:
+                continue
+            stages.append(str(v))
+            failures += [
+                Failure(str(p.validator), self.path, line, col, f"{p.validator}: {p.message}")
+                for p in self.problems[v]
+            ]
+        return FileReport(self.path, self.name, tuple(stages), tuple(failures))
 
 
-def validate_file(path: str, ext: Externals) -> FileReport:
-    """Build, check and externally validate one description (run in a worker process)."""
+def _prepare(path: str, folder: Path) -> _Built | FileReport:
+    """Build and check one description and write its outputs into ``folder``.
+
+    A :class:`FileReport` when it is finished already (the build refused it, or its
+    outputs could not be written).
+    """
     try:
         result = build.plan(path)
     except PvdescError as err:
         return FileReport(path, None, ("build",), (build_failure(path, err),))
-    name = result.layout.description.name
     line, col = _anchor(result)
-    failures: list[Failure] = []
-    stages = ["build", "check"]
-    failures += [Failure(rule, path, line, col, msg) for rule, msg in _check_findings(result)]
+    failures = [Failure(rule, path, line, col, msg) for rule, msg in _check_findings(result)]
+    # A scratch folder deleted with the chunk: plain writes, no fsync (build.write_outputs is
+    # for the user's folder).
+    try:
+        folder.mkdir()
+        for out in result.outputs:
+            (folder / out.name).write_bytes(out.data)
+    except OSError as exc:
+        message = f"cannot write outputs to a temporary folder: {exc.strerror}"
+        failures.append(Failure("output", path, None, None, message))
+        name = result.layout.description.name
+        return FileReport(path, name, ("build", "check"), tuple(failures))
+    return _Built(path, result, folder, (line, col), failures, {})
+
+
+def _run_validators(built: Sequence[_Built], ext: Externals, workdir: Path) -> None:
+    """Run every enabled validator over ``built`` (outputs under ``workdir``), in batches.
+
+    dt-validate takes every DTB of the chunk in one process (one schema load);
+    each problem is mapped back to its description, and a batch without a usable
+    answer is run again one DTB at a time (:func:`validators.dt_validate_many`).
+    dtc, the iasl round trip and acpiexec run per description: dtc takes one input,
+    and iasl and acpiexec load every file given into one ACPI namespace, where two
+    SSDTs that both define ``\\_SB.PVTM`` collide.
+    """
+    for v in ext.enabled:
+        todo = [b for b in built if b.applies(v, ext)]
+        if v is Validator.DT_VALIDATE and ext.schema is not None:
+            schema = Path(ext.schema)
+            pairs = [
+                (str(b.folder.relative_to(workdir) / f"{b.name}.dtb"), f"{b.name}.dtb")
+                for b in todo
+            ]
+            found = validators.dt_validate_many(workdir, pairs, schema) if len(todo) > 1 else None
+            for i, b in enumerate(todo):
+                b.problems[v] = (
+                    found[i]
+                    if found is not None
+                    else validators.dt_validate(b.folder, f"{b.name}.dtb", schema)
+                )
+            continue
+        for b in todo:
+            if v is Validator.DTC:
+                dts = f"{b.name}.dts" if f"{b.name}.dts" in b.names() else None
+                b.problems[v] = validators.dtc(b.folder, f"{b.name}.dtb", dts)
+            elif v is Validator.IASL:
+                b.problems[v] = [
+                    p for fname, data in b.amls() for p in validators.iasl_round_trip(fname, data)
+                ]
+            elif v is Validator.ACPIEXEC:
+                ssdt = b.ssdt()
+                assert ssdt is not None  # applies() said so
+                b.problems[v] = validators.acpiexec(
+                    f"{b.name}.ssdt.aml", ssdt, b.result.layout.region
+                )
+
+
+def validate_chunk(paths: Sequence[str], ext: Externals) -> list[FileReport]:
+    """Build, check and externally validate some descriptions together (in one worker).
+
+    Each description's outputs go to a folder of its own, so equal VM names never
+    clash; the external validators then run over all of them in batches.  The
+    reports are those :func:`validate_file` gives for each path alone.
+    """
     with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
         workdir = Path(tmp)
-        # A scratch folder deleted below: plain writes, no fsync (build.write_outputs is for
-        # the user's folder).
-        try:
-            for out in result.outputs:
-                (workdir / out.name).write_bytes(out.data)
-        except OSError as exc:
-            message = f"cannot write outputs to a temporary folder: {exc.strerror}"
-            failures.append(Failure("output", path, None, None, message))
-            return FileReport(path, name, tuple(stages), tuple(failures))
-        ran, problems = _run_validators(result, ext, workdir)
-    stages += ran
-    failures += [
-        Failure(str(p.validator), path, line, col, f"{p.validator}: {p.message}") for p in problems
-    ]
-    return FileReport(path, name, tuple(stages), tuple(failures))
+        prepared = [_prepare(path, workdir / f"{i:05d}") for i, path in enumerate(paths)]
+        built = [p for p in prepared if isinstance(p, _Built)]
+        _run_validators(built, ext, workdir)
+        return [p.report(ext) if isinstance(p, _Built) else p for p in prepared]
+
+
+def validate_file(path: str, ext: Externals) -> FileReport:
+    """Build, check and externally validate one description on its own (a chunk of one)."""
+    [report] = validate_chunk([path], ext)
+    return report
 
 
 # --------------------------------------------------------------------------- the run
+
+#: At most this many descriptions per chunk: one dt-validate process (about 150 ms of
+#: start and schema load) serves them all, while the chunks still spread over the workers.
+CHUNK = 64
 
 
 def default_jobs() -> int:
@@ -349,25 +455,80 @@ def default_jobs() -> int:
     return os.cpu_count() or 1
 
 
-def _map(files: Sequence[str], ext: Externals, jobs: int) -> Iterable[FileReport]:
-    if jobs == 1 or len(files) == 1:
-        return [validate_file(f, ext) for f in files]
+def chunks(files: Sequence[str], jobs: int, batch: int = CHUNK) -> list[tuple[str, ...]]:
+    """``files`` cut, in order, into chunks of at most ``batch``, at least one per worker."""
+    if not files:
+        return []
+    size = max(1, min(batch, -(-len(files) // jobs)))
+    return [tuple(files[i : i + size]) for i in range(0, len(files), size)]
+
+
+def _map(files: Sequence[str], ext: Externals, jobs: int, batch: int) -> Iterable[FileReport]:
+    parts = chunks(files, jobs, batch)
+    if jobs == 1 or len(parts) <= 1:
+        return [r for part in parts for r in validate_chunk(part, ext)]
     # spawn: fresh interpreters, safe whatever threads the caller has.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(files)), mp_context=ctx) as pool:
-        return list(pool.map(validate_file, files, repeat(ext)))
+    with ProcessPoolExecutor(max_workers=min(jobs, len(parts)), mp_context=ctx) as pool:
+        return [r for part in pool.map(validate_chunk, parts, repeat(ext)) for r in part]
 
 
-def run(paths: Sequence[str], *, jobs: int | None = None, external: bool | None = None) -> Report:
-    """Validate every description under ``paths`` with ``jobs`` processes; see the module doc."""
+@dataclass(frozen=True)
+class Shard:
+    """``--shard K/N``: this run validates the K-th of N interleaved parts of the fleet.
+
+    Attributes:
+        index: K, from 1.
+        count: N.
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``K/N`` with 1 <= K <= N; a :class:`ValidateUsageError` otherwise."""
+        k, sep, n = text.partition("/")
+        if not sep or not k.isdigit() or not n.isdigit():
+            raise ValidateUsageError(f"{text!r} is not K/N (e.g. 2/4)", "--shard")
+        shard = cls(int(k), int(n))
+        if not 1 <= shard.index <= shard.count:
+            raise ValidateUsageError(f"{text!r}: K must be from 1 to N", "--shard")
+        return shard
+
+    def select(self, files: Sequence[str]) -> tuple[str, ...]:
+        """Every N-th file of the sorted list, from the K-th: the shards partition it."""
+        return tuple(files[self.index - 1 :: self.count])
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def run(
+    paths: Sequence[str],
+    *,
+    jobs: int | None = None,
+    external: bool | None = None,
+    shard: Shard | None = None,
+    batch: int = CHUNK,
+) -> Report:
+    """Validate every description under ``paths`` with ``jobs`` processes; see the module doc.
+
+    ``shard`` keeps only that part of the sorted descriptions; ``batch`` bounds how
+    many descriptions share one chunk (1: every description on its own, as before
+    batching; the report is the same for any value).
+    """
     workers = default_jobs() if jobs is None else jobs
     if workers < 1:
         raise ValidateUsageError(f"must be at least 1 (got {workers})", "--jobs")
-    files = discover(paths)
+    if batch < 1:
+        raise ValidateUsageError(f"batch must be at least 1 (got {batch})")
+    found = discover(paths)
+    files = shard.select(found) if shard is not None else found
     with tempfile.TemporaryDirectory(prefix="pvdesc-schema-") as tmp:
         ext = resolve_externals(external, Path(tmp))
-        reports = tuple(_map(files, ext, workers))
-    return Report(reports, ext)
+        reports = tuple(_map(files, ext, workers, batch))
+    return Report(reports, ext, shard, len(found))
 
 
 # --------------------------------------------------------------------------- report files

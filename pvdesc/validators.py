@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from pvdesc import acpica, proc
 from pvdesc.errors import PvdescError, ToolError
@@ -190,40 +191,75 @@ def compile_schema(workdir: Path) -> Path:
     return out
 
 
-def dt_validate(workdir: Path, dtb: str, schema: Path) -> list[Problem]:
-    """dt-validate's diagnostics for ``workdir/dtb``, read from its JSON (it exits 0 on them)."""
-    report = f".{dtb}.dt-validate.json"
+def _dt_validate_run(workdir: Path, dtbs: Sequence[str], schema: Path) -> tuple[Any, str | None]:
+    """One dt-validate process over ``dtbs``: its ``--json-output`` list, or why there is none."""
+    report = f".{Path(dtbs[0]).name}.dt-validate.json" if len(dtbs) == 1 else ".dt-validate.json"
     try:
         exe = _program("dt-validate")
-        res = _run([exe, "-s", str(schema), "--json-output", report, dtb], workdir)
+        res = _run([exe, "-s", str(schema), "--json-output", report, *dtbs], workdir)
     except ToolError as err:
-        return [Problem(Validator.DT_VALIDATE, f"{dtb}: {err}")]
+        return None, str(err)
     path = workdir / report
     if res.returncode != 0 or not path.is_file():
-        return [
-            Problem(
-                Validator.DT_VALIDATE,
-                f"{dtb}: dt-validate failed to run (exit {res.returncode}): "
-                f"{first_line(res.stderr + res.stdout)}",
-            )
-        ]
+        return None, (
+            f"dt-validate failed to run (exit {res.returncode}): "
+            f"{first_line(res.stderr + res.stdout)}"
+        )
     try:
         found = json.loads(path.read_text(encoding="utf-8") or "[]")
     except ValueError as exc:
-        return [Problem(Validator.DT_VALIDATE, f"{dtb}: unreadable --json-output: {exc}")]
+        return None, f"unreadable --json-output: {exc}"
     if not isinstance(found, list):
-        return [Problem(Validator.DT_VALIDATE, f"{dtb}: --json-output is not a list")]
-    out = []
+        return None, "--json-output is not a list"
+    return found, None
+
+
+def _dt_validate_message(dtb: str, item: Any) -> str:
+    """One dt-validate diagnostic as a :class:`Problem` message about ``dtb``."""
+    if isinstance(item, dict):
+        node = item.get("node") or "/"
+        text = item.get("message") or item.get("formatted") or "schema violation"
+        schema_id = item.get("schema")
+        origin = f" (schema {schema_id})" if schema_id else ""
+        return f"{dtb}: {node}: {first_line(str(text))}{origin}"
+    return f"{dtb}: {first_line(str(item))}"
+
+
+def dt_validate(workdir: Path, dtb: str, schema: Path) -> list[Problem]:
+    """dt-validate's diagnostics for ``workdir/dtb``, read from its JSON (it exits 0 on them)."""
+    found, why = _dt_validate_run(workdir, [dtb], schema)
+    if found is None:
+        return [Problem(Validator.DT_VALIDATE, f"{dtb}: {why}")]
+    return [Problem(Validator.DT_VALIDATE, _dt_validate_message(dtb, item)) for item in found]
+
+
+def dt_validate_many(
+    workdir: Path, dtbs: Sequence[tuple[str, str]], schema: Path
+) -> list[list[Problem]] | None:
+    """:func:`dt_validate` for many DTBs in one dt-validate process (one schema load).
+
+    ``dtbs`` holds ``(path under workdir, name in messages)`` pairs, e.g.
+    ``("00012/vm.dtb", "vm.dtb")``: dt-validate names each diagnostic's DTB in
+    its ``file`` field (relative to its working directory, the path given), which
+    maps it back.  The messages are exactly :func:`dt_validate`'s for each DTB
+    alone, in its order.  ``None`` when the batch as a whole gave no usable
+    answer (the process failed, or a diagnostic names no DTB of the batch): the
+    caller then runs :func:`dt_validate` on each DTB, so one broken input costs
+    time, never a different report.
+    """
+    if not dtbs:
+        return []
+    found, _why = _dt_validate_run(workdir, [path for path, _ in dtbs], schema)
+    if found is None:
+        return None
+    index = {path: i for i, (path, _) in enumerate(dtbs)}
+    out: list[list[Problem]] = [[] for _ in dtbs]
     for item in found:
-        if isinstance(item, dict):
-            node = item.get("node") or "/"
-            text = item.get("message") or item.get("formatted") or "schema violation"
-            schema_id = item.get("schema")
-            origin = f" (schema {schema_id})" if schema_id else ""
-            message = f"{dtb}: {node}: {first_line(str(text))}{origin}"
-        else:
-            message = f"{dtb}: {first_line(str(item))}"
-        out.append(Problem(Validator.DT_VALIDATE, message))
+        where = item.get("file") if isinstance(item, dict) else None
+        i = index.get(where) if isinstance(where, str) else None
+        if i is None:
+            return None
+        out[i].append(Problem(Validator.DT_VALIDATE, _dt_validate_message(dtbs[i][1], item)))
     return out
 
 

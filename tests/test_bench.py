@@ -28,6 +28,7 @@ KEYS = {
     "build.ratio_floor",
     "build.ratio_inprocess",
     "check.qemu_dtb",
+    "check.ratio_bare",
     "check.nodes_10k",
     "sweep.small",
     "sweep.large",
@@ -35,6 +36,8 @@ KEYS = {
     "version.cold_start",
     "validate.jobs1",
     "validate.jobs2",
+    "fleet.external",
+    "fleet.no_external",
 }
 ROW_KEYS = {"what", "value", "unit", "cpu", "target", "status", "note", "detail"}
 

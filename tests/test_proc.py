@@ -393,3 +393,28 @@ def _pids_ready(bin_dir: Path) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return True
+
+
+CAT = """#!/bin/sh
+cat
+"""
+
+
+def test_stdin_is_dev_null_or_the_file_given(fakebin: Path, tmp_path: Path) -> None:
+    tool = _fake(fakebin, "cat-stdin", CAT)
+    assert proc.run([str(tool)], timeout=30).stdout == ""  # /dev/null: end of file at once
+    commands = tmp_path / "commands.txt"
+    commands.write_text("evaluate \\_SB.PVTM._STA\nquit\n")
+    res = proc.run([str(tool)], timeout=30, stdin=commands)
+    assert (res.returncode, res.stdout) == (0, "evaluate \\_SB.PVTM._STA\nquit\n")
+    with pytest.raises(ToolError, match=r"^cat-stdin: cannot run: No such file or directory$"):
+        proc.run([str(tool)], timeout=30, stdin=tmp_path / "missing.txt")
+
+
+def test_acpiexec_gets_its_commands_on_stdin_ending_with_quit(fakebin: Path) -> None:
+    _fake(fakebin, "acpiexec", CAT)
+    assert acpica.acpiexec([b"SSDT"], ["evaluate \\_SB.X", "resources \\_SB.X"]) == (
+        "evaluate \\_SB.X\nresources \\_SB.X\nquit\n"
+    )
+    with pytest.raises(AcpiError, match="one line"):
+        acpica.acpiexec([b"SSDT"], ["evaluate \\_SB.X\nquit"])

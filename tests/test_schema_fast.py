@@ -52,6 +52,27 @@ def test_fast_path_is_compiled_for_the_shipped_schema() -> None:
     assert description._fast_check() is not None
 
 
+def test_the_generated_module_is_what_the_generator_makes_of_the_schema() -> None:
+    """Else run scripts/generate-compiled (after any change to the schema)."""
+    module = ROOT / "pvdesc" / f"{description.FAST_MODULE}.py"
+    assert module.read_text(encoding="utf-8") == description.fast_check_source()
+    from pvdesc import schema_fast
+
+    assert description._fast_check() is schema_fast.validate
+
+
+def test_a_module_made_from_another_schema_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = description._schema_bytes()
+    monkeypatch.setattr(description, "_schema_bytes", lambda: shipped.replace(b"64", b"63"))
+    description._fast_check.cache_clear()
+    try:
+        assert description._fast_check() is None
+        assert not fast_accepts(BASE)  # the reference decides everything
+        assert reference_accepts(BASE)
+    finally:
+        description._fast_check.cache_clear()
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_valid_descriptions_take_the_fast_path(path: Path) -> None:
     data = _data(path)
