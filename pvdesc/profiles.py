@@ -437,8 +437,8 @@ def _check_memory(p: Profile, desc: VmDescription) -> None:
         bank = next(b for b in desc.memory if b.numa_node is not None)
         raise _err(f"{name} has no NUMA topology option; remove numa_node", (*bank.path,))
     system = p.system_memory
-    for bank in desc.memory if system is not None else ():
-        if not bank.range.minus(system):
+    for bank in desc.memory:
+        if system is not None and not bank.range.minus(system):
             # Firecracker cuts its system-memory area out of the bank's /memory node
             # (fdt.rs); with nothing left the guest's DT would have no /memory at all.
             raise _err(
