@@ -112,8 +112,8 @@ def test_into_refuses_region_colliding_with_base_device(
     code, err = _build(tmp_path, desc, base_dtb, capsys)
     assert code == 2
     assert err == (
-        f"pvdesc: error: {base_dtb}: base DTB node /pl031@9010000 reg[0] 0x9010000-0x9010fff overlaps "
-        "the stolen-time region 0x9010000-0x901ffff\n"
+        f"pvdesc: error: {base_dtb}: base DTB node /pl031@9010000 reg[0] 0x9010000-0x9010fff "
+        "overlaps the stolen-time region 0x9010000-0x901ffff\n"
     )
     assert not (tmp_path / "out").exists()
 
