@@ -63,6 +63,8 @@ Devices are the same for every boot: every other ``reg`` and every non-empty
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -176,32 +178,90 @@ def linux_ram(tree: DeviceTree) -> list[Area]:
     return out
 
 
+class _Disjoint:
+    """Merged, sorted ranges answering "does anything overlap this?" in O(log n)."""
+
+    def __init__(self, ranges: Iterable[Range]) -> None:
+        self.ranges = merged(r for r in ranges if r.size > 0)
+        self.bases = [r.base for r in self.ranges]
+
+    def overlaps(self, q: Range) -> bool:
+        k = bisect.bisect_left(self.bases, q.end) - 1
+        return q.size > 0 and k >= 0 and self.ranges[k].end > q.base
+
+
+def _earliest_overlap(
+    queries: Sequence[tuple[int, Range]], items: Sequence[tuple[int, Range]]
+) -> dict[int, int]:
+    """For each query ``(order, range)``: the smallest order of an item overlapping it.
+
+    Items starting at or before the query's base are swept with a heap keyed by
+    order (an item that ends before one query's base ends before every later
+    one's); items starting inside the query are a range-minimum over the items
+    sorted by base (a sparse table).  O((n + m) log(n + m)), however the ranges
+    stack.  No overlap gives ``len(items) + max order + 1``-style infinity.
+    """
+    none = max([o for o, _ in (*queries, *items)], default=0) + 1
+    its = sorted(((o, r) for o, r in items if r.size > 0), key=lambda t: t[1].base)
+    bases = [r.base for _, r in its]
+    table = [[o for o, _ in its]]
+    width = 1
+    while 2 * width <= len(its):
+        prev = table[-1]
+        table.append([min(prev[i], prev[i + width]) for i in range(len(its) - 2 * width + 1)])
+        width *= 2
+
+    def lowest(lo: int, hi: int) -> int:
+        if lo >= hi:
+            return none
+        k = (hi - lo).bit_length() - 1
+        return min(table[k][lo], table[k][hi - (1 << k)])
+
+    out: dict[int, int] = {}
+    heap: list[tuple[int, int]] = []  # (order, end)
+    p = 0
+    for order, q in sorted(queries, key=lambda t: t[1].base):
+        while p < len(its) and its[p][1].base <= q.base:
+            heapq.heappush(heap, (its[p][0], its[p][1].end))
+            p += 1
+        while heap and heap[0][1] <= q.base:
+            heapq.heappop(heap)
+        best = heap[0][0] if heap else none
+        inside = lowest(bisect.bisect_right(bases, q.base), bisect.bisect_left(bases, q.end))
+        out[order] = min(best, inside)
+    return out
+
+
 def _linux_reservations(
     tree: DeviceTree, ram: Sequence[Area]
 ) -> tuple[list[Area], list[Area], list[Area]]:
-    """(no-map, mapped, refused) as ``fdt_scan_reserved_mem`` leaves them, in DT order."""
+    """(no-map, mapped, refused) as ``fdt_scan_reserved_mem`` leaves them, in DT order.
+
+    ``early_init_dt_reserve_memory`` refuses (``-EBUSY``) a no-map range that
+    overlaps memory and something already reserved: a ``/memreserve/`` entry or an
+    earlier child without no-map (``memblock_reserve``); otherwise it is marked
+    nomap.  Answered with indexes, never pairwise.
+    """
     if tree.reserved_ignored is not None:
         return [], [], []
-    memory = merged(a.range for a in ram)
-    reserved = [m.range for m in tree.memreserve if m.range.size > 0]
+    memory = _Disjoint(a.range for a in ram)
+    memreserve = _Disjoint(m.range for m in tree.memreserve)
+    children = [(i, r) for i, r in enumerate(tree.reserved) if r.range.size > 0]
+    earlier = _earliest_overlap(
+        [(i, r.range) for i, r in children if r.withheld],
+        [(i, r.range) for i, r in children if not r.withheld],
+    )
     no_map: list[Area] = []
     mapped: list[Area] = []
     refused: list[Area] = []
-    for r in tree.reserved:
+    for i, r in children:
         area = Area(r.range, r.source)
-        if r.range.size == 0:
-            continue
-        if r.withheld:
-            # early_init_dt_reserve_memory: -EBUSY when it overlaps memory and something
-            # already reserved; memblock_mark_nomap otherwise.
-            in_memory = any(m.overlaps(r.range) for m in memory)
-            if in_memory and any(x.overlaps(r.range) for x in reserved):
-                refused.append(area)
-            else:
-                no_map.append(area)
-        else:
+        if not r.withheld:
             mapped.append(area)
-            reserved.append(r.range)
+        elif memory.overlaps(r.range) and (memreserve.overlaps(r.range) or earlier[i] < i):
+            refused.append(area)
+        else:
+            no_map.append(area)
     return no_map, mapped, refused
 
 

@@ -4,6 +4,12 @@ Pure functions over immutable data: a :class:`~pvdesc.dtb.DeviceTree`, a
 :class:`Target` (the region, per-vCPU IPAs, IPA size and, from a hypervisor
 config, the memslots), the boot mode and optional ACPI tables in, a tuple of
 :class:`Finding` out.  The verdict is ``unsafe`` iff any finding is an error.
+
+:func:`check` asks :func:`pvdesc.beliefs.believe` what the boot mode's consumer
+(Linux, or EDK2 building the UEFI map) believes about the tree, then
+:func:`judge` applies the one set of rules below.  ``layout.verify``, ``build
+--into``, ``map --dtb`` and :func:`check_ipas` (IPAs reported by KVM) use
+:func:`judge` too, so they cannot drift apart.
 Reading files is left to the callers (:mod:`pvdesc.dtb`, :mod:`pvdesc.acpitables`,
 the CLI).
 
@@ -25,7 +31,8 @@ Finding codes (severity; rule and source):
 - ``ipa-not-in-memslot`` (error): KVM refuses an IPA outside every memslot
   (``kvm_arm_pvtime_set_attr``, ref §2).
 - ``ipa-outside-region`` (error): a vCPU's structure is not inside the region.
-- ``region-overlaps-device`` (error): the region overlaps a device ``reg``.
+- ``region-overlaps-device`` (error): the region overlaps a device ``reg`` or a
+  bus ``ranges`` window (a PCI host bridge's MMIO window holds BARs).
 - ``granule-shared-with-device`` / ``granule-shared-with-ram`` (warning): a 64 KiB
   granule of the region also holds a device or usable RAM (pvtime.rst; Mark
   Rutland's review, ref §1).
@@ -474,9 +481,10 @@ def _abi_rules(target: Target) -> list[Finding]:
     return out
 
 
-def _first(areas: Sequence[Area], s: Range) -> Area | None:
-    """The first area overlapping ``s`` (areas near one structure are few)."""
-    return next((a for a in areas if a.range.overlaps(s)), None)
+def _witness(areas: Sequence[Area], index: RangeIndex, s: Range) -> Area | None:
+    """An area overlapping ``s`` (``index`` is a :class:`RangeIndex` of ``areas``), or ``None``."""
+    i = index.overlapping(s)
+    return None if i is None else areas[i]
 
 
 def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
@@ -491,8 +499,9 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
     memory = RangeIndex([a.range for a in ram])
     holes = merged(a.range for a in belief.no_map if a.range.size > 0)
     hole_index = RangeIndex(holes)
-    ignored = merged(a.range for a in belief.ignored if a.range.size > 0)
-    ignored_index = RangeIndex(ignored)
+    ignored_index = RangeIndex(merged(a.range for a in belief.ignored if a.range.size > 0))
+    ignored_by_index = RangeIndex([a.range for a in belief.ignored])
+    refused_index = RangeIndex([a.range for a in belief.refused])
     mapped_index = RangeIndex([a.range for a in belief.mapped])
     memreserve = RangeIndex([a.range for a in belief.memreserve])
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
@@ -504,7 +513,7 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
             continue
         pi = mapped_index.overlapping(s)
         ri = memreserve.overlapping(s)
-        ignored_by = _first(belief.ignored, s)
+        ignored_by = _witness(belief.ignored, ignored_by_index, s)
         if ignored_index.containing(s) is not None and ignored_by is not None:
             key = ("no-map-under-uefi", ignored_by.source)
         elif pi is not None:
@@ -518,7 +527,7 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
     for (code, src), hits in groups.items():
         for run, span in _group(hits, target):
             who = _who(run, target)
-            refused = _first(belief.refused, span)
+            refused = _witness(belief.refused, refused_index, span)
             text = _ram_message(code, who, belief, refused)
             out.append(Finding(Severity.ERROR, code, text, span, src))
     return out

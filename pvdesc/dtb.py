@@ -35,8 +35,16 @@ Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
 - a parent with ``#size-cells = <0>`` has children whose ``reg`` carries no size
   (CPU MPIDRs): those are skipped with the reason too.
 
-Translation compares whole child addresses; bus-specific matching (PCI's
-``phys.hi`` space bits, as Linux's ``of_bus_pci_map``) is not modelled.
+Numbers keep their low 64 bits (Linux's ``of_read_number``).  Translation
+looks up an entry's *start* address in each window, as Linux's
+``of_translate_address`` does (``of_bus_default_map``), so an entry that
+straddles a window's end still exists; bus-specific matching (PCI's ``phys.hi``
+space bits, as ``of_bus_pci_map``) is not modelled beyond dropping the bits above
+64.  ``/reserved-memory`` and ``/chosen`` are found as libfdt's
+``fdt_path_offset`` finds them: the first root child with that name, with or
+without a unit address.  Memory nodes are recorded with the facts each consumer
+reads (:class:`MemoryNode`); which of them are RAM for which boot mode is
+:mod:`pvdesc.beliefs`'s job.
 
 Work is bounded, so a hostile blob is refused rather than slowing to a crawl:
 at most :data:`MAX_ENTRIES` decoded ``reg``/``ranges`` entries in all, and at
