@@ -27,7 +27,6 @@ from pvdesc.model import (
     VmDescription,
     human,
     merged,
-    subtract,
 )
 
 
@@ -104,8 +103,8 @@ class Layout:
 
     @property
     def usable_ram(self) -> tuple[Range, ...]:
-        """What the guest may allocate: memory nodes minus no-map reservations."""
-        return tuple(subtract((n.range for n in self.memory_nodes), self.reserved))
+        """What the guest may allocate, as the boot consumer believes it (:func:`belief`)."""
+        return belief(self).usable_ram
 
     @property
     def dedicated_memslot(self) -> bool:
