@@ -214,16 +214,24 @@ def test_class10_device_type_string_list(tmp_path: Path) -> None:
     assert verdicts(blob, region("0x60000000:64K"))[LINUX] == ["ipa-in-ram"]
 
 
-def test_refused_no_map_stays_ram(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pre", "earlier"),
+    [
+        ("/memreserve/ 0x5000f000 0x1000;\n", ""),
+        ("", "fb@5000f000 { reg = <0x0 0x5000f000 0x0 0x1000>; };"),
+    ],
+    ids=["memreserve", "earlier-mapped-child"],
+)
+def test_refused_no_map_stays_ram(tmp_path: Path, pre: str, earlier: str) -> None:
     """early_init_dt_reserve_memory: -EBUSY for a no-map range already reserved."""
-    body = (
-        RAM
-        + """reserved-memory { #address-cells = <2>; #size-cells = <2>; ranges;
-        pv@50000000 { reg = <0x0 0x50000000 0x0 0x10000>; no-map; }; };"""
+    body = RAM + (
+        "reserved-memory { #address-cells = <2>; #size-cells = <2>; ranges; "
+        + earlier
+        + "pv@50000000 { reg = <0x0 0x50000000 0x0 0x10000>; no-map; }; };"
     )
-    blob = dtc("/memreserve/ 0x5000f000 0x1000;\n" + root(body), tmp_path).read_bytes()
+    blob = dtc(pre + root(body), tmp_path).read_bytes()
     (f,) = errors(blob, region("0x50000000:64K"), LINUX)["ipa-in-ram"]
-    assert "-EBUSY" in f.message
+    assert "-EBUSY" in f.message and "/reserved-memory/pv@50000000" in f.message
 
 
 # --------------------------------------------------------------------------- one rule set
@@ -353,7 +361,7 @@ def test_into_and_check_agree_on_every_base(tmp_path: Path, boot: Boot, qemu_bas
 
 PAGE = 0x10000
 BASE = 0x40000000
-PAGES = 48
+PAGES = 16
 
 
 def _pages(start: int, count: int) -> set[int]:
@@ -365,7 +373,7 @@ def _reg(start: int, count: int) -> bytes:
     return (BASE + start * PAGE).to_bytes(8, "big") + (count * PAGE).to_bytes(8, "big")
 
 
-span = st.tuples(st.integers(0, PAGES - 1), st.integers(0, 12))
+span = st.tuples(st.integers(0, PAGES - 1), st.integers(0, 8))
 memory_node = st.fixed_dictionaries(
     {
         "reg": st.lists(span, min_size=1, max_size=3),
@@ -387,9 +395,11 @@ child = st.fixed_dictionaries(
 shape = st.fixed_dictionaries(
     {
         "memory": st.lists(memory_node, min_size=1, max_size=4),
-        "reserved_name": st.sampled_from([None, "reserved-memory", "reserved-memory@0"]),
-        "reserved_ranges": st.booleans(),
-        "children": st.lists(child, max_size=4),
+        "reserved_name": st.sampled_from(
+            [None, "reserved-memory", "reserved-memory@0", "reserved-memory@0", "reserved-memory"]
+        ),
+        "reserved_ranges": st.sampled_from([True, True, True, False]),
+        "children": st.lists(child, max_size=6),
         "memreserve": st.lists(span, max_size=2),
         "chosen": st.none() | st.lists(span, min_size=1, max_size=2),
     }
