@@ -72,8 +72,8 @@ from pvdesc.acpitables import AcpiTable
 from pvdesc.dtb import DeviceTree, MemoryNode, Reservation
 from pvdesc.model import Boot, Range, merged
 
-LINUX = "Linux (drivers/of/fdt.c)"
-EDK2 = "EDK2 (FdtClientDxe, HighMemDxe, QemuVirtMemInfoPeiLib)"
+LINUX = "Linux"
+EDK2 = "EDK2"
 
 
 @dataclass(frozen=True)

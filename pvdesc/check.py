@@ -556,7 +556,10 @@ def _ram_message(code: str, who: str, belief: Belief, refused: Area | None) -> s
         )
     notes = []
     if boot.uefi:
-        notes.append(f"{belief.consumer} puts it in the UEFI memory map")
+        notes.append(
+            f"{belief.consumer} puts it in the UEFI memory map: it reads every memory node's reg, "
+            "at any depth, and ignores linux,usable-memory"
+        )
     if belief.reserved_ignored and not boot.uefi:
         notes.append(f"/reserved-memory is ignored by Linux: {belief.reserved_ignored}")
     if refused is not None:
