@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pvdesc import kvm
+from pvdesc import beliefs, kvm
 from pvdesc.check import Finding as CheckFinding
 from pvdesc.check import RangeIndex, Severity, Target
 from pvdesc.dtb import DeviceTree
@@ -515,14 +515,17 @@ def _linear(sizes: Sequence[int], u: float) -> tuple[Extent, ...]:
 def from_dtb(
     tree: DeviceTree, target: Target, boot: Boot, findings: Sequence[CheckFinding]
 ) -> MapSource:
-    """A foreign DTB's map source: ``/memory`` is both the RAM and what the guest is told.
+    """A foreign DTB's map source: the RAM, no-map holes and device windows the boot
+    consumer believes (:func:`pvdesc.beliefs.believe`, the model ``check`` judges).
 
     ``findings`` are :func:`pvdesc.check.check`'s; errors and warnings are shown
     inline (informational ones are not problems).
     """
-    memory = tuple(Span(e.source, e.range, e.numa_node) for e in tree.memory)
+    belief = beliefs.believe(tree, boot)
+    memory = tuple(Span(a.source, a.range, a.numa_node) for a in belief.ram)
+    devices = tuple(Span(a.source, a.range) for a in belief.devices)
     limit = max([1 << target.ipa_bits, *(s.range.end for s in memory)])
-    limit = max([limit, target.region.end, *(d.range.end for d in tree.devices)])
+    limit = max([limit, target.region.end, *(d.range.end for d in devices)])
     facts = (
         ("dtb", tree.file),
         ("boot", str(boot)),
@@ -534,9 +537,9 @@ def from_dtb(
         title=tree.file.rsplit("/", 1)[-1],
         facts=facts,
         ram=memory,
-        devices=tuple(Span(e.source, e.range) for e in tree.devices),
+        devices=devices,
         memory_nodes=tuple(s.range for s in memory),
-        reserved=tuple(r.range for r in tree.reserved if r.no_map),
+        reserved=tuple(a.range for a in belief.no_map),
         acpi_claims=(),
         memslots=tuple(Slot(m.slot, m.range) for m in target.memslots or ()),
         region=target.region,

@@ -4,6 +4,12 @@ Pure functions over immutable data: a :class:`~pvdesc.dtb.DeviceTree`, a
 :class:`Target` (the region, per-vCPU IPAs, IPA size and, from a hypervisor
 config, the memslots), the boot mode and optional ACPI tables in, a tuple of
 :class:`Finding` out.  The verdict is ``unsafe`` iff any finding is an error.
+
+:func:`check` asks :func:`pvdesc.beliefs.believe` what the boot mode's consumer
+(Linux, or EDK2 building the UEFI map) believes about the tree, then
+:func:`judge` applies the one set of rules below.  ``layout.verify``, ``build
+--into``, ``map --dtb`` and :func:`check_ipas` (IPAs reported by KVM) use
+:func:`judge` too, so they cannot drift apart.
 Reading files is left to the callers (:mod:`pvdesc.dtb`, :mod:`pvdesc.acpitables`,
 the CLI).
 
@@ -25,7 +31,8 @@ Finding codes (severity; rule and source):
 - ``ipa-not-in-memslot`` (error): KVM refuses an IPA outside every memslot
   (``kvm_arm_pvtime_set_attr``, ref §2).
 - ``ipa-outside-region`` (error): a vCPU's structure is not inside the region.
-- ``region-overlaps-device`` (error): the region overlaps a device ``reg``.
+- ``region-overlaps-device`` (error): the region overlaps a device ``reg`` or a
+  bus ``ranges`` window (a PCI host bridge's MMIO window holds BARs).
 - ``granule-shared-with-device`` / ``granule-shared-with-ram`` (warning): a 64 KiB
   granule of the region also holds a device or usable RAM (pvtime.rst; Mark
   Rutland's review, ref §1).
@@ -47,8 +54,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pvdesc import kvm
-from pvdesc.dtb import DeviceTree, Reservation
+from pvdesc import beliefs, kvm
+from pvdesc.beliefs import Area, Belief
+from pvdesc.dtb import DeviceTree
 from pvdesc.errors import PvdescError
 from pvdesc.inputs import too_big
 from pvdesc.model import Boot, Range, merged, parse_quantity
@@ -475,60 +483,65 @@ def _abi_rules(target: Target) -> list[Finding]:
     return out
 
 
-def _honoured(dt: DeviceTree, boot: Boot) -> list[Reservation]:
-    """The reservations the guest honours for this boot (none under UEFI, nor ignored ones)."""
-    return [] if boot.uefi or dt.reserved_ignored else list(dt.reserved)
+def _witness(areas: Sequence[Area], index: RangeIndex, s: Range) -> Area | None:
+    """An area overlapping ``s`` (``index`` is a :class:`RangeIndex` of ``areas``), or ``None``."""
+    i = index.overlapping(s)
+    return None if i is None else areas[i]
 
 
-def _ram_rules(dt: DeviceTree, target: Target, boot: Boot) -> list[Finding]:
-    """Structures in ``/memory``, and what (if anything) takes them back.
+def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
+    """Structures in RAM the consumer believes in, and what (if anything) takes them back.
 
-    One :class:`RangeIndex` query per structure and kind: O((n + v) log n).
+    One :class:`RangeIndex` query per structure and kind: O((n + v) log n).  A
+    structure is taken back when the *merged* no-map ranges contain it, so two
+    adjacent no-map children together cover it, as memblock's nomap flag does.
     """
     structs = _structs(target)
-    memory = RangeIndex([m.range for m in dt.memory])
-    ignored = dt.reserved_ignored
-    honoured = [] if ignored is not None else list(dt.reserved)
-    no_map = [r for r in honoured if r.withheld]
-    mapped = [r for r in honoured if not r.withheld]
-    no_map_index = RangeIndex([r.range for r in no_map])
-    mapped_index = RangeIndex([r.range for r in mapped])
-    memreserve = RangeIndex([m.range for m in dt.memreserve])
+    ram = belief.ram
+    memory = RangeIndex([a.range for a in ram])
+    holes = merged(a.range for a in belief.no_map if a.range.size > 0)
+    hole_index = RangeIndex(holes)
+    ignored_index = RangeIndex(merged(a.range for a in belief.ignored if a.range.size > 0))
+    ignored_by_index = RangeIndex([a.range for a in belief.ignored])
+    refused_index = RangeIndex([a.range for a in belief.refused])
+    mapped_index = RangeIndex([a.range for a in belief.mapped])
+    memreserve = RangeIndex([a.range for a in belief.memreserve])
     groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for si, s in enumerate(structs):
         mi = memory.overlapping(s)
         if mi is None:
             continue
-        ni = no_map_index.containing(s)
-        if ni is not None:
-            if boot.uefi:
-                groups.setdefault(("no-map-under-uefi", no_map[ni].source), []).append((si, 0))
+        if hole_index.containing(s) is not None:
             continue
         pi = mapped_index.overlapping(s)
         ri = memreserve.overlapping(s)
-        if pi is not None:
-            key = ("ipa-in-mapped-reservation", mapped[pi].source)
+        ignored_by = _witness(belief.ignored, ignored_by_index, s)
+        if ignored_index.containing(s) is not None and ignored_by is not None:
+            key = ("no-map-under-uefi", ignored_by.source)
+        elif pi is not None:
+            key = ("ipa-in-mapped-reservation", belief.mapped[pi].source)
         elif ri is not None:
-            key = ("ipa-in-memreserve", dt.memreserve[ri].source)
+            key = ("ipa-in-memreserve", belief.memreserve[ri].source)
         else:
-            key = ("ipa-in-ram", dt.memory[mi].source)
+            key = ("ipa-in-ram", ram[mi].source)
         groups.setdefault(key, []).append((si, 0))
     out = []
     for (code, src), hits in groups.items():
         for run, span in _group(hits, target):
             who = _who(run, target)
-            out.append(
-                Finding(Severity.ERROR, code, _ram_message(code, who, boot, ignored), span, src)
-            )
+            refused = _witness(belief.refused, refused_index, span)
+            text = _ram_message(code, who, belief, refused)
+            out.append(Finding(Severity.ERROR, code, text, span, src))
     return out
 
 
-def _ram_message(code: str, who: str, boot: Boot, ignored: str | None) -> str:
+def _ram_message(code: str, who: str, belief: Belief, refused: Area | None) -> str:
+    boot = belief.boot
     if code == "no-map-under-uefi":
         return (
             f"{who}: the structure is inside /memory and only a no-map /reserved-memory child "
             f"keeps it out, but with boot {boot} EDK2 builds the memory map from /memory alone "
-            "and the guest gets it as System RAM (measured, e2e-boot.md): move the region outside "
+            "and the guest gets it as System RAM (measured): move the region outside "
             "every /memory node, or cut it out of /memory"
         )
     if code == "ipa-in-mapped-reservation":
@@ -543,22 +556,33 @@ def _ram_message(code: str, who: str, boot: Boot, ignored: str | None) -> str:
             "keeps it in the linear map (memblock_reserve) and EDK2 ignores it: move the region "
             "outside /memory, or cut it out of /memory"
         )
-    note = f" (/reserved-memory is ignored by Linux: {ignored})" if ignored else ""
+    notes = []
+    if boot.uefi:
+        notes.append(
+            f"{belief.consumer} puts it in the UEFI memory map: it reads every memory node's reg, "
+            "at any depth, and ignores linux,usable-memory"
+        )
+    if belief.reserved_ignored and not boot.uefi:
+        notes.append(f"/reserved-memory is ignored by Linux: {belief.reserved_ignored}")
+    if refused is not None:
+        notes.append(
+            f"Linux refuses the no-map child {refused.source} (-EBUSY in "
+            "early_init_dt_reserve_memory: it overlaps a range already reserved)"
+        )
+    note = f" ({'; '.join(notes)})" if notes else ""
     return (
         f"{who}: the structure lies in RAM the guest may allocate{note}; the guest hands the "
-        "page out while KVM keeps writing it: move the region outside every /memory node "
-        "(QEMU uses 0x090a0000), cut it out of /memory, or (linux-dt only) add a no-map "
-        "/reserved-memory child"
+        "page out while KVM keeps writing it: "
+        "move the region outside every /memory node (QEMU uses 0x090a0000), cut it out of "
+        "/memory, or (linux-dt only) add a no-map /reserved-memory child"
     )
 
 
-def _granule_rules(
-    dt: DeviceTree, target: Target, boot: Boot, ram_flagged: set[str]
-) -> list[Finding]:
+def _granule_rules(belief: Belief, target: Target, ram_flagged: set[str]) -> list[Finding]:
     region = target.region
     grains = region.granules()
     out: list[Finding] = []
-    devices = list(dt.devices)
+    devices = belief.devices
     for _, di in sweep_overlaps([grains], [d.range for d in devices]):
         dev = devices[di]
         if dev.range.overlaps(region):
@@ -567,7 +591,8 @@ def _granule_rules(
                     Severity.ERROR,
                     "region-overlaps-device",
                     f"the region {region} overlaps device {dev.source} {dev.range}: guest "
-                    "accesses reach the wrong thing; move the region to a free 64 KiB granule",
+                    "accesses reach the wrong thing (a bus ranges window is where the OS places "
+                    "device BARs); move the region to a free 64 KiB granule",
                     dev.range,
                     dev.source,
                 )
@@ -584,14 +609,10 @@ def _granule_rules(
                     dev.source,
                 )
             )
-    memory = dt.memory
+    memory = belief.ram
     # The no-map holes near the region, merged: a memory range's part inside the
     # granules is taken back iff one merged hole contains it (O(log n) each).
-    holes = merged(
-        r.range
-        for r in _honoured(dt, boot)
-        if r.range.size > 0 and r.withheld and r.range.overlaps(grains)
-    )
+    holes = merged(a.range for a in belief.no_map if a.range.size > 0 and a.range.overlaps(grains))
     hole_index = RangeIndex(holes)
     for _, mi in sweep_overlaps([grains], [m.range for m in memory]):
         mem = memory[mi]
@@ -665,6 +686,20 @@ def _acpi_rules(tables: Sequence[AcpiTable], target: Target) -> list[Finding]:
     return out
 
 
+def judge(belief: Belief, target: Target) -> tuple[Finding, ...]:
+    """Every finding for what a consumer believes (:mod:`pvdesc.beliefs`) and a target.
+
+    The one set of safety rules: ``check``, ``layout.verify``, ``build --into`` and
+    ``map --dtb`` all come here.  Errors first.
+    """
+    findings = _abi_rules(target)
+    ram = _ram_rules(belief, target)
+    findings += ram
+    findings += _granule_rules(belief, target, {f.source for f in ram})
+    findings += _acpi_rules(belief.acpi, target)
+    return tuple(sorted(findings, key=lambda f: (f.severity.rank, f.range.base, f.code)))
+
+
 def check(
     dt: DeviceTree,
     target: Target,
@@ -672,12 +707,35 @@ def check(
     acpi: Sequence[AcpiTable] = (),
 ) -> tuple[Finding, ...]:
     """Every finding for this DTB, target, boot mode and ACPI tables, errors first."""
-    findings = _abi_rules(target)
-    ram = _ram_rules(dt, target, boot)
-    findings += ram
-    findings += _granule_rules(dt, target, boot, {f.source for f in ram})
-    findings += _acpi_rules(acpi, target)
-    return tuple(sorted(findings, key=lambda f: (f.severity.rank, f.range.base, f.code)))
+    return judge(beliefs.believe(dt, boot, acpi), target)
+
+
+def check_ipas(
+    dt: DeviceTree,
+    ipas: Sequence[tuple[int, int]],
+    boot: Boot = Boot.LINUX_DT,
+    *,
+    region: Range | None = None,
+    ipa_bits: int = kvm.IPA_BITS_DEFAULT,
+    memslots: Sequence[Memslot] | None = None,
+    acpi: Sequence[AcpiTable] = (),
+    source: str = "reported IPAs",
+) -> tuple[Finding, ...]:
+    """Judge ``(vcpu id, PVTIME_IPA)`` pairs (e.g. what KVM reports) with :func:`check`'s rules.
+
+    ``region`` defaults to the 64 KiB granules holding every structure, so only
+    the RAM, reservation, device, granule and ABI rules speak; give the intended
+    region to also get ``ipa-outside-region``.  ``memslots`` ``None`` means unknown.
+    """
+    if not ipas:
+        raise CheckInputError("no IPAs to check", source)
+    if region is None:
+        lo = min(ipa for _, ipa in ipas)
+        hi = max(ipa for _, ipa in ipas) + kvm.PVTIME_STRUCT_SIZE
+        region = Range(lo, hi - lo).granules()
+    slots = None if memslots is None else tuple(memslots)
+    target = Target(region, tuple(ipas), ipa_bits, slots, source)
+    return check(dt, target, boot, acpi)
 
 
 def unsafe(findings: Sequence[Finding]) -> bool:

@@ -29,7 +29,9 @@ keeps what it learnt at boot, so the destination must reproduce it exactly
 Severity ``error`` means not compatible.  Findings: ``ipa-changed``,
 ``region-moved``, ``region-resized``, ``max-vcpus-moves-region``,
 ``region-memslot-changed``, ``revision-mismatch``, ``revision-unsupported``,
-``stride-changed``, ``ram-covers-region``, ``ipa-beyond-ipa-space`` (errors);
+``stride-changed``, ``ram-covers-region``, ``ipa-beyond-ipa-space``,
+``online-vcpus-dropped`` (errors: vCPUs online at boot on the source, from its
+description's ``vcpus``, that the destination cannot hold);
 ``vcpus-only-on-source``, ``ipa-bits-changed``, ``ram-layout-changed``
 (warnings); ``max-vcpus-grown``, ``compatible`` (info).
 """
@@ -72,6 +74,8 @@ class Side:
         vcpu_ipas: ``(vcpu id, PVTIME_IPA)`` for every possible vCPU, by id.
         usable_ram: what the firmware description tells the guest it may use, or
             ``None`` when only a hypervisor config is known.
+        online: vCPUs online at boot (ids ``0..online-1``, the description's
+            ``vcpus``), or ``None`` when only a hypervisor config is known.
     """
 
     source: str
@@ -82,6 +86,7 @@ class Side:
     memslots: tuple[Memslot, ...]
     vcpu_ipas: tuple[tuple[int, int], ...]
     usable_ram: tuple[Range, ...] | None
+    online: int | None = None
 
     @property
     def max_vcpus(self) -> int:
@@ -160,7 +165,8 @@ def _side_from_data(data: dict[str, Any], source: str) -> Side:
 def side_from_layout(lay: layout.Layout, source: str) -> Side:
     """A side from an allocated layout: its hypervisor config plus what its DT says is RAM."""
     side = _side_from_data(hypervisor.config(lay), source)
-    return replace(side, usable_ram=lay.usable_ram)
+    usable = layout.belief(lay).usable_ram
+    return replace(side, usable_ram=usable, online=lay.description.vcpus)
 
 
 class Kind(enum.StrEnum):
@@ -291,7 +297,20 @@ def _ipa_findings(old: Side, new: Side) -> list[Finding]:
             )
         )
     only_old = sorted(before.keys() - after.keys())
-    for first, last in _runs(only_old):
+    online = old.online if old.online is not None else 0
+    dropped = [i for i in only_old if i < online]
+    for first, last in _runs(dropped):
+        out.append(
+            Finding(
+                "online-vcpus-dropped",
+                Severity.ERROR,
+                f"{vcpus_text(first, last)} are online at boot on {old.source} (vcpus "
+                f"{old.online}) but {new.source} has only max_vcpus {new.max_vcpus}: the running "
+                "guest's CPUs have nowhere to go and KVM has no stolen-time structure for them: "
+                f"keep max_vcpus at least {online} on the destination",
+            )
+        )
+    for first, last in _runs([i for i in only_old if i >= online]):
         out.append(
             Finding(
                 "vcpus-only-on-source",

@@ -35,8 +35,16 @@ Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
 - a parent with ``#size-cells = <0>`` has children whose ``reg`` carries no size
   (CPU MPIDRs): those are skipped with the reason too.
 
-Translation compares whole child addresses; bus-specific matching (PCI's
-``phys.hi`` space bits, as Linux's ``of_bus_pci_map``) is not modelled.
+Numbers keep their low 64 bits (Linux's ``of_read_number``).  Translation
+looks up an entry's *start* address in each window, as Linux's
+``of_translate_address`` does (``of_bus_default_map``), so an entry that
+straddles a window's end still exists; bus-specific matching (PCI's ``phys.hi``
+space bits, as ``of_bus_pci_map``) is not modelled beyond dropping the bits above
+64.  ``/reserved-memory`` and ``/chosen`` are found as libfdt's
+``fdt_path_offset`` finds them: the first root child with that name, with or
+without a unit address.  Memory nodes are recorded with the facts each consumer
+reads (:class:`MemoryNode`); which of them are RAM for which boot mode is
+:mod:`pvdesc.beliefs`'s job.
 
 Work is bounded, so a hostile blob is refused rather than slowing to a crawl:
 at most :data:`MAX_ENTRIES` decoded ``reg``/``ranges`` entries in all, and at
@@ -71,8 +79,15 @@ MAX_TRANSLATION_STEPS = 5_000_000
 DEFAULT_ADDRESS_CELLS = 2
 DEFAULT_SIZE_CELLS = 1
 
-#: ``status`` values of an available node (``of_fdt_device_is_available``, drivers/of/fdt.c).
-_AVAILABLE = (b"okay\0", b"ok\0")
+#: ``status`` values of an available node (``of_fdt_device_is_available``, drivers/of/fdt.c;
+#: EDK2's ``IsNodeEnabled``, EmbeddedPkg/Drivers/FdtClientDxe/FdtClientDxe.c): both ``strcmp``
+#: the property's first string.
+_AVAILABLE = ("okay", "ok")
+
+
+def _available(status: bytes | None) -> bool:
+    return status is None or first_string(status) in _AVAILABLE
+
 
 FDT_MAGIC = 0xD00DFEED
 FDT_HEADER_SIZE = 40
@@ -136,6 +151,34 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class MemoryNode:
+    """A node whose ``device_type``'s first string is ``"memory"``, at any depth, as found.
+
+    Which consumer counts it, and how, is :mod:`pvdesc.beliefs`'s business; this
+    only records the facts each consumer reads.
+
+    Attributes:
+        path: the node's full path.
+        depth: 1 for a child of the root.
+        available: ``status`` absent, ``"okay"`` or ``"ok"`` (``of_fdt_device_is_available``).
+        reg: its ``reg`` entries, decoded with the parent's cells and translated.
+        usable: ``linux,usable-memory`` decoded with the root's cells (Linux reads it
+            instead of ``reg``), ``None`` when the property is absent.
+        raw_reg: ``reg`` read as EDK2 reads it: (u64 base, u64 size) pairs, whatever
+            the cells; ``None`` when ``reg`` is absent or not a multiple of 16 bytes.
+        numa_node: ``numa-node-id`` (one u32 cell), else ``None``.
+    """
+
+    path: str
+    depth: int
+    available: bool
+    reg: tuple[RegEntry, ...]
+    usable: tuple[RegEntry, ...] | None
+    raw_reg: tuple[Range, ...] | None
+    numa_node: int | None
+
+
+@dataclass(frozen=True)
 class MemReserve:
     """One entry of the header's memory reservation block (``/memreserve/``).
 
@@ -172,8 +215,12 @@ class DeviceTree:
     Attributes:
         file: where it was read from (for messages).
         node_count: nodes visited, root included.
-        memory: ``reg`` entries of ``device_type = "memory"`` nodes.
-        reserved: static ``/reserved-memory`` children.
+        memory: ``reg`` entries of every node whose ``device_type`` starts with
+            ``"memory"``, at any depth and whatever its ``status`` (the candidates:
+            :mod:`pvdesc.beliefs` decides which of them each consumer counts).
+        reserved: static children of the ``/reserved-memory`` node Linux finds
+            (``fdt_path_offset``: the first root child named ``reserved-memory`` or
+            ``reserved-memory@...``).
         reserved_ignored: why Linux ignores the whole ``/reserved-memory`` node
             (cells differ from the root's, or no ``ranges``:
             ``__reserved_mem_check_root``, kvm-pvtime-and-dt.md §4), else ``None``.
@@ -185,6 +232,11 @@ class DeviceTree:
             ``ranges[i]`` instead of ``reg[i]``.
         root_cells: the root's ``#address-cells``/``#size-cells`` (what ``/memory``
             and ``/reserved-memory`` use).
+        memory_nodes: the facts of each memory node (see :class:`MemoryNode`).
+        usable_memory_range: ``/chosen`` ``linux,usable-memory-range`` as Linux's
+            ``early_init_dt_check_for_usable_mem_range`` decodes it (at most 2
+            ranges, root cells), or ``None`` when absent or ignored by Linux.
+        chosen: the path of the ``/chosen`` node Linux finds, if any.
     """
 
     file: str
@@ -197,6 +249,9 @@ class DeviceTree:
     skipped: tuple[Skipped, ...]
     windows: tuple[RegEntry, ...] = ()
     root_cells: tuple[int, int] = (DEFAULT_ADDRESS_CELLS, DEFAULT_SIZE_CELLS)
+    memory_nodes: tuple[MemoryNode, ...] = ()
+    usable_memory_range: tuple[Range, ...] | None = None
+    chosen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,8 +313,26 @@ def _err(file: str, message: str) -> DTError:
     return DTError(message, file)
 
 
+#: Linux's ``of_read_number`` (include/linux/of.h) accumulates cells into a u64: wider
+#: numbers keep their low 64 bits.
+MASK64 = (1 << 64) - 1
+
+
 def _int_cells(data: bytes, start: int, n: int) -> int:
-    return int.from_bytes(data[start : start + 4 * n], "big")
+    """``n`` big-endian cells as Linux reads them: the low 64 bits (``of_read_number``)."""
+    return int.from_bytes(data[start : start + 4 * n], "big") & MASK64
+
+
+def first_string(raw: bytes | None) -> str | None:
+    """The first NUL-terminated string of a property (what ``strcmp`` on it compares)."""
+    if raw is None or b"\0" not in raw:
+        return None
+    return raw.split(b"\0", 1)[0].decode("latin-1")
+
+
+def _named(name: str, base: str) -> bool:
+    """libfdt's ``fdt_path_offset("/base")`` match: ``base`` or ``base@unit`` (fdt_nodename_eq_)."""
+    return name == base or name.startswith(base + "@")
 
 
 def _getprop(buf: bytearray, off: int, name: str) -> bytes | None:
@@ -282,8 +355,14 @@ def _cells(file: str, path: str, name: str, raw: bytes | None, default: int) -> 
     return value
 
 
-def _translate(bus: _Bus, addr: int, size: int, budget: _Budget) -> int | None:
-    """``addr`` (in ``bus``'s child space) as a root address, or ``None`` if unmapped."""
+def _translate(bus: _Bus, addr: int, budget: _Budget) -> int | None:
+    """``addr`` (in ``bus``'s child space) as a root address, or ``None`` if unmapped.
+
+    As Linux's ``of_translate_address`` (drivers/of/address.c): at each level the
+    *start* address is looked up (``of_bus_default_map``: ``da`` in
+    ``[cp, cp + s)``), so an entry straddling a window's end still translates;
+    the result keeps the low 64 bits (``of_bus_default_translate``).
+    """
     node: _Bus | None = bus
     while node is not None and node.parent is not None:
         if node.ranges is None:
@@ -291,8 +370,8 @@ def _translate(bus: _Bus, addr: int, size: int, budget: _Budget) -> int | None:
         if node.ranges:
             budget.take_steps(len(node.ranges))
             for child, parent, length in node.ranges:
-                if child <= addr and addr + size <= child + length:
-                    addr = parent + (addr - child)
+                if child <= addr < child + length:
+                    addr = (parent + (addr - child)) & MASK64
                     break
             else:
                 return None
@@ -373,6 +452,11 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
     windows: list[RegEntry] = []
     budget = _Budget(file, [0], [0])
     reserved_ignored: str | None = None
+    memory_nodes: list[MemoryNode] = []
+    # fdt_path_offset("/reserved-memory") and ("/chosen"): the first root child so named.
+    reserved_path: str | None = None
+    chosen_path: str | None = None
+    usable_range: tuple[Range, ...] | None = None
     root_cells = (0, 0)
     # stack[d] is the bus of the node at depth d (the parent of nodes at depth d+1).
     stack: list[_Bus] = []
@@ -411,11 +495,13 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
             root_cells = (ac, sc)
         else:
             raw_ranges = _getprop(buf, off, "ranges")
+            if depth == 1 and reserved_path is None and _named(name, "reserved-memory"):
+                reserved_path = path
             if parent.ranges is None:
                 bus = _Bus(path, ac, sc, None, parent, parent.why_not)
             elif raw_ranges is None:
                 bus = _Bus(path, ac, sc, None, parent, f"{path} has no ranges: not memory-mapped")
-            elif not raw_ranges or (depth == 1 and name == "reserved-memory"):
+            elif not raw_ranges or path == reserved_path:
                 # Linux reads /reserved-memory children's reg as root addresses
                 # (__reserved_mem_reserve_reg uses dt_root_addr_cells and no ranges):
                 # its ranges only has to exist, its content is never applied.
@@ -428,10 +514,10 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 for i, (_child, base, length) in enumerate(decoded):
                     if length == 0:
                         continue
-                    translated = _translate(parent, base, length, budget)
+                    translated = _translate(parent, base, budget)
                     if translated is not None:
                         windows.append(RegEntry(path, i, Range(translated, length), prop="ranges"))
-            if depth == 1 and name == "reserved-memory":
+            if path == reserved_path:
                 explicit = all(
                     _getprop(buf, off, p) is not None for p in ("#address-cells", "#size-cells")
                 )
@@ -445,24 +531,31 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 elif raw_ranges is None:
                     reserved_ignored = f"{path} has no ranges property"
         stack.append(bus)
+        if depth == 1 and chosen_path is None and _named(name, "chosen"):
+            chosen_path = path
+            usable_range = _usable_range(
+                _getprop(buf, off, "linux,usable-memory-range"), root_cells
+            )
         raw_reg = _getprop(buf, off, "reg") if parent is not None else None
-        if raw_reg is not None and parent is not None:
+        is_memory = first_string(_getprop(buf, off, "device_type")) == "memory"
+        if is_memory and parent is not None:
+            memory_nodes.append(
+                _memory_node(
+                    buf, off, file, path, depth, raw_reg, parent, skipped, budget, root_cells
+                )
+            )
+            memory.extend(memory_nodes[-1].reg)
+        elif raw_reg is not None and parent is not None:
             entries = _decode_reg(file, path, raw_reg, parent, skipped, budget)
-            if depth == 2 and parent.path == "/reserved-memory":
+            if depth == 2 and parent.path == reserved_path:
                 status = _getprop(buf, off, "status")
-                if status is not None and status not in _AVAILABLE:
+                if not _available(status):
                     # of_fdt_device_is_available: Linux skips the child entirely.
                     skipped.append(Skipped(path, "status is not okay: Linux ignores it"))
                 else:
                     no_map = _getprop(buf, off, "no-map") is not None
                     reusable = _getprop(buf, off, "reusable") is not None
                     reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
-            elif _getprop(buf, off, "device_type") == b"memory\0":
-                raw_node = _getprop(buf, off, "numa-node-id")
-                if raw_node is not None and len(raw_node) != 4:
-                    raise _err(file, f"{path}: numa-node-id must be one u32 cell")
-                node = int.from_bytes(raw_node, "big") if raw_node is not None else None
-                memory.extend(RegEntry(path, i, r, node) for i, r in entries)
             else:
                 devices.extend(RegEntry(path, i, r) for i, r in entries)
         off, depth = libfdt.fdt_next_node(buf, off, depth)
@@ -479,6 +572,86 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         skipped=tuple(skipped),
         windows=tuple(windows),
         root_cells=root_cells,
+        memory_nodes=tuple(memory_nodes),
+        usable_memory_range=usable_range,
+        chosen=chosen_path,
+    )
+
+
+def _usable_range(raw: bytes | None, root_cells: tuple[int, int]) -> tuple[Range, ...] | None:
+    """``linux,usable-memory-range`` as ``early_init_dt_check_for_usable_mem_range`` reads it.
+
+    Ignored unless its length (in bytes) is a multiple of the root's address+size
+    cell count (the kernel's own test); at most ``MAX_USABLE_RANGES`` (2) ranges,
+    root cells, each number the low 64 bits.
+    """
+    ac, sc = root_cells
+    if raw is None or ac + sc == 0 or len(raw) % (ac + sc):
+        return None
+    width = 4 * (ac + sc)
+    out: list[Range] = []
+    for pos in range(0, len(raw) - width + 1, width):
+        if len(out) == 2:
+            break
+        out.append(Range(_int_cells(raw, pos, ac), _int_cells(raw, pos + 4 * ac, sc)))
+    return tuple(out)
+
+
+def _lenient_pairs(raw: bytes, ac: int, sc: int) -> list[tuple[int, int]]:
+    """(address, size) pairs while a whole pair remains (``early_init_dt_scan_memory``'s loop)."""
+    width = 4 * (ac + sc)
+    if width == 0:
+        return []
+    return [
+        (_int_cells(raw, pos, ac), _int_cells(raw, pos + 4 * ac, sc))
+        for pos in range(0, len(raw) - width + 1, width)
+    ]
+
+
+def _memory_node(
+    buf: bytearray,
+    off: int,
+    file: str,
+    path: str,
+    depth: int,
+    raw_reg: bytes | None,
+    parent: _Bus,
+    skipped: list[Skipped],
+    budget: _Budget,
+    root_cells: tuple[int, int],
+) -> MemoryNode:
+    raw_node = _getprop(buf, off, "numa-node-id")
+    if raw_node is not None and len(raw_node) != 4:
+        raise _err(file, f"{path}: numa-node-id must be one u32 cell")
+    node = int.from_bytes(raw_node, "big") if raw_node is not None else None
+    reg: tuple[RegEntry, ...] = ()
+    if raw_reg is not None:
+        entries = _decode_reg(file, path, raw_reg, parent, skipped, budget)
+        reg = tuple(RegEntry(path, i, r, node) for i, r in entries)
+    raw_usable = _getprop(buf, off, "linux,usable-memory")
+    usable = None
+    if raw_usable is not None:
+        pairs = _lenient_pairs(raw_usable, *root_cells)
+        budget.take_entries(len(pairs))
+        usable = tuple(
+            RegEntry(path, i, Range(a, n), node, "linux,usable-memory")
+            for i, (a, n) in enumerate(pairs)
+            if n
+        )
+    edk2 = None
+    if raw_reg is not None and len(raw_reg) % 16 == 0:
+        pairs = _lenient_pairs(raw_reg, 2, 2)
+        budget.take_entries(len(pairs))
+        edk2 = tuple(Range(a, n) for a, n in pairs)
+    status = _getprop(buf, off, "status")
+    return MemoryNode(
+        path=path,
+        depth=depth,
+        available=_available(status),
+        reg=reg,
+        usable=usable,
+        raw_reg=edk2,
+        numa_node=node,
     )
 
 
@@ -508,7 +681,7 @@ def _decode_reg(
         size = _int_cells(raw, pos + 4 * ac, sc)
         if size == 0:
             continue
-        translated = _translate(parent, addr, size, budget)
+        translated = _translate(parent, addr, budget)
         if translated is None:
             skipped.append(
                 Skipped(

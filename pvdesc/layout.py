@@ -16,7 +16,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pvdesc import kvm, profiles
+from pvdesc import beliefs, check, kvm, profiles
 from pvdesc.errors import LayoutError
 from pvdesc.model import (
     Boot,
@@ -27,7 +27,6 @@ from pvdesc.model import (
     VmDescription,
     human,
     merged,
-    subtract,
 )
 
 
@@ -104,8 +103,8 @@ class Layout:
 
     @property
     def usable_ram(self) -> tuple[Range, ...]:
-        """What the guest may allocate: memory nodes minus no-map reservations."""
-        return tuple(subtract((n.range for n in self.memory_nodes), self.reserved))
+        """What the guest may allocate, as the boot consumer believes it (:func:`belief`)."""
+        return belief(self).usable_ram
 
     @property
     def dedicated_memslot(self) -> bool:
@@ -357,16 +356,43 @@ def allocate(desc: VmDescription) -> Layout:
     return layout
 
 
+def belief(layout: Layout) -> beliefs.Belief:
+    """What the layout's boot consumer believes about the tree pvdesc emits for it.
+
+    The emitted DT has root ``/memory`` nodes, a ``/reserved-memory`` with the
+    root's cells and ``ranges``, and ``no-map`` children, so Linux and EDK2 read
+    the same RAM from it; only the no-map children differ (EDK2 ignores them).
+    """
+    desc = layout.description
+    return beliefs.of_parts(
+        desc.boot,
+        ((n.range, f"/memory ({n.range})", n.numa_node) for n in layout.memory_nodes),
+        ((r, f"/reserved-memory no-map ({r})") for r in layout.reserved),
+        ((d.range, f"devices[{d.index}] ({d.name})") for d in desc.devices),
+    )
+
+
+def target(layout: Layout) -> check.Target:
+    """The hypervisor side of a layout: region, per-vCPU IPAs, IPA size and memslots."""
+    desc = layout.description
+    return check.Target(
+        region=layout.region,
+        vcpu_ipas=tuple(enumerate(layout.vcpu_ipas)),
+        ipa_bits=desc.ipa_bits,
+        memslots=tuple(check.Memslot(s.slot, s.range, str(s.purpose)) for s in layout.memslots),
+        source="layout",
+    )
+
+
 def verify(layout: Layout) -> None:
     """Check the safety invariants of a layout, independently of how it was made.
 
-    Raises :class:`LayoutError` (never ``assert``, which ``python -O`` drops):
-
-    - every vCPU IPA is 64-byte aligned and lies in a memslot (vcpu.rst §3.1);
-    - no structure crosses a 64 KiB granule (one 64 KiB page holds whole structures);
-    - no IPA lies in RAM the guest may allocate (pvtime ref §3);
-    - the region's granules hold no usable RAM and no device;
-    - ``/reserved-memory`` is used only for linux-dt boots (e2e-boot.md).
+    The region must be whole 64-byte structures on the VMM's alignment, inside
+    the IPA space; then :func:`pvdesc.check.judge`, the rules ``pvdesc check``
+    applies to any DTB, judges what the boot consumer believes about the layout
+    (:func:`belief`): pvdesc's own layouts must give no error *and* no warning
+    (no 64 KiB granule shared with RAM or a device).  Raises :class:`LayoutError`
+    (never ``assert``, which ``python -O`` drops) naming the finding's code.
     """
     desc = layout.description
     region = layout.region
@@ -375,26 +401,9 @@ def verify(layout: Layout) -> None:
         raise LayoutError(f"internal: region {region} is not {align:#x}-aligned whole structures")
     if region.end > desc.ipa_limit:
         raise LayoutError(f"internal: region {region} exceeds the IPA space")
-    slots = [s.range for s in layout.memslots]
-    usable = layout.usable_ram
-    for vcpu, ipa in enumerate(layout.vcpu_ipas):
-        struct = Range(ipa, kvm.PVTIME_STRUCT_SIZE)
-        if ipa % kvm.PVTIME_IPA_ALIGN:
-            raise LayoutError(f"internal: vCPU {vcpu} IPA {ipa:#x} is not 64-byte aligned")
-        if not any(s.contains(struct) for s in slots):
-            raise LayoutError(f"internal: vCPU {vcpu} IPA {ipa:#x} is in no memslot")
-        if not region.contains(struct):
-            raise LayoutError(f"internal: vCPU {vcpu} structure leaves the region")
-        if struct.base // kvm.GRANULE != struct.last // kvm.GRANULE:
-            raise LayoutError(f"internal: vCPU {vcpu} structure crosses a 64 KiB granule")
-    for r in usable:
-        if r.granules().overlaps(region):
-            raise LayoutError(f"internal: usable RAM {r} shares a granule with region {region}")
-    for dev in desc.devices:
-        if dev.range.granules().overlaps(region):
-            raise LayoutError(f"internal: device {dev.name} shares a granule with the region")
-    if layout.reserved and desc.boot is not Boot.LINUX_DT:
-        raise LayoutError("internal: /reserved-memory relied on under a UEFI boot")
+    for f in check.judge(belief(layout), target(layout)):
+        if f.severity is not check.Severity.INFO:
+            raise LayoutError(f"internal: {f.code}: {f.source}: {f.message}")
 
 
 def rationale(layout: Layout) -> str:

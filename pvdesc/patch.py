@@ -14,6 +14,7 @@ validated with ``fdt_check_full`` first.  Then, in order:
    with it; for a region inside VMM system memory, overlaps it) the patch is refused,
    and so is a memory node below the root touching it (only the root's are replaced)
    or, when a ``no-map`` child is needed, a base ``/reserved-memory`` Linux ignores;
+   the patched tree is then judged by ``pvdesc check``'s rules (:func:`check_patched`);
 3. the root's ``device_type = "memory"`` nodes are replaced by the layout's ``/memory``
    nodes, and ``/reserved-memory`` (root cells, empty ``ranges``) gets or updates the
    layout's ``stolen-time@<base>`` ``no-map`` child.
@@ -27,31 +28,31 @@ from collections.abc import Iterator
 
 import libfdt
 
-from pvdesc import dtb, profiles
+from pvdesc import beliefs, check, dtb, profiles
 from pvdesc.dt import REGION_NODE, unit_address
 from pvdesc.errors import DTError
-from pvdesc.layout import Layout
-from pvdesc.model import Range
+from pvdesc.layout import Layout, target
+from pvdesc.layout import belief as layout_belief
+from pvdesc.model import Boot, Range
 
 _QUIET = (libfdt.NOTFOUND,)
 
 
 def _is_memory(fdt: libfdt.Fdt, node: int) -> bool:
+    """A memory node as Linux's ``early_init_dt_scan_memory`` tells one (first string)."""
     prop = fdt.getprop(node, "device_type", _QUIET)
-    return isinstance(prop, libfdt.Property) and bytes(prop) == b"memory\0"
+    return isinstance(prop, libfdt.Property) and dtb.first_string(bytes(prop)) == "memory"
 
 
-def device_windows(tree: dtb.DeviceTree) -> Iterator[tuple[str, Range]]:
-    """Every memory-mapped window of a base tree as CPU addresses: (node path, range).
+def device_windows(tree: dtb.DeviceTree, boot: Boot = Boot.LINUX_DT) -> Iterator[tuple[str, Range]]:
+    """Every memory-mapped window of a base tree as CPU addresses: (source, range).
 
-    Device ``reg`` entries and bus ``ranges`` windows (``/pcie@... (ranges)``), as
-    :mod:`pvdesc.dtb` decodes and translates them; ``/memory`` and
-    ``/reserved-memory`` children are not devices.
+    The device windows of :func:`pvdesc.beliefs.believe` (device ``reg`` entries
+    and bus ``ranges`` windows, ``/pcie@... ranges[1]``), the same ones
+    ``pvdesc check`` judges.
     """
-    for entry in tree.devices:
-        yield entry.path, entry.range
-    for window in tree.windows:
-        yield f"{window.path} (ranges)", window.range
+    for area in beliefs.believe(tree, boot).devices:
+        yield area.source, area.range
 
 
 def open_base(blob: bytes, file: str = "base DTB") -> tuple[libfdt.Fdt, dtb.DeviceTree]:
@@ -81,22 +82,44 @@ def open_base(blob: bytes, file: str = "base DTB") -> tuple[libfdt.Fdt, dtb.Devi
 def check_collisions(tree: dtb.DeviceTree, lay: Layout) -> None:
     """Refuse a base whose devices collide with the region, or whose RAM pvdesc cannot replace.
 
-    Only the root's memory nodes are replaced, so a ``device_type = "memory"`` node
-    deeper in the tree that touches the region is refused too (older kernels scan
-    every depth for memory nodes).
+    Devices are :func:`pvdesc.beliefs.believe`'s windows.  Only the root's memory
+    nodes are replaced, so memory the boot consumer still believes in afterwards
+    (under UEFI, EDK2 scans every depth) must not touch the region either.
     """
     region = lay.region
+    boot = lay.description.boot
     inside_system = profiles.profile(lay.description.vmm).system_memory is not None
     zone = region if inside_system else region.granules()
-    for path, r in device_windows(tree):
+    for source, r in device_windows(tree, boot):
         if r.overlaps(zone):
             verb = "overlaps" if r.overlaps(region) else "shares a 64 KiB granule with"
-            raise DTError(f"base DTB node {path} {r} {verb} the stolen-time region {region}")
-    for mem in tree.memory:
-        if mem.path.count("/") > 1 and mem.range.overlaps(zone):
+            raise DTError(f"base DTB node {source} {r} {verb} the stolen-time region {region}")
+    for mem in beliefs.believe(tree, boot).ram:
+        if mem.source.count("/") > 1 and mem.range.overlaps(zone):
             raise DTError(
-                f"base DTB memory node {mem.path} {mem.range} is not under the root, so pvdesc "
-                f"cannot replace it, and it touches the stolen-time region {region}"
+                f"base DTB memory node {mem.source} {mem.range} is not under the root, so pvdesc "
+                f"cannot replace it, and with boot {boot} it is RAM to "
+                f"{beliefs.EDK2 if boot.uefi else beliefs.LINUX} and touches the stolen-time "
+                f"region {region}"
+            )
+
+
+def check_patched(blob: bytes, lay: Layout) -> None:
+    """Judge the patched tree with ``pvdesc check``'s rules: any error refuses the patch.
+
+    So ``build --into`` never writes a tree ``check`` calls unsafe (what survives of
+    the base, e.g. ``/chosen`` ``linux,usable-memory-range``, is judged too).  Only
+    what the base adds is refused: a layout that is unsafe by itself (the proofs'
+    negative controls, built with the library past ``layout.verify``) is
+    ``layout.verify``'s to refuse, and keeps its own findings here.
+    """
+    tree = dtb.parse(blob, "patched DTB")
+    goal = target(lay)
+    own = {f.code for f in check.judge(layout_belief(lay), goal)}
+    for f in check.judge(beliefs.believe(tree, lay.description.boot), goal):
+        if f.severity is check.Severity.ERROR and f.code not in own:
+            raise DTError(
+                f"base DTB: the patched tree is unsafe: {f.code}: {f.source}: {f.message}"
             )
 
 
@@ -164,4 +187,6 @@ def patch_dtb(blob: bytes, lay: Layout) -> bytes:
             _call("no-map", fdt.setprop, child, "no-map", b"")
             _call("reg", fdt.setprop, child, "reg", _reg(r, ac, sc))
     _call("pack", fdt.pack)
-    return bytes(fdt.as_bytearray())
+    out = bytes(fdt.as_bytearray())
+    check_patched(out, lay)
+    return out

@@ -31,6 +31,7 @@ from pvdesc.model import (
     StolenTimeSpec,
     VmDescription,
     Vmm,
+    human,
 )
 
 KiB = 1 << 10
@@ -435,6 +436,18 @@ def _check_memory(p: Profile, desc: VmDescription) -> None:
     if not p.numa and desc.numa:
         bank = next(b for b in desc.memory if b.numa_node is not None)
         raise _err(f"{name} has no NUMA topology option; remove numa_node", (*bank.path,))
+    system = p.system_memory
+    for bank in desc.memory:
+        if system is not None and not bank.range.minus(system):
+            # Firecracker cuts its system-memory area out of the bank's /memory node
+            # (fdt.rs); with nothing left the guest's DT would have no /memory at all.
+            raise _err(
+                f"memory[{bank.index}] {bank.range} lies within {name}'s {human(system.size)} "
+                f"system memory {system}, which is kept out of /memory, so the guest would have "
+                f"no RAM at all; a VM must keep some RAM: make the bank larger than "
+                f"{human(system.size)}",
+                (*bank.path, "size"),
+            )
     if p.ram_base is None:
         return
     first = desc.memory[0]

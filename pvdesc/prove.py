@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pvdesc import acpi, build, dtb, guest, kvm, layout, templating
+from pvdesc import acpi, beliefs, build, dtb, guest, kvm, layout, templating
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, ProveError, PvdescError, ToolError
 from pvdesc.layout import Layout
@@ -416,8 +416,11 @@ def _prove(
         raise ProveError(f"the timeout must be positive, not {timeout:g}", "--timeout")
     machine = plan_machine(lay)
     base = guest.dump_dtb(machine)
-    qemu_ram = merged(e.range for e in dtb.parse(base, "QEMU virt dumpdtb").memory)
-    ours = merged(n.range for n in lay.memory_nodes)
+    # RAM as the description's boot consumer reads QEMU's tree, and as it reads the layout.
+    qemu_ram = list(
+        beliefs.believe(dtb.parse(base, "QEMU virt dumpdtb"), lay.description.boot).ram_ranges
+    )
+    ours = list(layout.belief(lay).ram_ranges)
     if qemu_ram != ours:
         raise ProveError(
             f"QEMU made RAM {_ranges(qemu_ram)} for {' '.join(guest.machine_args(machine))}, "
@@ -660,8 +663,11 @@ def _nodes_text(nodes: dict[int | None, tuple[Range, ...]]) -> str:
 def _memory(
     lay: Layout, iomem: Sequence[guest.IomemEntry], efi: Sequence[EfiRegion], dt: GuestDt
 ) -> Check:
-    """The guest's RAM, from every source it printed, against the layout's ``/memory``."""
-    ours = tuple(merged(n.range for n in lay.memory_nodes))
+    """The guest's RAM, from every source it printed, against the RAM the model predicts.
+
+    The prediction is :func:`pvdesc.layout.belief`'s, the one ``check`` judges.
+    """
+    ours = layout.belief(lay).ram_ranges
     mmio = [r.range for r in efi if r.kind in EFI_MMIO]
     ram = [e.range for e in iomem if e.depth == 0 and e.name in ("System RAM", "reserved")]
     sources: list[tuple[str, tuple[Range, ...]]] = [

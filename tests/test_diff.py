@@ -306,3 +306,38 @@ def test_compare_is_pure_and_reflexive() -> None:
     findings = diff.compare(side, side)
     assert diff.compatible(findings)
     assert [f.severity for f in findings] == [Severity.INFO]
+
+
+GENERIC = """name: g
+vcpus: {vcpus}
+max_vcpus: {max_vcpus}
+memory:
+  - {{base: 0x40000000, size: 1G}}
+stolen_time: {{placement: fixed, base: 0x090a0000}}
+"""
+
+
+def test_shrinking_below_online_vcpus_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue class 12: vcpus 12 / max 16 -> max 8: vCPUs 8-11 are online and have nowhere to go."""
+    old = write(tmp_path, "old.yaml", GENERIC.format(vcpus=12, max_vcpus=16))
+    new = write(tmp_path, "new.yaml", GENERIC.format(vcpus=8, max_vcpus=8))
+    code, doc, text = run_diff(capsys, old, new)
+    assert code == 1 and doc["compatible"] is False
+    assert codes(doc, "error") == ["online-vcpus-dropped"]
+    (err,) = [f for f in doc["findings"] if f["code"] == "online-vcpus-dropped"]
+    assert err["message"].startswith("vCPUs 8-11 are online at boot on ")
+    # vCPUs 12-15 were possible but not online: a warning, as before.
+    (warn,) = [f for f in doc["findings"] if f["code"] == "vcpus-only-on-source"]
+    assert warn["severity"] == "warning" and warn["message"].startswith("vCPUs 12-15 exist only")
+    assert "online-vcpus-dropped" in text
+
+
+def test_shrinking_only_offline_vcpus_stays_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = write(tmp_path, "old.yaml", GENERIC.format(vcpus=8, max_vcpus=16))
+    new = write(tmp_path, "new.yaml", GENERIC.format(vcpus=8, max_vcpus=8))
+    code, doc, _ = run_diff(capsys, old, new)
+    assert (code, codes(doc)) == (0, ["vcpus-only-on-source", "compatible"])

@@ -110,7 +110,7 @@ def test_verify_catches_a_broken_layout() -> None:
             "memory_nodes": layout.memory_nodes(good.description, good.region, Describe.NONE),
         }
     )
-    with pytest.raises(LayoutError, match="shares a granule"):
+    with pytest.raises(LayoutError, match="ipa-in-ram"):
         layout.verify(bad)
 
 

@@ -164,7 +164,7 @@ def test_findings_are_shown_inline() -> None:
     broken = layout.Layout(**{**lay.__dict__, "memory_nodes": layout.memory_nodes(
         lay.description, lay.region, layout.Describe.NONE)})  # fmt: skip
     amap = addrmap.build(addrmap.from_layout(broken))
-    assert len(amap.findings) == 1 and "usable RAM" in amap.findings[0].message
+    assert len(amap.findings) == 1 and "ipa-in-ram" in amap.findings[0].message
     region = next(s for s in amap.segments if s.kind is Kind.REGION)
     assert region.flagged and region.described == (Describer.MEMORY_NODE,)
     text = mapview.render_text(amap)

@@ -112,8 +112,8 @@ def test_into_refuses_region_colliding_with_base_device(
     code, err = _build(tmp_path, desc, base_dtb, capsys)
     assert code == 2
     assert err == (
-        f"pvdesc: error: {base_dtb}: base DTB node /pl031@9010000 0x9010000-0x9010fff overlaps "
-        "the stolen-time region 0x9010000-0x901ffff\n"
+        f"pvdesc: error: {base_dtb}: base DTB node /pl031@9010000 reg[0] 0x9010000-0x9010fff "
+        "overlaps the stolen-time region 0x9010000-0x901ffff\n"
     )
     assert not (tmp_path / "out").exists()
 
@@ -127,7 +127,7 @@ def test_into_refuses_region_inside_pcie_window(
         "stolen_time:\n  placement: fixed\n  base: 0x20000000\n"
     )
     code, err = _build(tmp_path, desc, base_dtb, capsys)
-    assert code == 2 and "/pcie@10000000 (ranges)" in err and err.count("\n") == 1
+    assert code == 2 and "/pcie@10000000 ranges[" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "missing"])
