@@ -30,7 +30,7 @@ from pvdesc import (
 )
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, OutputError, PvdescError
-from pvdesc.inputs import read_bounded
+from pvdesc.inputs import display_name, read_bounded
 from pvdesc.layout import Layout
 from pvdesc.model import Describe
 
@@ -214,7 +214,7 @@ def plan(
                 outputs = render_outputs(loaded, lay, base, str(outdir))
             except DTError as err:
                 if err.where is None:
-                    err.where = str(into)
+                    err.where = display_name(into)
                 raise
         else:
             outputs = render_outputs(loaded, lay)
@@ -237,6 +237,16 @@ def build(
     result = plan(path, into, outdir)
     publish_outputs(Path(outdir), result.layout.description.name, result.outputs, force=force)
     return result
+
+
+def only(result: BuildResult, suffix: str) -> Output:
+    """The output ``NAME.<suffix>`` (``build --only SUFFIX -o -``); an error lists the others."""
+    name = result.layout.description.name
+    for out in result.outputs:
+        if out.name == f"{name}.{suffix}":
+            return out
+    there = ", ".join(o.name[len(name) + 1 :] for o in result.outputs)
+    raise OutputError(f"{name} has no output {name}.{suffix}; it has: {there}", "--only")
 
 
 def summary(result: BuildResult, outdir: str | Path) -> str:

@@ -431,6 +431,7 @@ def from_dtb(
     """
     from pvdesc import addrmap, check, dtb, kvm
     from pvdesc.errors import PvdescError
+    from pvdesc.inputs import display_name
     from pvdesc.model import Boot
 
     tree = dtb.load(path)
@@ -443,7 +444,7 @@ def from_dtb(
     try:
         return addrmap.build(addrmap.from_dtb(tree, target, Boot(boot), findings))
     except PvdescError as err:
-        err.where = err.where or path
+        err.where = err.where or display_name(path)
         raise
 
 
