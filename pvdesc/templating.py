@@ -15,6 +15,18 @@ def hexa(value: int, width: int = 0) -> str:
     return f"{value:#0{width + 2}x}" if width else f"{value:#x}"
 
 
+def rust_hex(value: int, width: int = 0) -> str:
+    """A Rust hex literal in groups of four digits (``0x4000_0000``), zero-padded to ``width``.
+
+    Sixteen digits (``width=16``) keep every entry of a table wider than rustfmt's
+    ``short_array_element_width_threshold`` (10), so rustfmt lays the table out one
+    entry per line, as pvdesc writes it, whatever the addresses.
+    """
+    digits = f"{value:0{width}x}"
+    groups = [digits[max(0, end - 4) : end] for end in range(len(digits), 0, -4)]
+    return "0x" + "_".join(reversed(groups))
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -29,6 +41,7 @@ def environment() -> jinja2.Environment:
         ),
     )
     env.filters["hex"] = hexa
+    env.filters["rust_hex"] = rust_hex
     env.filters["human"] = human
     return env
 

@@ -270,30 +270,5 @@ def test_generic_c_header_compiles_and_matches_json(tmp_path: Path) -> None:
     assert res.stdout.splitlines() == _ipas_from_json(out, "numa-2node")
 
 
-def test_generic_rust_module_compiles_tests_and_matches_json(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    build.build(EXAMPLES / "generic-hole.yaml", out)
-    mod = out / "generic-hole.rs"
-    res = run(
-        ["rustc", "--edition", "2021", "--test", str(mod), "-o", str(tmp_path / "t")], timeout=SLOW
-    )
-    assert res.returncode == 0, res.stderr
-    res = run([str(tmp_path / "t")])
-    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout
-    main = tmp_path / "main.rs"
-    main.write_text(
-        f'#[path = "{mod}"]\nmod layout;\n'
-        "fn main() {\n"
-        "    for id in 0..layout::MAX_VCPUS {\n"
-        '        println!("{} {:#x}", id, layout::pvtime_ipa(id).unwrap());\n'
-        "    }\n"
-        "}\n"
-    )
-    res = run(["rustc", "--edition", "2021", str(main), "-o", str(tmp_path / "m")], timeout=SLOW)
-    assert res.returncode == 0, res.stderr
-    res = run([str(tmp_path / "m")])
-    assert res.stdout.splitlines() == _ipas_from_json(out, "generic-hole")
-
-
 def test_every_vmm_has_a_profile() -> None:
     assert set(profiles.PROFILES) == set(Vmm)
