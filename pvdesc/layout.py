@@ -205,6 +205,14 @@ def _check_fixed(desc: VmDescription, region: Range) -> tuple[Range, RamBank | N
     """Validate a user-chosen base (pvtime ref §1-2, vcpu.rst §3.1)."""
     where = ("stolen_time", "base")
     prof = profiles.profile(desc.vmm)
+    if region.base == 0:
+        raise LayoutError(
+            f"fixed base {region.base:#x} would give vCPU 0 the IPA 0: legal for KVM, but it "
+            "reads as a null pointer to too much guest and VMM code, and the C header's "
+            f"lookup returns 0 for a vCPU out of range; put the region at {HOLE_SEARCH_START:#x} "
+            "or above",
+            where,
+        )
     if region.base % prof.region_align:
         raise LayoutError(
             f"fixed base {region.base:#x} is not {human(prof.region_align)} aligned (KVM needs "
@@ -366,7 +374,8 @@ def verify(layout: Layout) -> None:
     - no structure crosses a 64 KiB granule (one 64 KiB page holds whole structures);
     - no IPA lies in RAM the guest may allocate (pvtime ref §3);
     - the region's granules hold no usable RAM and no device;
-    - ``/reserved-memory`` is used only for linux-dt boots (e2e-boot.md).
+    - ``/reserved-memory`` is used only for linux-dt boots (e2e-boot.md);
+    - no vCPU gets the IPA 0, so the C lookup's 0 for an out-of-range vCPU is never an IPA.
     """
     desc = layout.description
     region = layout.region
@@ -375,6 +384,8 @@ def verify(layout: Layout) -> None:
         raise LayoutError(f"internal: region {region} is not {align:#x}-aligned whole structures")
     if region.end > desc.ipa_limit:
         raise LayoutError(f"internal: region {region} exceeds the IPA space")
+    if region.base == 0:
+        raise LayoutError(f"internal: region {region} gives vCPU 0 the IPA 0")
     slots = [s.range for s in layout.memslots]
     usable = layout.usable_ram
     for vcpu, ipa in enumerate(layout.vcpu_ipas):

@@ -256,6 +256,7 @@ def test_generic_c_header_compiles_and_matches_json(tmp_path: Path) -> None:
         '    printf("%" PRIu32 " %#" PRIx64 "\\n", i, pvdesc_numa_2node_pvtime_ipa(i));\n'
         "  }\n"
         "  if (pvdesc_numa_2node_pvtime_ipa(PVDESC_NUMA_2NODE_MAX_VCPUS) != 0) return 2;\n"
+        "  if (pvdesc_numa_2node_pvtime_ipa(0) == 0) return 4; /* 0 means out of range only */\n"
         "  return KVM_ARM_VCPU_PVTIME_CTRL == 2 && KVM_ARM_VCPU_PVTIME_IPA == 0 ? 0 : 3;\n"
         "}\n"
     )
