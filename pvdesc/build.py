@@ -119,6 +119,13 @@ def render_outputs(
             from pvdesc import patch  # libfdt: only for --into
 
             outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+        overlay = dt.render_overlay(
+            lay, header + templating.render("dtso-note.j2", desc=desc, layout=lay)
+        )
+        outputs += [
+            Output(f"{desc.name}.dtso", "dtso", overlay.dts.encode()),
+            Output(f"{desc.name}.dtbo", "dtbo", overlay.dtb),
+        ]
         config = Output(
             f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
         )

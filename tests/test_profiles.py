@@ -31,7 +31,8 @@ def test_profile_example_builds(
     assert code == 0, err
     manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
-    expected = {f"{name}.dts", f"{name}.dtb", f"{name}.hypervisor.json", *PROFILE_EXAMPLES[name]}
+    expected = {f"{name}.{s}" for s in ("dts", "dtb", "dtso", "dtbo", "hypervisor.json")}
+    expected |= set(PROFILE_EXAMPLES[name])
     assert listed == expected
     assert manifest["vmm"] == name
     dtc_check(tmp_path / f"{name}.dtb")
