@@ -214,14 +214,27 @@ def plan(
     """Load, allocate and render (no writing).  Errors name file:line:column."""
     loaded = load(path)
     base = read_base_dtb(into) if into is not None else None
+    return plan_loaded(loaded, base, display_name(into) if into is not None else "", outdir)
+
+
+def plan_loaded(
+    loaded: LoadedDescription,
+    base: bytes | None = None,
+    base_name: str = "base DTB",
+    outdir: str | Path = "out",
+) -> BuildResult:
+    """:func:`plan` for a description already read (``base``: the ``--into`` DTB's bytes).
+
+    A :class:`~pvdesc.errors.DTError` about the base without a place is named ``base_name``.
+    """
     try:
         lay = layout.allocate(loaded.description)
-        if base is not None and into is not None:
+        if base is not None:
             try:
                 outputs = render_outputs(loaded, lay, base, str(outdir))
             except DTError as err:
                 if err.where is None:
-                    err.where = display_name(into)
+                    err.where = base_name
                 raise
         else:
             outputs = render_outputs(loaded, lay)
