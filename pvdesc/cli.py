@@ -223,6 +223,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK if diff.compatible(findings) else EXIT_FINDINGS
 
 
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from pvdesc import profiles
+
+    _write(profiles.to_json() if args.format == "json" else profiles.to_text())
+    return EXIT_OK
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvdesc",
@@ -386,6 +393,16 @@ def make_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--format", choices=["text", "json"], default="text")
     d.set_defaults(func=cmd_diff)
+
+    pf = sub.add_parser(
+        "profiles",
+        help="list every VMM profile: its memory map and the VMM version it was read from",
+        description="List every VMM profile pvdesc knows: the version of the VMM's source its "
+        "memory map was read from (a description picks an older one with vmm_version), the "
+        "upstream file, and the map: stolen-time slot, RAM base and MMIO windows.",
+    )
+    pf.add_argument("--format", choices=["text", "json"], default="text")
+    pf.set_defaults(func=cmd_profiles)
     return parser
 
 

@@ -444,6 +444,7 @@ def _build(data: dict[str, Any]) -> VmDescription:
         devices=devices,
         stolen_time=spec,
         acpi=ids,
+        vmm_version=data.get("vmm_version"),
     )
 
 

@@ -204,7 +204,7 @@ def choose_region(desc: VmDescription, size: int) -> tuple[Range, RamBank | None
 def _check_fixed(desc: VmDescription, region: Range) -> tuple[Range, RamBank | None]:
     """Validate a user-chosen base (pvtime ref §1-2, vcpu.rst §3.1)."""
     where = ("stolen_time", "base")
-    prof = profiles.profile(desc.vmm)
+    prof = profiles.for_description(desc)
     if region.base == 0:
         raise LayoutError(
             f"fixed base {region.base:#x} would give vCPU 0 the IPA 0: legal for KVM, but it "
@@ -329,7 +329,7 @@ def excluded_range(desc: VmDescription, region: Range) -> Range:
     The region itself, except under a VMM that keeps a whole area out of
     ``/memory`` (Firecracker's system memory, vmm-layouts.md §5): then that area.
     """
-    system = profiles.profile(desc.vmm).system_memory
+    system = profiles.for_description(desc).system_memory
     return system if system is not None and system.contains(region) else region
 
 
@@ -379,7 +379,7 @@ def verify(layout: Layout) -> None:
     """
     desc = layout.description
     region = layout.region
-    align = profiles.profile(desc.vmm).region_align
+    align = profiles.for_description(desc).region_align
     if region.base % align or region.size <= 0 or region.size % kvm.PVTIME_STRUCT_SIZE:
         raise LayoutError(f"internal: region {region} is not {align:#x}-aligned whole structures")
     if region.end > desc.ipa_limit:

@@ -86,7 +86,7 @@ def check_collisions(tree: dtb.DeviceTree, lay: Layout) -> None:
     every depth for memory nodes).
     """
     region = lay.region
-    inside_system = profiles.profile(lay.description.vmm).system_memory is not None
+    inside_system = profiles.for_description(lay.description).system_memory is not None
     zone = region if inside_system else region.granules()
     for path, r in device_windows(tree):
         if r.overlaps(zone):

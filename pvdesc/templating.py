@@ -7,6 +7,7 @@ from typing import Any
 
 import jinja2
 
+from pvdesc import profiles
 from pvdesc.model import human
 
 
@@ -42,6 +43,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["hex"] = hexa
     env.filters["rust_hex"] = rust_hex
+    env.globals["vmm_model"] = profiles.model_text
     env.filters["human"] = human
     return env
 
