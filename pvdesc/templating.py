@@ -23,9 +23,9 @@ def rust_hex(value: int, width: int = 0) -> str:
     ``short_array_element_width_threshold`` (10), so rustfmt lays the table out one
     entry per line, as pvdesc writes it, whatever the addresses.
     """
-    digits = f"{value:0{width}x}"
-    groups = [digits[max(0, end - 4) : end] for end in range(len(digits), 0, -4)]
-    return "0x" + "_".join(reversed(groups))
+    if width:  # ``_`` grouping counts toward the width: 16 digits take 19 characters
+        return "0x" + format(value, f"0{width + (width - 1) // 4}_x")
+    return "0x" + format(value, "_x")
 
 
 @cache

@@ -144,3 +144,16 @@ def test_module_and_include_compile_beside_kvm_bindings(tmp_path: Path, example:
     expected = [f"{v['id']} {v['pvtime_ipa']:#x}" for v in vcpus]
     expected += [f"slot {s['slot']} {s['guest_phys_addr']:#x} {s['memory_size']:#x}" for s in slots]
     assert res.stdout.splitlines() == expected
+
+
+def test_rust_hex_groups_digits_in_fours() -> None:
+    from pvdesc.templating import rust_hex
+
+    assert rust_hex(0x4000_0000) == "0x4000_0000"
+    assert rust_hex(0x1_0000) == "0x1_0000"
+    assert rust_hex(0xC500_0021) == "0xc500_0021"
+    assert rust_hex(0x1_0000, 16) == "0x0000_0000_0001_0000"
+    assert rust_hex((1 << 64) - 1, 16) == "0xffff_ffff_ffff_ffff"
+    for value in (0, 1, 0xFFFF, 0x1_0000, 0x80_0000_0040, (1 << 52) - 64):
+        text = rust_hex(value, 16)
+        assert len(text) == 21 and int(text.replace("_", ""), 16) == value
