@@ -29,7 +29,8 @@ Layers, each with its own error class (see :mod:`pvdesc.errors`):
 - :mod:`pvdesc.build`: all outputs; :mod:`pvdesc.publish` switches them in as one generation.
 - :mod:`pvdesc.validate`, :mod:`pvdesc.validators`, :mod:`pvdesc.reports`: ``pvdesc validate``
   (CI: every description built, checked and run through dtc, dt-validate and ACPICA).
-- :mod:`pvdesc.cli`: the ``pvdesc`` command.
+- :mod:`pvdesc.cli`: the ``pvdesc`` command (also ``python -m pvdesc``).
+- :mod:`pvdesc.api`: the stable Python API for build scripts (imported only when asked for).
 """
 
 __version__ = "0.1.0"

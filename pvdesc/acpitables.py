@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvdesc.errors import AcpiError
-from pvdesc.inputs import read_bounded, too_big
+from pvdesc.inputs import display_name, read_bounded, too_big
 from pvdesc.model import Range
 
 #: A real SRAT/SSDT is a few KiB; refuse anything bigger than this.
@@ -328,4 +328,4 @@ def parse(data: bytes, file: str = "<acpi>") -> AcpiTable:
 
 def load(path: str | Path) -> AcpiTable:
     """Read and decode an ACPI table file (refused by size before it is read, see :mod:`inputs`)."""
-    return parse(read_bounded(path, MAX_TABLE_BYTES, AcpiError, "ACPI tables"), str(path))
+    return parse(read_bounded(path, MAX_TABLE_BYTES, AcpiError, "ACPI tables"), display_name(path))

@@ -24,13 +24,14 @@ from pvdesc import (
     dt,
     hypervisor,
     layout,
+    profiles,
     publish,
     templating,
     vmmconfig,
 )
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import DTError, OutputError, PvdescError
-from pvdesc.inputs import read_bounded
+from pvdesc.inputs import display_name, read_bounded
 from pvdesc.layout import Layout
 from pvdesc.model import Describe
 
@@ -119,6 +120,13 @@ def render_outputs(
             from pvdesc import patch  # libfdt: only for --into
 
             outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+        overlay = dt.render_overlay(
+            lay, header + templating.render("dtso-note.j2", desc=desc, layout=lay)
+        )
+        outputs += [
+            Output(f"{desc.name}.dtso", "dtso", overlay.dts.encode()),
+            Output(f"{desc.name}.dtbo", "dtbo", overlay.dtb),
+        ]
         config = Output(
             f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
         )
@@ -153,6 +161,7 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
             "sha256": hashlib.sha256(loaded.text).hexdigest(),
         },
         "vmm": str(desc.vmm),
+        "vmm_version": profiles.for_description(desc).version,
         "boot": str(desc.boot),
         "placement": str(lay.placement),
         "describe": str(lay.describe),
@@ -207,14 +216,27 @@ def plan(
     """Load, allocate and render (no writing).  Errors name file:line:column."""
     loaded = load(path)
     base = read_base_dtb(into) if into is not None else None
+    return plan_loaded(loaded, base, display_name(into) if into is not None else "", outdir)
+
+
+def plan_loaded(
+    loaded: LoadedDescription,
+    base: bytes | None = None,
+    base_name: str = "base DTB",
+    outdir: str | Path = "out",
+) -> BuildResult:
+    """:func:`plan` for a description already read (``base``: the ``--into`` DTB's bytes).
+
+    A :class:`~pvdesc.errors.DTError` about the base without a place is named ``base_name``.
+    """
     try:
         lay = layout.allocate(loaded.description)
-        if base is not None and into is not None:
+        if base is not None:
             try:
                 outputs = render_outputs(loaded, lay, base, str(outdir))
             except DTError as err:
                 if err.where is None:
-                    err.where = str(into)
+                    err.where = base_name
                 raise
         else:
             outputs = render_outputs(loaded, lay)
@@ -237,6 +259,16 @@ def build(
     result = plan(path, into, outdir)
     publish_outputs(Path(outdir), result.layout.description.name, result.outputs, force=force)
     return result
+
+
+def only(result: BuildResult, suffix: str) -> Output:
+    """The output ``NAME.<suffix>`` (``build --only SUFFIX -o -``); an error lists the others."""
+    name = result.layout.description.name
+    for out in result.outputs:
+        if out.name == f"{name}.{suffix}":
+            return out
+    there = ", ".join(o.name[len(name) + 1 :] for o in result.outputs)
+    raise OutputError(f"{name} has no output {name}.{suffix}; it has: {there}", "--only")
 
 
 def summary(result: BuildResult, outdir: str | Path) -> str:

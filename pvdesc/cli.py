@@ -34,16 +34,44 @@ def _write(text: str) -> None:
     exited 0.  The encoded bytes are written here until none are left.
     """
     stream = sys.stdout
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None:  # a plain text stream (io.StringIO in a caller's harness)
+    if getattr(stream, "buffer", None) is None:  # a plain text stream (io.StringIO in a harness)
         stream.write(text)
         return
+    _write_bytes(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+
+
+def _write_bytes(data: bytes) -> None:
+    """Write ``data`` to stdout unchanged (``-o -``, ``--svg -``), every byte of it, or raise."""
+    stream = sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a plain text stream (io.StringIO in a caller's harness)
+        stream.write(data.decode("utf-8", "surrogateescape"))
+        return
     stream.flush()
-    view = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    view = memoryview(data)
     while view:
         written = buffer.write(view)
         view = view[written or 0 :]
     buffer.flush()
+
+
+def _note(text: str) -> None:
+    """Write ``text`` to stderr: what would go to stdout when stdout carries a document."""
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _one_stdio(direction: str, *options: tuple[str, str | None]) -> None:
+    """Refuse ``-`` (standard input or output) for more than one of ``options``."""
+    from pvdesc.inputs import is_stdio
+
+    named = [name for name, value in options if is_stdio(value)]
+    if len(named) > 1:
+        raise PvdescError(
+            f"only one of {' and '.join(named)} can be - (standard {direction}); "
+            "name a file for the others",
+            named[1],
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +82,24 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_build(args: argparse.Namespace) -> int:
     from pvdesc import build
+    from pvdesc.inputs import is_stdio
 
+    _one_stdio("input", ("DESCRIPTION", args.description), ("--into", args.into))
+    if is_stdio(args.output):
+        if args.only is None:
+            raise PvdescError(
+                "-o - writes one output to standard output: name it with --only "
+                "(e.g. --only dtb), or give a folder",
+                "-o",
+            )
+        result = build.plan(args.description, args.into, ".")
+        _write_bytes(build.only(result, args.only).data)
+        return EXIT_OK
+    if args.only is not None:
+        raise PvdescError(
+            "--only goes with -o - (standard output); a build into a folder writes every output",
+            "--only",
+        )
     result = build.build(args.description, args.output, args.into, force=args.force)
     if not args.quiet:
         _write(build.summary(result, args.output))
@@ -63,9 +108,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pvdesc import check, dtb, kvm
-    from pvdesc.inputs import read_bounded
+    from pvdesc.inputs import display_name, read_bounded
     from pvdesc.model import Boot
 
+    _one_stdio(
+        "input",
+        ("--dtb", args.dtb),
+        ("--hypervisor-config", args.hypervisor_config),
+        *(("--acpi", path) for path in args.acpi),
+    )
     tree = dtb.load(args.dtb)
     if args.hypervisor_config is not None:
         if args.vcpus is not None or args.ipa_bits is not None:
@@ -79,7 +130,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             check.CheckInputError,
             "hypervisor configs",
         )
-        target = check.target_from_config(text, args.hypervisor_config)
+        target = check.target_from_config(text, display_name(args.hypervisor_config))
     else:
         if args.vcpus is None:
             raise check.CheckInputError("--region needs --vcpus N", "--region")
@@ -100,7 +151,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pvdesc import mapview
+    from pvdesc.inputs import is_stdio
 
+    _one_stdio("input", ("DESCRIPTION", args.description), ("--dtb", args.dtb))
+    _one_stdio("output", ("--svg", args.svg), ("--html", args.html))
     if args.description is not None and args.dtb is not None:
         raise PvdescError("map takes a VM description or --dtb, not both")
     if args.dtb is not None:
@@ -111,25 +165,38 @@ def cmd_map(args: argparse.Namespace) -> int:
         raise PvdescError("map needs a VM description (YAML) or --dtb FILE --region BASE:SIZE")
     else:
         amap = mapview.from_description(args.description)
-    color = mapview.use_color(mapview.ColorMode(args.color), sys.stdout.isatty(), os.environ)
-    _write(
-        mapview.run(
-            amap,
-            svg=Path(args.svg) if args.svg else None,
-            html=Path(args.html) if args.html else None,
-            color=color,
-        )
+    # ``--svg -``/``--html -``: standard output carries that document; the map goes to stderr.
+    document = next((kind for kind in ("svg", "html") if is_stdio(getattr(args, kind))), None)
+    terminal = sys.stderr if document is not None else sys.stdout
+    color = mapview.use_color(mapview.ColorMode(args.color), terminal.isatty(), os.environ)
+    text = mapview.run(
+        amap,
+        svg=Path(args.svg) if args.svg and document != "svg" else None,
+        html=Path(args.html) if args.html and document != "html" else None,
+        color=color,
     )
+    if document is None:
+        _write(text)
+    else:
+        render = mapview.render_svg if document == "svg" else mapview.render_html
+        _write_bytes(render(amap).encode())
+        _note(text)
     return EXIT_FINDINGS if amap.findings else EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pvdesc import reports, validate
+    from pvdesc.inputs import is_stdio
 
-    if args.junit is not None:
+    junit_stdout = is_stdio(args.junit)
+    if args.junit is not None and not junit_stdout:
         validate.check_report_path(args.junit, "--junit")
     shard = validate.Shard.parse(args.shard) if args.shard is not None else None
     report = validate.run(args.paths, jobs=args.jobs, external=args.external, shard=shard)
+    if junit_stdout:  # standard output carries the XML; the report goes to stderr
+        _write_bytes(reports.to_junit(report))
+        _note(reports.render(report, args.format))
+        return EXIT_OK if report.ok else EXIT_FINDINGS
     _write(reports.render(report, args.format))
     sys.stdout.flush()
     if args.junit is not None:
@@ -147,17 +214,25 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from pvdesc import check, diff
-    from pvdesc.inputs import read_bounded
+    from pvdesc.inputs import display_name, read_bounded
 
+    _one_stdio("input", ("OLD", args.old), ("NEW", args.new))
     sides = []
     for path in (args.old, args.new):
         data = read_bounded(path, check.MAX_CONFIG_BYTES, diff.DiffInputError, "inputs")
-        sides.append(diff.side_from_bytes(data, path))
+        sides.append(diff.side_from_bytes(data, display_name(path)))
     old, new = sides
     findings = diff.compare(old, new)
     text = diff.to_json(findings) if args.format == "json" else diff.to_text(findings, old, new)
     _write(text)
     return EXIT_OK if diff.compatible(findings) else EXIT_FINDINGS
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from pvdesc import profiles
+
+    _write(profiles.to_json() if args.format == "json" else profiles.to_text())
+    return EXIT_OK
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -175,14 +250,27 @@ def make_parser() -> argparse.ArgumentParser:
         description="Allocate the stolen-time region for a VM description and write the "
         "firmware description and the hypervisor config as a matched pair.",
     )
-    p.add_argument("description", help="the VM description (YAML)")
-    p.add_argument("-o", "--output", required=True, help="output directory (created if needed)")
+    p.add_argument("description", help="the VM description (YAML; - for standard input)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output directory (created if needed); - writes the one output --only names "
+        "to standard output",
+    )
+    p.add_argument(
+        "--only",
+        metavar="SUFFIX",
+        help="with -o -: the output to write, by its name after NAME. "
+        "(dtb, dts, dtso, dtbo, hypervisor.json, h, rs, ssdt.aml, qemu.args, manifest.json, ...)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument(
         "--into",
         metavar="BASE_DTB",
-        help="patch this VMM DTB (e.g. from qemu -machine virt,dumpdtb=FILE) instead of "
-        "writing pvdesc's own tree: replace /memory, add /reserved-memory, refuse collisions",
+        help="patch this VMM DTB (e.g. from qemu -machine virt,dumpdtb=FILE; - for standard "
+        "input) instead of writing pvdesc's own tree: replace /memory, add /reserved-memory, "
+        "refuse collisions",
     )
     p.add_argument(
         "--force",
@@ -197,9 +285,13 @@ def make_parser() -> argparse.ArgumentParser:
         description="Check whether any vCPU's PV_TIME_ST structure can collide with what the "
         "guest believes.  Exit 0 safe, 1 error findings, 2 unusable input.",
     )
-    c.add_argument("--dtb", required=True, help="the guest's devicetree blob")
+    c.add_argument(
+        "--dtb", required=True, help="the guest's devicetree blob (- for standard input)"
+    )
     target = c.add_mutually_exclusive_group(required=True)
-    target.add_argument("--hypervisor-config", help="a pvdesc.hypervisor/1 JSON file")
+    target.add_argument(
+        "--hypervisor-config", help="a pvdesc.hypervisor/1 JSON file (- for standard input)"
+    )
     target.add_argument("--region", help="BASE:SIZE of the region, e.g. 0x090a0000:64K")
     c.add_argument("--vcpus", type=int, help="possible vCPUs (with --region)")
     c.add_argument("--ipa-bits", type=int, help="guest IPA size (with --region; default 40)")
@@ -214,7 +306,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Draw the guest physical address map: RAM, devices, gaps, the stolen-time "
         "region and what describes each range, with any findings. Exit 1 on findings.",
     )
-    m.add_argument("description", nargs="?", help="the VM description (YAML)")
+    m.add_argument("description", nargs="?", help="the VM description (YAML; - for standard input)")
     m.add_argument("--dtb", help="map a guest DTB instead of a description (with --region)")
     m.add_argument("--region", help="BASE:SIZE of the region in the DTB, e.g. 0x090a0000:64K")
     m.add_argument(
@@ -222,8 +314,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--ipa-bits", type=int, help="guest IPA size (with --dtb; default 40)")
     m.add_argument("--boot", choices=["linux-dt", "uefi-dt", "uefi-acpi"], default="linux-dt")
-    m.add_argument("--svg", metavar="FILE", help="also write the map as SVG")
-    m.add_argument("--html", metavar="FILE", help="also write an HTML page (SVG, legend, tables)")
+    m.add_argument(
+        "--svg", metavar="FILE", help="also write the map as SVG (-: to stdout, the map to stderr)"
+    )
+    m.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an HTML page: SVG, legend, tables (-: to stdout, the map to stderr)",
+    )
     m.add_argument(
         "--color",
         choices=["auto", "always", "never"],
@@ -243,7 +341,11 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="PATH", help="description files or folders")
     v.add_argument("-j", "--jobs", type=int, help="worker processes (default: one per CPU)")
     v.add_argument("--format", choices=["text", "json", "github"], default="text")
-    v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
+    v.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="also write a JUnit XML report to FILE (-: to stdout, the report to stderr)",
+    )
     v.add_argument(
         "--shard",
         metavar="K/N",
@@ -294,10 +396,24 @@ def make_parser() -> argparse.ArgumentParser:
         '"pvdesc.hypervisor/1"; a description is a YAML (or JSON) mapping.  Exit 0 compatible, '
         "1 not, 2 unusable input.",
     )
-    d.add_argument("old", help="the source: a description (YAML) or NAME.hypervisor.json")
-    d.add_argument("new", help="the destination: a description (YAML) or NAME.hypervisor.json")
+    d.add_argument(
+        "old", help="the source: a description (YAML) or NAME.hypervisor.json (- for stdin)"
+    )
+    d.add_argument(
+        "new", help="the destination: a description (YAML) or NAME.hypervisor.json (- for stdin)"
+    )
     d.add_argument("--format", choices=["text", "json"], default="text")
     d.set_defaults(func=cmd_diff)
+
+    pf = sub.add_parser(
+        "profiles",
+        help="list every VMM profile: its memory map and the VMM version it was read from",
+        description="List every VMM profile pvdesc knows: the version of the VMM's source its "
+        "memory map was read from (a description picks an older one with vmm_version), the "
+        "upstream file, and the map: stolen-time slot, RAM base and MMIO windows.",
+    )
+    pf.add_argument("--format", choices=["text", "json"], default="text")
+    pf.set_defaults(func=cmd_profiles)
     return parser
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from pvdesc import kvm, model, profiles
 from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath, one_line
-from pvdesc.inputs import read_bounded, too_big
+from pvdesc.inputs import display_name, read_bounded, too_big
 
 # parse_quantity lives in the model (``pvdesc check`` parses --region without YAML);
 # it is imported here too, where descriptions are read.
@@ -535,6 +535,7 @@ def _build(data: dict[str, Any]) -> VmDescription:
         devices=devices,
         stolen_time=spec,
         acpi=ids,
+        vmm_version=data.get("vmm_version"),
     )
 
 
@@ -597,4 +598,6 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
 
 def load(path: str | Path) -> LoadedDescription:
     """Read and parse a description file (refused by size before it is read, see :mod:`inputs`)."""
-    return loads(read_bounded(path, MAX_FILE_BYTES, DescriptionError, "descriptions"), str(path))
+    return loads(
+        read_bounded(path, MAX_FILE_BYTES, DescriptionError, "descriptions"), display_name(path)
+    )

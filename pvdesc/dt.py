@@ -21,6 +21,16 @@ Tree shape (DT spec §3; Linux reserved-memory binding; pvtime ref §4):
   ``device_type = "memory"``, ``reg`` and (with NUMA) ``numa-node-id``;
 - with reserved ranges: ``/reserved-memory`` with the root's cells and an empty
   ``ranges``, holding ``stolen-time@<base>`` with ``reg`` and empty ``no-map``.
+
+The overlay (``NAME.dtso``/``NAME.dtbo``, :func:`render_overlay`) carries the same
+nodes for a VMM's own tree, in the devicetree overlay format Linux
+(``Documentation/devicetree/overlay-notes.rst``), dtc's ``fdtoverlay`` and U-Boot
+apply: ``fragment@0`` with ``target-path = "/"`` whose ``__overlay__`` holds the
+``memory@<base>`` nodes, and (with reserved ranges) ``fragment@1``, also on ``/``,
+holding ``/reserved-memory``.  Targeting the root by path, never by label, it
+applies to any base tree: a node the base lacks is added, one it has gets these
+properties set (``libfdt`` ``fdt_overlay_apply``).  An overlay cannot delete, so a
+base memory node whose name is not one of the layout's stays: ``--into`` is for that.
 """
 
 from __future__ import annotations
@@ -101,25 +111,70 @@ def build_tree(layout: Layout) -> Any:
     root.append(fdt.PropWords("#size-cells", SIZE_CELLS))
     root.append(fdt.PropStrings("compatible", ROOT_COMPATIBLE))
     root.append(fdt.PropStrings("model", f"pvdesc {layout.description.name}"))
+    for node in _memory_nodes(fdt, layout):
+        root.append(node)
+    if layout.reserved:
+        root.append(_reserved_memory(fdt, layout))
+    return tree
+
+
+#: Node names the overlay format fixes (``overlay-notes.rst``); outside ``_NODE_NAME_RE``.
+OVERLAY_NODE = "__overlay__"
+
+
+def _memory_nodes(fdt: Any, layout: Layout) -> list[Any]:
+    nodes = []
     for mem in layout.memory_nodes:
         node = _node(fdt, f"memory@{unit_address(mem.range.base)}")
         node.append(fdt.PropStrings("device_type", "memory"))
         node.append(fdt.PropWords("reg", *reg(mem.range)))
         if mem.numa_node is not None:
             node.append(fdt.PropWords("numa-node-id", mem.numa_node))
-        root.append(node)
+        nodes.append(node)
+    return nodes
+
+
+def _reserved_memory(fdt: Any, layout: Layout) -> Any:
+    parent = _node(fdt, "reserved-memory")
+    parent.append(fdt.PropWords("#address-cells", ADDRESS_CELLS))
+    parent.append(fdt.PropWords("#size-cells", SIZE_CELLS))
+    parent.append(fdt.Property("ranges"))
+    for r in layout.reserved:
+        child = _node(fdt, f"{REGION_NODE}@{unit_address(r.base)}")
+        child.append(fdt.PropWords("reg", *reg(r)))
+        child.append(fdt.Property("no-map"))
+        parent.append(child)
+    return parent
+
+
+def build_overlay(layout: Layout) -> Any:
+    """The overlay's ``fdt.FDT``: one fragment per part, each targeting ``/`` by path."""
+    fdt = _fdt()
+    tree = fdt.FDT(entries=[])
+    parts = [_memory_nodes(fdt, layout)]
     if layout.reserved:
-        parent = _node(fdt, "reserved-memory")
-        parent.append(fdt.PropWords("#address-cells", ADDRESS_CELLS))
-        parent.append(fdt.PropWords("#size-cells", SIZE_CELLS))
-        parent.append(fdt.Property("ranges"))
-        for r in layout.reserved:
-            child = _node(fdt, f"{REGION_NODE}@{unit_address(r.base)}")
-            child.append(fdt.PropWords("reg", *reg(r)))
-            child.append(fdt.Property("no-map"))
-            parent.append(child)
-        root.append(parent)
+        parts.append([_reserved_memory(fdt, layout)])
+    for index, nodes in enumerate(parts):
+        fragment = _node(fdt, f"fragment@{index}")
+        fragment.append(fdt.PropStrings("target-path", "/"))
+        body = fdt.Node(OVERLAY_NODE)
+        for node in nodes:
+            body.append(node)
+        fragment.append(body)
+        tree.root.append(fragment)
     return tree
+
+
+def render_overlay(layout: Layout, header: str = "") -> Devicetree:
+    """The overlay as DTS (``/plugin/``; compiles with dtc to exactly the blob) and DTB."""
+    tree = build_overlay(layout)
+    dtb = bytes(tree.to_dtb(version=DTB_VERSION))
+    lines = [ln for ln in tree.to_dts().splitlines() if not ln.startswith("//")]
+    text = "\n".join(lines).strip()
+    if not text.startswith("/dts-v1/;\n"):
+        raise DTError("internal: the fdt package's DTS does not start with /dts-v1/;")
+    dts = header + text.replace("/dts-v1/;\n", "/dts-v1/;\n/plugin/;\n", 1) + "\n"
+    return Devicetree(dts=dts, dtb=dtb)
 
 
 def render(layout: Layout, header: str = "") -> Devicetree:

@@ -60,7 +60,7 @@ from pathlib import Path
 import libfdt
 
 from pvdesc.errors import DTError
-from pvdesc.inputs import read_bounded, too_big
+from pvdesc.inputs import display_name, read_bounded, too_big
 from pvdesc.model import Range
 
 #: Refuse bigger files: QEMU pads its DTB to 1 MiB, a 100,000-node tree is ~5 MiB.
@@ -695,4 +695,4 @@ def _decode_reg(
 
 def load(path: str | Path) -> DeviceTree:
     """Read and decode a DTB file (refused by size before it is read, see :mod:`inputs`)."""
-    return parse(read_bounded(path, MAX_DTB_BYTES, DTError, "DTBs"), str(path))
+    return parse(read_bounded(path, MAX_DTB_BYTES, DTError, "DTBs"), display_name(path))

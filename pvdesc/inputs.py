@@ -6,15 +6,34 @@ a regular file larger than the limit is refused by its size (``fstat``) without
 reading a byte of it, and anything else (a pipe, ``/dev/zero``) is read up to one
 byte past the limit and refused if that byte exists, so no input can make pvdesc
 read without end.
+
+``-`` names standard input, as it does for dtc, fdtget and fdtput (a file really
+called ``-`` is ``./-``); errors then name it ``<stdin>``, as dtc does.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 from pvdesc.errors import PvdescError
+
+#: The file name that means standard input (or, for an output, standard output).
+STDIO = "-"
+#: How errors name standard input (dtc's word for it).
+STDIN_NAME = "<stdin>"
+
+
+def is_stdio(path: str | Path | None) -> bool:
+    """True when ``path`` is ``-``: standard input (or output), not a file."""
+    return path is not None and str(path) == STDIO
+
+
+def display_name(path: str | Path) -> str:
+    """How errors and reports name an input: ``<stdin>`` for ``-``, else the path as given."""
+    return STDIN_NAME if is_stdio(path) else str(path)
 
 
 def too_big(size: int, limit: int, what: str, exact: bool = True) -> str:
@@ -29,16 +48,39 @@ def read_bounded(
     """The bytes of ``path``, at most ``limit`` of them; ``error`` (naming the file) otherwise.
 
     ``reading`` names the file's role in a read error (``cannot read base DTB: ...``).
+    ``-`` reads standard input (to its end, or one byte past the limit).
     """
+    name = display_name(path)
     try:
-        with Path(path).open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
-                raise error(too_big(st.st_size, limit, what), str(path))
-            data = fh.read(limit + 1)
+        if is_stdio(path):
+            data = _read_stdin(limit + 1)
+        else:
+            with Path(path).open("rb") as fh:
+                st = os.fstat(fh.fileno())
+                if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+                    raise error(too_big(st.st_size, limit, what), name)
+                data = fh.read(limit + 1)
     except OSError as exc:
         role = f" {reading}" if reading else ""
-        raise error(f"cannot read{role}: {exc.strerror}", str(path)) from None
+        raise error(f"cannot read{role}: {exc.strerror}", name) from None
     if len(data) > limit:
-        raise error(too_big(len(data), limit, what, exact=False), str(path))
+        raise error(too_big(len(data), limit, what, exact=False), name)
     return data
+
+
+def _read_stdin(most: int) -> bytes:
+    """Up to ``most`` bytes of standard input, read until its end (a pipe gives them in pieces)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # no standard input at all (closed), or a text stream a caller swapped in
+        if sys.stdin is None:
+            raise OSError(0, "standard input is closed")
+        return sys.stdin.read(most).encode()[:most]
+    chunks: list[bytes] = []
+    left = most
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

@@ -203,7 +203,15 @@ def choose_region(desc: VmDescription, size: int) -> tuple[Range, RamBank | None
 def _check_fixed(desc: VmDescription, region: Range) -> tuple[Range, RamBank | None]:
     """Validate a user-chosen base (pvtime ref §1-2, vcpu.rst §3.1)."""
     where = ("stolen_time", "base")
-    prof = profiles.profile(desc.vmm)
+    prof = profiles.for_description(desc)
+    if region.base == 0:
+        raise LayoutError(
+            f"fixed base {region.base:#x} would give vCPU 0 the IPA 0: legal for KVM, but it "
+            "reads as a null pointer to too much guest and VMM code, and the C header's "
+            f"lookup returns 0 for a vCPU out of range; put the region at {HOLE_SEARCH_START:#x} "
+            "or above",
+            where,
+        )
     if region.base % prof.region_align:
         raise LayoutError(
             f"fixed base {region.base:#x} is not {human(prof.region_align)} aligned (KVM needs "
@@ -320,7 +328,7 @@ def excluded_range(desc: VmDescription, region: Range) -> Range:
     The region itself, except under a VMM that keeps a whole area out of
     ``/memory`` (Firecracker's system memory, vmm-layouts.md §5): then that area.
     """
-    system = profiles.profile(desc.vmm).system_memory
+    system = profiles.for_description(desc).system_memory
     return system if system is not None and system.contains(region) else region
 
 
@@ -393,14 +401,18 @@ def verify(layout: Layout) -> None:
     (:func:`belief`): pvdesc's own layouts must give no error *and* no warning
     (no 64 KiB granule shared with RAM or a device).  Raises :class:`LayoutError`
     (never ``assert``, which ``python -O`` drops) naming the finding's code.
+    A region at 0 is refused too: the C lookup's 0 for an out-of-range vCPU
+    must never be a real IPA.
     """
     desc = layout.description
     region = layout.region
-    align = profiles.profile(desc.vmm).region_align
+    align = profiles.for_description(desc).region_align
     if region.base % align or region.size <= 0 or region.size % kvm.PVTIME_STRUCT_SIZE:
         raise LayoutError(f"internal: region {region} is not {align:#x}-aligned whole structures")
     if region.end > desc.ipa_limit:
         raise LayoutError(f"internal: region {region} exceeds the IPA space")
+    if region.base == 0:
+        raise LayoutError(f"internal: region {region} gives vCPU 0 the IPA 0")
     for f in check.judge(belief(layout), target(layout)):
         if f.severity is not check.Severity.INFO:
             raise LayoutError(f"internal: {f.code}: {f.source}: {f.message}")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from pvdesc import __version__, templating
+from pvdesc import __version__, kvm, templating
 from pvdesc.addrmap import AddressMap, Describer, Kind, Scaling, Segment, Structure, scale
 from pvdesc.build import Output, write_outputs
+from pvdesc.model import Range
 
 
 class ColorMode(enum.StrEnum):
@@ -42,21 +43,49 @@ def use_color(mode: ColorMode, isatty: bool, environ: Mapping[str, str]) -> bool
     return isatty and not environ.get("NO_COLOR")
 
 
-def size_text(size: int) -> str:
-    """The largest binary unit, exact when exact (``64 KiB``), else ``~`` one decimal."""
-    units = (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10), ("B", 0))
-    for unit, shift in units:
-        if size >= 1 << shift and size % (1 << shift) == 0:
+_UNITS = (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10), ("B", 0))
+#: A count stays short below this (``15744 KiB`` is not: ``15 MiB + 384 KiB`` is).
+_SHORT_COUNT = 10000
+
+
+def _exact(size: int) -> str | None:
+    """``N unit`` in the largest unit that divides ``size`` with a short ``N``, if any."""
+    for unit, shift in _UNITS:
+        if size >= 1 << shift and size % (1 << shift) == 0 and size >> shift < _SHORT_COUNT:
             return f"{size >> shift} {unit}"
-        if size >= 1 << shift and size < 10000 << shift:
-            # Not exact in this unit: the largest smaller exact unit if it stays short.
-            for small, sshift in units:
-                if sshift < shift and size % (1 << sshift) == 0 and size >> sshift < 10000:
-                    return f"{size >> sshift} {small}"
-            value = size / (1 << shift)
-            short = f"{value:.4g}"
-            return f"~{short if float(short) != round(value) else f'{value:.6g}'} {unit}"
-    return f"{size} B"
+    return None
+
+
+def size_text(size: int) -> str:
+    """A size, exactly: ``64 KiB``; else ``8 GiB - 64 KiB`` (a whole unit and an exact rest,
+    the smaller rest of the two around it); else hex (``0x1fffefff1 B``).
+
+    A short count in the largest unit that divides the size exactly wins (``1536 MiB``).
+    """
+    if size <= 0:
+        return f"{size} B"
+    exact = _exact(size)
+    if exact is not None:
+        return exact
+    for unit, shift in _UNITS[:-1]:
+        step = 1 << shift
+        if size < step:
+            continue
+        if size % step == 0:  # exact, with a long count (beyond 10000 TiB)
+            return f"{size >> shift} {unit}"
+        below = size - size % step
+        found = []
+        for rest, head in (
+            (size - below, f"{below >> shift} {unit} + "),
+            (below + step - size, f"{(below + step) >> shift} {unit} - "),
+        ):
+            text = _exact(rest)
+            if text is not None:
+                found.append((rest, "+" in head, head + text))
+        if found:  # the smaller rest; on a tie, from above (``64 KiB - 512 B``)
+            return min(found)[2]
+        break
+    return f"{size:#x} B"
 
 
 def what_text(seg: Segment) -> str:
@@ -118,6 +147,50 @@ def _bar(amap: AddressMap, color: bool) -> str:
     return "".join(out)
 
 
+#: Region granules listed one by one up to this many (a VMM slot is one granule; pvdesc's
+#: region is at most 512 x 64 B); beyond, the first and last are shown around a count.
+GRANULES_SHOWN = 4
+
+
+def granules_around(amap: AddressMap) -> tuple[tuple[str, Range, str], ...]:
+    """The region's 64 KiB granules and the one on each side: ``(label, granule, occupants)``.
+
+    pvtime.rst asks for whole 64 KiB pages that hold nothing else, so each granule
+    lists every segment in it (``STOLEN-TIME REGION, gap``): a granule of the region
+    that also holds RAM or a device is the finding ``granule-shared-with-*``.
+    """
+    region = amap.source.region
+    first = region.base // kvm.GRANULE
+    last = region.last // kvm.GRANULE
+    limit = amap.source.limit
+
+    def occupants(granule: Range) -> str:
+        names: list[str] = []
+        for seg in amap.segments:
+            if seg.range.overlaps(granule) and what_text(seg) not in names:
+                names.append(what_text(seg))
+        return ", ".join(names) or "-"
+
+    def row(label: str, index: int) -> tuple[str, Range, str]:
+        granule = Range(index * kvm.GRANULE, kvm.GRANULE)
+        return label, granule, occupants(granule)
+
+    rows = []
+    if first > 0:
+        rows.append(row("before the region", first - 1))
+    count = last - first + 1
+    indices = list(range(first, last + 1))
+    if count > GRANULES_SHOWN:
+        indices = [first, last]
+    for i in indices:
+        rows.append(row(f"region {i - first + 1} of {count}", i))
+        if count > GRANULES_SHOWN and i == first:
+            rows.append(("", Range((first + 1) * kvm.GRANULE, (count - 2) * kvm.GRANULE), "..."))
+    if (last + 1) * kvm.GRANULE < limit:
+        rows.append(row("after the region", last + 1))
+    return tuple(rows)
+
+
 def render_text(amap: AddressMap, color: bool = False) -> str:
     """The terminal map: header, bar, one row per segment, region detail, findings."""
     src = amap.source
@@ -135,19 +208,34 @@ def render_text(amap: AddressMap, color: bool = False) -> str:
         f"  {0:#x} [{_bar(amap, color)}] {src.limit:#x}",
         "  R RAM  D device  S stolen-time region  . gap  ~ gap (compressed, not to scale)",
         "",
-        f"  {'start':<{hw}}  {'last':<{hw}}  {'size':<12}  {'what':<30}  {'described by':<28}  "
-        "memslot",
     ]
-    for seg in amap.segments:
+    # Columns as wide as their widest cell (long DT node paths in --dtb mode included).
+    cells = [
+        (seg, size_text(seg.range.size), what_text(seg), described_text(seg))
+        for seg in amap.segments
+    ]
+    sw = max([len("size"), *(len(c[1]) for c in cells)])
+    ww = max([len("what"), *(len(c[2]) for c in cells)])
+    dw = max([len("described by"), *(len(c[3]) for c in cells)])
+    lines.append(
+        f"  {'start':<{hw}}  {'last':<{hw}}  {'size':<{sw}}  {'what':<{ww}}  "
+        f"{'described by':<{dw}}  memslot"
+    )
+    for seg, size, what, described in cells:
         mark = "!" if seg.flagged else (">" if seg.kind is Kind.REGION else " ")
-        what = what_text(seg)
         slot = "-" if seg.memslot is None else str(seg.memslot)
         row = (
-            f"{mark} {hx(seg.range.base)}  {hx(seg.range.last)}  {size_text(seg.range.size):<12}  "
-            f"{_paint(f'{what:<30}', _FLAG if seg.flagged else _SGR[seg.kind], color)}  "
-            f"{described_text(seg):<28}  {slot}"
+            f"{mark} {hx(seg.range.base)}  {hx(seg.range.last)}  {size:<{sw}}  "
+            f"{_paint(f'{what:<{ww}}', _FLAG if seg.flagged else _SGR[seg.kind], color)}  "
+            f"{described:<{dw}}  {slot}"
         )
         lines.append(row.rstrip())
+    lines += ["", "  64 KiB granules around the region (what shares each one):"]
+    for label, granule, occupants in granules_around(amap):
+        mark = ">" if label.startswith("region") else " "
+        lines.append(
+            f"  {mark} {hx(granule.base)}-{hx(granule.last)}  {label:<18}  {occupants}".rstrip()
+        )
     lines += ["", f"  region detail ({src.region.base:#x}, 64 B per vCPU):"]
     for st in amap.detail:
         lines.append(
@@ -189,6 +277,7 @@ DETAIL_X = 900
 DETAIL_W = 280
 ROW_MIN = 22
 DETAIL_ROW = 30
+GRANULE_ROW = 36
 
 
 @dataclass(frozen=True)
@@ -332,8 +421,11 @@ def svg_context(amap: AddressMap) -> dict[str, object]:
     map_bottom = (bx[-1].y + bx[-1].h) if bx else TOP
     detail_top = TOP + 40
     detail_bottom = detail_top + DETAIL_ROW * len(amap.detail)
+    granules_top = detail_bottom + 44
+    granules = granules_around(amap)
+    granules_bottom = granules_top + GRANULE_ROW * len(granules)
     legend_items = legend(amap)
-    legend_top = detail_bottom + 50
+    legend_top = granules_bottom + 40
     legend_bottom = legend_top + 24 + 22 * len(legend_items)
     height = max(map_bottom + 50, legend_bottom + 20)
     zoom = _zoom(amap, bx)
@@ -347,6 +439,11 @@ def svg_context(amap: AddressMap) -> dict[str, object]:
         ],
         "detail_top": detail_top,
         "detail_bottom": detail_bottom,
+        "granules_top": granules_top,
+        "granules": [
+            (granules_top + i * GRANULE_ROW, label, granule, occupants)
+            for i, (label, granule, occupants) in enumerate(granules)
+        ],
         "zoom": zoom,
         "legend": legend_items,
         "legend_top": legend_top,
@@ -365,6 +462,7 @@ def svg_context(amap: AddressMap) -> dict[str, object]:
             "detail_x": DETAIL_X,
             "detail_w": DETAIL_W,
             "detail_row": DETAIL_ROW,
+            "granule_row": GRANULE_ROW,
             "zoom_x": DETAIL_X - 40,
         },
         "size_text": size_text,
@@ -431,6 +529,7 @@ def from_dtb(
     """
     from pvdesc import addrmap, check, dtb, kvm
     from pvdesc.errors import PvdescError
+    from pvdesc.inputs import display_name
     from pvdesc.model import Boot
 
     tree = dtb.load(path)
@@ -443,7 +542,7 @@ def from_dtb(
     try:
         return addrmap.build(addrmap.from_dtb(tree, target, Boot(boot), findings))
     except PvdescError as err:
-        err.where = err.where or path
+        err.where = err.where or display_name(path)
         raise
 
 

@@ -287,6 +287,8 @@ class VmDescription:
         devices: MMIO windows, in the order written.
         stolen_time: the region's placement and description.
         acpi: ACPI table header identification (used with describe acpi).
+        vmm_version: which of the VMM's memory maps (:mod:`pvdesc.profiles`), ``None`` for
+            the newest pvdesc knows.
     """
 
     name: str
@@ -299,6 +301,7 @@ class VmDescription:
     devices: tuple[Device, ...]
     stolen_time: StolenTimeSpec
     acpi: AcpiIds = AcpiIds()
+    vmm_version: str | None = None
 
     @property
     def ipa_limit(self) -> int:

@@ -88,7 +88,7 @@ def check_collisions(tree: dtb.DeviceTree, lay: Layout) -> None:
     """
     region = lay.region
     boot = lay.description.boot
-    inside_system = profiles.profile(lay.description.vmm).system_memory is not None
+    inside_system = profiles.for_description(lay.description).system_memory is not None
     zone = region if inside_system else region.granules()
     for source, r in device_windows(tree, boot):
         if r.overlaps(zone):

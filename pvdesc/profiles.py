@@ -103,6 +103,10 @@ class Profile:
         confirmed: which values the reference confirms, and which it does not.
         configurable: description values the VMM lets a user choose, and how.
         source: the reference section and upstream files.
+        version: the version of the VMM's source the map was read from, as a description's
+            ``vmm_version`` names it (a release or a commit; ``""``: none, pvdesc's rules).
+        version_text: that version in words, for reports and generated files' headers.
+        upstream: the upstream file (and table) the memory map is read from.
     """
 
     vmm: Vmm
@@ -127,6 +131,9 @@ class Profile:
     confirmed: str = ""
     configurable: tuple[str, ...] = ()
     source: str = ""
+    version: str = ""
+    version_text: str = ""
+    upstream: str = ""
 
 
 # --- QEMU virt ------------------------------------------------------------------------------
@@ -238,6 +245,9 @@ QEMU_VIRT = Profile(
     ),
     source="vmm-layouts.md §1; QEMU hw/arm/virt.c base_memmap[], extended_memmap[], "
     "virt_set_memmap(), virt_post_cpus_gic_realized(); include/hw/arm/virt.h",
+    version="v10.2.0",
+    version_text="QEMU v10.2.0",
+    upstream="hw/arm/virt.c base_memmap[], extended_memmap[]",
 )
 
 # --- kvmtool --------------------------------------------------------------------------------
@@ -286,6 +296,9 @@ KVMTOOL = Profile(
     ),
     source="vmm-layouts.md §2; kvmtool arm/include/arm-common/kvm-arch.h, arm/aarch64/pvtime.c, "
     "arm/aarch64/kvm.c, builtin-run.c",
+    version="b48735e5",
+    version_text="kvmtool b48735e5 (2024-08-30)",
+    upstream="arm/include/arm-common/kvm-arch.h",
 )
 
 # --- crosvm ---------------------------------------------------------------------------------
@@ -323,6 +336,40 @@ CROSVM = Profile(
     "(layouts §3); UNCONFIRMED: GIC CPU-interface size, vCPU bound, run-flag syntax",
     configurable=("memory: --mem (size only; base fixed)", "vcpus: --cpus (max_vcpus = vcpus)"),
     source="vmm-layouts.md §3; crosvm aarch64/src/lib.rs, docs/book/src/appendix/memory_layout.md",
+    version="f1e797a6",
+    version_text="crosvm f1e797a6 (2026-08-21); the map since 0465b61b (2022-05-04)",
+    upstream="aarch64/src/lib.rs",
+)
+
+# --- crosvm before 0465b61b ("Move PVTIME down below MMIO_BASE", 2022-05-04) ---------------
+# google/crosvm 00ab01e9 (2022-03-10) aarch64/src/lib.rs: AARCH64_PROTECTED_VM_FW_START =
+# AARCH64_PHYS_MEM_START - AARCH64_PROTECTED_VM_FW_MAX_SIZE (0x200000) = 0x7fe00000 and
+# AARCH64_PVTIME_IPA_START = AARCH64_PROTECTED_VM_FW_START - AARCH64_PVTIME_IPA_MAX_SIZE
+# (0x10000) = 0x7fdf0000.  0465b61b moved the slot to AARCH64_MMIO_BASE - 64 KiB to leave
+# 1 GiB..RAM free of MMIO and make room for a larger pVM firmware.  The rest of the map is
+# the same constants: RTC 0x2000, PCI CAM 0x10000 (16 MiB), MMIO 0x2000000 (32 MiB), GIC
+# CPU interface and distributor below AARCH64_AXI_BASE 0x40000000.
+CROSVM_2022_MEMMAP: tuple[MemMapEntry, ...] = (
+    MemMapEntry("rtc", 0x00002000, 0x00001000),  # AARCH64_RTC_ADDR, AARCH64_RTC_SIZE
+    MemMapEntry("pci-cam", 0x00010000, 0x01000000),  # AARCH64_PCI_CFG_BASE, _SIZE
+    MemMapEntry("pci-mmio-low", 0x02000000, 0x02000000),  # AARCH64_MMIO_BASE, _SIZE
+    MemMapEntry("gic-cpu", 0x3FFD0000, 0x00020000),  # AARCH64_GIC_CPUI_BASE, _SIZE
+    MemMapEntry("gic-dist", 0x3FFF0000, 0x00010000),  # AARCH64_GIC_DIST_BASE, _SIZE
+    MemMapEntry("pvmfw", 0x7FE00000, 0x00200000),  # AARCH64_PROTECTED_VM_FW_START, _MAX_SIZE
+)
+CROSVM_2022_PVTIME = MemMapEntry("AARCH64_PVTIME_IPA_START", 0x7FDF0000, 0x00010000)
+
+CROSVM_2022 = replace(
+    CROSVM,
+    title="crosvm before 0465b61b (snapshot 00ab01e9, 2022-03-10)",
+    memmap=CROSVM_2022_MEMMAP,
+    stolen_time=CROSVM_2022_PVTIME,
+    confirmed="confirmed: base 0x7fdf0000 (AARCH64_PROTECTED_VM_FW_START - 64 KiB), fixed "
+    "64 KiB, RAM at 0x80000000, the map's constants (crosvm 00ab01e9 aarch64/src/lib.rs)",
+    source="crosvm 00ab01e9 aarch64/src/lib.rs; moved by 0465b61b",
+    version="00ab01e9",
+    version_text="crosvm 00ab01e9 (2022-03-10); the map before 0465b61b (2022-05-04)",
+    upstream="aarch64/src/lib.rs",
 )
 
 # --- Firecracker ----------------------------------------------------------------------------
@@ -362,6 +409,9 @@ FIRECRACKER = Profile(
     ),
     source="vmm-layouts.md §5; firecracker src/vmm/src/builder.rs, "
     "src/vmm/src/arch/aarch64/{layout,fdt}.rs",
+    version="81b38b9d",
+    version_text="Firecracker 81b38b9d (>= 1.13)",
+    upstream="src/vmm/src/arch/aarch64/layout.rs",
 )
 
 CLOUD_HYPERVISOR = Profile(
@@ -371,6 +421,8 @@ CLOUD_HYPERVISOR = Profile(
     unsupported="cloud-hypervisor has no arm64 stolen-time (KVM PV time) support, so there is no "
     "region to describe; upstream issue cloud-hypervisor/cloud-hypervisor#8262 tracks it",
     source="vmm-layouts.md §4",
+    version="ae44c297",
+    version_text="Cloud Hypervisor ae44c297",
 )
 
 GENERIC_KVM = Profile(
@@ -379,6 +431,7 @@ GENERIC_KVM = Profile(
     confirmed="pvdesc's own rules (pvdesc.layout)",
     configurable=("everything: pvdesc places the region (hole, carve or fixed)",),
     source="kvm-pvtime-and-dt.md",
+    version_text="pvdesc's own rules (no VMM's map)",
 )
 
 PROFILES: dict[Vmm, Profile] = {
@@ -386,9 +439,150 @@ PROFILES: dict[Vmm, Profile] = {
 }
 
 
-def profile(vmm: Vmm) -> Profile:
-    """The profile for ``vmm``."""
-    return PROFILES[vmm]
+#: Older memory maps a description can still ask for with ``vmm_version``, newest first.
+OLDER: dict[Vmm, tuple[Profile, ...]] = {Vmm.CROSVM: (CROSVM_2022,)}
+
+
+def versions(vmm: Vmm) -> tuple[Profile, ...]:
+    """Every memory map pvdesc knows for ``vmm``: the default (newest) first."""
+    return (PROFILES[vmm], *OLDER.get(vmm, ()))
+
+
+def profile(vmm: Vmm, version: str | None = None) -> Profile:
+    """The profile for ``vmm``: its newest map, or the one read from ``version``.
+
+    An unknown ``version`` is a :class:`DescriptionError` on ``vmm_version`` naming the
+    known ones.
+    """
+    if version is None:
+        return PROFILES[vmm]
+    known = [p for p in versions(vmm) if p.version]
+    for p in known:
+        if p.version == version:
+            return p
+    names = ", ".join(p.version for p in known) or "none: pvdesc's own rules have no versions"
+    raise _err(f"{vmm.value} has no memory map for version {version!r}; known: {names}", VERSION)
+
+
+def for_description(desc: VmDescription) -> Profile:
+    """The profile a description asks for (``vmm`` and ``vmm_version``)."""
+    return profile(desc.vmm, desc.vmm_version)
+
+
+def model_text(desc: VmDescription) -> str:
+    """Which VMM map a description's outputs follow, for generated files' headers."""
+    p = for_description(desc)
+    if not p.version:
+        return f"{p.vmm.value}, {p.version_text}"
+    return f"{p.vmm.value}, memory map of {p.version_text}"
+
+
+# --------------------------------------------------------------------- pvdesc profiles
+
+#: ``pvdesc profiles --format json``'s format.
+LIST_FORMAT = "pvdesc.profiles/1"
+
+
+@dataclass(frozen=True)
+class MapRow:
+    """One range of a profile's memory map, as ``pvdesc profiles`` lists it.
+
+    Attributes:
+        kind: ``stolen-time``, ``ram`` or ``mmio``.
+        name: the VMM's own name for it.
+        base: first address.
+        size: bytes (``None``: RAM, whose size the description gives).
+        confirmed: False where pvdesc could not pin the value down upstream.
+    """
+
+    kind: str
+    name: str
+    base: int
+    size: int | None
+    confirmed: bool = True
+
+
+def map_rows(p: Profile) -> tuple[MapRow, ...]:
+    """A profile's fixed memory map, in address order (RAM with its base only)."""
+    rows = [MapRow("mmio", e.name, e.base, e.size, e.confirmed) for e in p.memmap]
+    if p.stolen_time is not None:
+        st = p.stolen_time
+        rows.append(MapRow("stolen-time", st.name, st.base, st.size, st.confirmed))
+    if p.system_memory is not None:
+        rows.append(
+            MapRow(
+                "stolen-time",
+                "system memory (holds it)",
+                p.system_memory.base,
+                p.system_memory.size,
+            )
+        )
+    if p.ram_base is not None:
+        rows.append(MapRow("ram", "ram", p.ram_base, None))
+    return tuple(sorted(rows, key=lambda r: (r.base, r.kind)))
+
+
+def listing() -> tuple[tuple[Profile, bool], ...]:
+    """Every profile pvdesc knows, each VMM's default first: ``(profile, is_default)``."""
+    return tuple((p, i == 0) for vmm in PROFILES for i, p in enumerate(versions(vmm)))
+
+
+def to_json() -> str:
+    """``pvdesc profiles --format json``."""
+    import json
+
+    doc = {
+        "format": LIST_FORMAT,
+        "profiles": [
+            {
+                "vmm": p.vmm.value,
+                "version": p.version,
+                "version_text": p.version_text,
+                "default": default,
+                "supported": p.unsupported is None,
+                "upstream": p.upstream,
+                "region_rule": str(p.size_rule),
+                "memory_map": [
+                    {
+                        "kind": r.kind,
+                        "name": r.name,
+                        "base": r.base,
+                        "size": r.size,
+                        "confirmed": r.confirmed,
+                    }
+                    for r in map_rows(p)
+                ],
+            }
+            for p, default in listing()
+        ],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _size(size: int | None) -> str:
+    from pvdesc.model import human
+
+    return "(size from the description)" if size is None else f"{size:#010x}  {human(size)}"
+
+
+def to_text() -> str:
+    """``pvdesc profiles``: each profile's version, source and memory map."""
+    lines: list[str] = []
+    for p, default in listing():
+        pick = "default" if default else f"vmm_version: {p.version}"
+        head = f"{p.vmm.value}  {p.version_text or '-'}  ({pick})"
+        lines.append(head)
+        if p.unsupported is not None:
+            lines.append(f"  unsupported: {p.unsupported}")
+        elif not p.version:
+            lines.append("  pvdesc places the region (hole, carve or fixed): no fixed map")
+        else:
+            lines.append(f"  source: {p.upstream}")
+        for r in map_rows(p):
+            mark = "" if r.confirmed else "  (unconfirmed)"
+            lines.append(f"  {r.kind:<11}  {r.name:<24}  {r.base:#012x}  {_size(r.size)}{mark}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def memmap(p: Profile, desc: VmDescription) -> tuple[MemMapEntry, ...]:
@@ -407,7 +601,7 @@ def memmap(p: Profile, desc: VmDescription) -> tuple[MemMapEntry, ...]:
 
 def region_size(desc: VmDescription) -> int:
     """The region's size under the description's VMM (see :class:`SizeRule`)."""
-    p = profile(desc.vmm)
+    p = for_description(desc)
     raw = desc.max_vcpus * kvm.PVTIME_STRUCT_SIZE
     if p.size_rule is SizeRule.HOST_PAGE:
         return _round_up(raw, p.host_page)
@@ -424,6 +618,9 @@ def region_size(desc: VmDescription) -> int:
 
 def _err(message: str, where: KeyPath) -> DescriptionError:
     return DescriptionError(message, where)
+
+
+VERSION: KeyPath = ("vmm_version",)
 
 
 def _check_memory(p: Profile, desc: VmDescription) -> None:
@@ -538,7 +735,7 @@ def apply(desc: VmDescription, written: Collection[KeyPath] = ()) -> VmDescripti
     for an override).  The profile's MMIO windows are appended to the user's devices as
     ``<vmm>:<name>`` so the allocator and its checks see the whole map.
     """
-    p = profile(desc.vmm)
+    p = for_description(desc)
     if p.unsupported is not None:
         raise _err(p.unsupported, ("vmm",))
     if desc.vmm is Vmm.GENERIC_KVM:

@@ -5,7 +5,7 @@ fast path of pvdesc.description's schema check (see description._fast_check).
 """
 # mypy: ignore-errors
 
-SCHEMA_SHA256 = "f3cba303d400c24890a53bc973c9f8d40d3f0a5c56d0d66b57c72a3cd8688321"
+SCHEMA_SHA256 = "8d1f7a4d1d6ad29ce548ccc113cf80e87ae7d688faf48e6421c6c6ca4f77a288"
 
 VERSION = "2.22.3"
 from decimal import Decimal
@@ -84,6 +84,17 @@ def validate_https___pvdesc_invalid_schema_description_schema_json(data, custom_
             data__vmm = data["vmm"]
             if not (isinstance(data__vmm, str) and data__vmm == 'generic-kvm' or isinstance(data__vmm, str) and data__vmm == 'qemu-virt' or isinstance(data__vmm, str) and data__vmm == 'kvmtool' or isinstance(data__vmm, str) and data__vmm == 'crosvm' or isinstance(data__vmm, str) and data__vmm == 'firecracker' or isinstance(data__vmm, str) and data__vmm == 'cloud-hypervisor'):
                 raise JsonSchemaValueException("" + (name_prefix or "data") + ".vmm must be one of ['generic-kvm', 'qemu-virt', 'kvmtool', 'crosvm', 'firecracker', 'cloud-hypervisor']")
+        if "vmm_version" in data_keys:
+            data_keys.remove("vmm_version")
+            data__vmmversion = data["vmm_version"]
+            if not isinstance(data__vmmversion, (str)):
+                raise JsonSchemaValueException("" + (name_prefix or "data") + ".vmm_version must be string")
+            if isinstance(data__vmmversion, str):
+                data__vmmversion_len = len(data__vmmversion)
+                if data__vmmversion_len < 1:
+                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".vmm_version must be longer than or equal to 1 characters")
+                if data__vmmversion_len > 64:
+                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".vmm_version must be shorter than or equal to 64 characters")
         if "memory" in data_keys:
             data_keys.remove("memory")
             data__memory = data["memory"]

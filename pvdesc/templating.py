@@ -25,6 +25,7 @@ from typing import Any
 
 import jinja2
 
+from pvdesc import profiles
 from pvdesc.model import human
 
 #: The package of compiled templates, and the script that writes it.
@@ -84,6 +85,18 @@ class _Loader(jinja2.PackageLoader):
         return template
 
 
+def rust_hex(value: int, width: int = 0) -> str:
+    """A Rust hex literal in groups of four digits (``0x4000_0000``), zero-padded to ``width``.
+
+    Sixteen digits (``width=16``) keep every entry of a table wider than rustfmt's
+    ``short_array_element_width_threshold`` (10), so rustfmt lays the table out one
+    entry per line, as pvdesc writes it, whatever the addresses.
+    """
+    if width:  # ``_`` grouping counts toward the width: 16 digits take 19 characters
+        return "0x" + format(value, f"0{width + (width - 1) // 4}_x")
+    return "0x" + format(value, "_x")
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -96,6 +109,8 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=OPTIONS["lstrip_blocks"],
     )
     env.filters["hex"] = hexa
+    env.filters["rust_hex"] = rust_hex
+    env.globals["vmm_model"] = profiles.model_text
     env.filters["human"] = human
     return env
 

@@ -28,7 +28,7 @@ def test_build_writes_all_files_and_manifest(
     proc = run_cli("build", f"examples/{example}.yaml", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     # generic-kvm examples also get the C header and Rust module (VMM profile outputs).
-    suffixes = ("dts", "dtb", "hypervisor.json", "manifest.json", "h", "rs")
+    suffixes = ("dts", "dtb", "dtso", "dtbo", "hypervisor.json", "manifest.json", "h", "rs")
     expected = {f"{example}.{s}" for s in suffixes}
     expected |= {f"{example}.{t}.{ext}" for t in tables for ext in ("dsl", "aml")}
     # and no temp files left behind; .pvdesc holds the generations the names link to

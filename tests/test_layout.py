@@ -114,6 +114,13 @@ def test_verify_catches_a_broken_layout() -> None:
         layout.verify(bad)
 
 
+def test_verify_refuses_a_region_at_ipa_0() -> None:
+    """The C header's lookup returns 0 for a vCPU out of range: 0 must never be an IPA."""
+    good = alloc(BASE + "memory:\n  - {base: 0x40000000, size: 1G}\n")
+    with pytest.raises(LayoutError, match="gives vCPU 0 the IPA 0"):
+        layout.verify(replace(good, region=Range(0, good.region.size)))
+
+
 def test_initial_structure_is_64_zero_bytes() -> None:
     assert kvm.initial_structure() == bytes(64)
     assert kvm.PV_TIME_ST == 0xC5000021 and kvm.PV_TIME_FEATURES == 0xC5000020

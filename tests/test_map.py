@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from tools import ROOT, pvdesc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tools import ROOT, pvdesc, run
 
-from pvdesc import addrmap, layout, mapview
+from pvdesc import addrmap, layout, mapview, proc
 from pvdesc.addrmap import Describer, Kind, Scaling
 from pvdesc.description import load
 from pvdesc.model import Range
@@ -121,8 +124,47 @@ def test_scale_compresses_and_enlarges_but_keeps_order() -> None:
 def test_size_text() -> None:
     assert mapview.size_text(64 << 10) == "64 KiB"
     assert mapview.size_text(24) == "24 B"
-    assert mapview.size_text(0xFFE8) == "~63.98 KiB"
-    assert mapview.size_text((2 << 30) - (64 << 10)) == "~1.99994 GiB"
+    assert mapview.size_text(1536 << 20) == "1536 MiB"
+    assert mapview.size_text(0xFFE8) == "64 KiB - 24 B"
+    assert mapview.size_text((2 << 30) - (64 << 10)) == "2 GiB - 64 KiB"
+    assert mapview.size_text((8 << 30) - (64 << 10)) == "8 GiB - 64 KiB"
+    assert mapview.size_text(0xF60000) == "15 MiB + 384 KiB"
+    assert mapview.size_text(0xFE00) == "64 KiB - 512 B"  # a tie: from above
+    assert mapview.size_text(0x1FFFEFFF1) == "0x1fffefff1 B"
+
+
+_UNIT = {"B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40}
+
+
+def _parse_size(text: str) -> int:
+    """The number a size_text names: ``N U``, ``N U +/- M V`` or ``0x... B``."""
+    if text.startswith("0x"):
+        number, unit = text.split(" ")
+        assert unit == "B"
+        return int(number, 16)
+    words = text.split(" ")
+    value = int(words[0]) << _UNIT[words[1]]
+    if len(words) == 2:
+        return value
+    assert len(words) == 5 and words[2] in "+-"
+    rest = int(words[3]) << _UNIT[words[4]]
+    assert 0 < rest < 1 << _UNIT[words[1]]  # the rest is smaller than the unit
+    return value + rest if words[2] == "+" else value - rest
+
+
+@given(st.integers(min_value=1, max_value=(1 << 64) - 1))
+@settings(max_examples=2000, deadline=None)
+def test_size_text_is_exact(size: int) -> None:
+    assert _parse_size(mapview.size_text(size)) == size
+
+
+@pytest.mark.parametrize("shift", [10, 20, 30, 40])
+def test_size_text_near_units_is_exact(shift: int) -> None:
+    for n in (1, 3, 1000):
+        for delta in (-(1 << 16), -4096, -64, -1, 1, 64, 4096, 1 << 16):
+            size = (n << shift) + delta
+            if size > 0:
+                assert _parse_size(mapview.size_text(size)) == size, size
 
 
 def test_color_decision() -> None:
@@ -207,6 +249,12 @@ def test_svg_is_wellformed_with_labelled_elements(example: Path, tmp_path: Path)
             assert g.find(f"{SVG_NS}g[@class='break']") is None
     vcpus = {g.get("id") for g in root.iter(f"{SVG_NS}g") if g.get("id", "").startswith("vcpu-")}
     assert f"vcpu-{desc.max_vcpus - 1}" in vcpus and "vcpu-0" in vcpus
+    granules = root.find(f".//{SVG_NS}g[@id='granules']")
+    assert granules is not None
+    drawn = [(g.get("data-label"), g.get("data-occupants")) for g in granules]
+    expected = [(label or "...", occ) for label, _, occ in mapview.granules_around(amap)]
+    assert [d for d in drawn if d[0] is not None] == expected
+    assert any(label.startswith("region 1 of") for label, _ in expected)
 
 
 def test_svg_escapes_labels() -> None:
@@ -280,6 +328,78 @@ def test_dtb_mode_draws_the_dtb_and_check_findings(tmp_path: Path) -> None:
     assert res.returncode == 1, res.stderr
     assert "findings (1):" in res.stdout and "! ipa-in-ram: vCPUs 0-511" in res.stdout
     assert any(line.startswith("! ") and "STOLEN-TIME" in line for line in res.stdout.splitlines())
+
+
+LONG_PATHS_DTS = """/dts-v1/;
+/ {
+\t#address-cells = <2>;
+\t#size-cells = <2>;
+\tmemory@40000000 { device_type = "memory"; reg = <0x0 0x40000000 0x0 0x40000000>; };
+\tsoc {
+\t\t#address-cells = <2>;
+\t\t#size-cells = <2>;
+\t\tcompatible = "simple-bus";
+\t\tranges;
+\t\tinterconnect-with-a-rather-long-name@9000000 {
+\t\t\t#address-cells = <2>;
+\t\t\t#size-cells = <2>;
+\t\t\tcompatible = "simple-bus";
+\t\t\tranges;
+\t\t\tserial-port-with-an-even-longer-name@9000000 {
+\t\t\t\treg = <0x0 0x9000000 0x0 0x1000>;
+\t\t\t};
+\t\t};
+\t};
+};
+"""
+
+
+def _column_starts(header: str) -> list[int]:
+    return [header.index(word) for word in ("size", "what", "described by", "memslot")]
+
+
+def test_dtb_mode_long_node_paths_keep_the_columns_aligned(tmp_path: Path) -> None:
+    src, dtb = tmp_path / "long.dts", tmp_path / "long.dtb"
+    src.write_text(LONG_PATHS_DTS)
+    res = run([proc.program("dtc", "apt-get install device-tree-compiler"), "-q", "-I", "dts",
+               "-O", "dtb", "-o", str(dtb), str(src)])  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    res = pvdesc("map", "--dtb", str(dtb), "--region", "0x090a0000:64K", env=plain_env())
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("start"))
+    starts = _column_starts(header)
+    rows = [line for line in lines if re.match(r"[ >!] 0x[0-9a-f]+  0x[0-9a-f]+  ", line)]
+    long = [r for r in rows if "serial-port-with-an-even-longer-name" in r]
+    assert len(long) == 1 and len(long[0]) > 100
+    for row in rows:
+        for start in starts:  # every cell starts under its heading, after two spaces
+            assert row[start - 2 : start] == "  " and row[start] != " ", (row, start)
+    # a region of 16 granules: the first and last, the rest counted
+    wide = mapview.granules_around(mapview.from_dtb(str(dtb), "0x100000:1M", 1, None, "linux-dt"))
+    assert [(label, g.base, g.size) for label, g, _ in wide] == [
+        ("before the region", 0xF0000, 0x10000),
+        ("region 1 of 16", 0x100000, 0x10000),
+        ("", 0x110000, 14 * 0x10000),
+        ("region 16 of 16", 0x1F0000, 0x10000),
+        ("after the region", 0x200000, 0x10000),
+    ]
+
+
+def test_granules_around_the_region_are_drawn() -> None:
+    res = pvdesc("map", "examples/qemu-virt.yaml", env=plain_env())
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    at = lines.index("  64 KiB granules around the region (what shares each one):")
+    assert lines[at + 1 : at + 4] == [
+        "    0x0009090000-0x000909ffff  before the region   device qemu-virt:nvdimm-acpi, gap",
+        "  > 0x00090a0000-0x00090affff  region 1 of 1       STOLEN-TIME REGION, gap",
+        "    0x00090b0000-0x00090bffff  after the region    device qemu-virt:secure-gpio, gap",
+    ]
+    one = mapview.granules_around(mapview.from_description(ROOT / "examples/generic-hole.yaml"))
+    assert [label for label, _, _ in one] == [
+        "before the region", "region 1 of 1", "after the region"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 #: The installed ``pvdesc`` console script of the interpreter running the tests (the venv's).
 SCRIPT = Path(sys.executable).parent / "pvdesc"
+#: dt-validate and dt-mk-schema come with the test extras, beside the venv's Python.
+DTSCHEMA_HINT = "pip install -e '.[test]' (scripts/setup --test)"
 #: Timeout for what may take minutes on a slow machine: QEMU, compilers, whole builds.
 SLOW = 300
 
@@ -133,7 +135,13 @@ class DtValidate:
     def __init__(self, workdir: Path) -> None:
         self.schema = workdir / "processed-schema.json"
         res = run(
-            ["dt-mk-schema", "-j", "-o", str(self.schema), str(ROOT / "pvdesc" / "dtschema")],
+            [
+                proc.program("dt-mk-schema", DTSCHEMA_HINT),
+                "-j",
+                "-o",
+                str(self.schema),
+                str(ROOT / "pvdesc" / "dtschema"),
+            ],
             timeout=300,
         )
         assert res.returncode == 0 and self.schema.stat().st_size > 10_000, res.stderr
@@ -143,7 +151,14 @@ class DtValidate:
         out = dtb.with_suffix(".dtvalidate.json")
         out.unlink(missing_ok=True)
         res = run(
-            ["dt-validate", "-s", str(self.schema), "--json-output", str(out), str(dtb)],
+            [
+                proc.program("dt-validate", DTSCHEMA_HINT),
+                "-s",
+                str(self.schema),
+                "--json-output",
+                str(out),
+                str(dtb),
+            ],
             timeout=120,
         )
         assert res.returncode == 0, f"dt-validate failed to run: {res.stderr}"

@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.templating).
 """
 # mypy: ignore-errors
 
-KEY = "0f311f504d933d25f046a8fbf308b4e25a389aaac12fe9096824c83df5e046c6"
+KEY = "4d0dabf840e341edacc9b23209d25b9061c13367a8c81275b22db6ca2e84d9e7"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'dts-header.j2'
@@ -20,6 +20,7 @@ def root(context, missing=missing):
     l_0_source = resolve('source')
     l_0_layout = resolve('layout')
     l_0_describe_text = resolve('describe_text')
+    l_0_vmm_model = resolve('vmm_model')
     try:
         t_1 = environment.filters['hex']
     except KeyError:
@@ -57,7 +58,9 @@ def root(context, missing=missing):
     yield str(environment.getattr((undefined(name='desc') if l_0_desc is missing else l_0_desc), 'boot'))
     yield '. Paired with '
     yield str(environment.getattr((undefined(name='desc') if l_0_desc is missing else l_0_desc), 'name'))
-    yield '.hypervisor.json.\n */\n'
+    yield '.hypervisor.json.\n * VMM: '
+    yield str(context.call((undefined(name='vmm_model') if l_0_vmm_model is missing else l_0_vmm_model), (undefined(name='desc') if l_0_desc is missing else l_0_desc)))
+    yield '.\n */\n'
 
 blocks = {}
-debug_info = '2=29&4=35&5=41&6=45&7=49'
+debug_info = '2=30&4=36&5=42&6=46&7=50&8=54'

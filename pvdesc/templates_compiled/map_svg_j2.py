@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.templating).
 """
 # mypy: ignore-errors
 
-KEY = "bebda6cac358b6cef11e56ac99003bb3c6b5f00a173c34a42d36edd579093a19"
+KEY = "fc1b3a03fabf787403dc1eba8472c6621fabf55248706f49e1f378b613d9ef24"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'map.svg.j2'
@@ -28,6 +28,8 @@ def root(context, missing=missing):
     l_0_detail_top = resolve('detail_top')
     l_0_detail_bottom = resolve('detail_bottom')
     l_0_detail = resolve('detail')
+    l_0_granules_top = resolve('granules_top')
+    l_0_granules = resolve('granules')
     l_0_legend_top = resolve('legend_top')
     l_0_legend = resolve('legend')
     l_0_g = l_0_addr = missing
@@ -386,6 +388,52 @@ def root(context, missing=missing):
             yield ')'
         yield '</text>\n    </g>\n'
     l_1_y = l_1_st = l_1_name = l_1_size_text = missing
+    yield '  </g>\n  <g id="granules">\n    <text x="'
+    yield escape(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_x'))
+    yield '" y="'
+    yield escape(((undefined(name='granules_top') if l_0_granules_top is missing else l_0_granules_top) - 10))
+    yield '" font-weight="bold">64 KiB granules around the region</text>\n'
+    for (l_1_y, l_1_label, l_1_granule, l_1_occupants) in (undefined(name='granules') if l_0_granules is missing else l_0_granules):
+        _loop_vars = {}
+        pass
+        yield '    <g class="granule'
+        if context.call(environment.getattr(l_1_label, 'startswith'), 'region', _loop_vars=_loop_vars):
+            pass
+            yield ' region-granule'
+        yield '" data-label="'
+        yield escape((l_1_label or '...'))
+        yield '" data-occupants="'
+        yield escape(l_1_occupants)
+        yield '">\n      <rect x="'
+        yield escape(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_x'))
+        yield '" y="'
+        yield escape(l_1_y)
+        yield '" width="'
+        yield escape(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_w'))
+        yield '" height="'
+        yield escape((environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'granule_row') - 4))
+        yield '" fill="'
+        yield escape(('#ffe3e3' if context.call(environment.getattr(l_1_label, 'startswith'), 'region', _loop_vars=_loop_vars) else '#f8f9fa'))
+        yield '" stroke="#495057" stroke-width="0.8" stroke-dasharray="4 3"/>\n      <text class="label" x="'
+        yield escape((environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_x') + 8))
+        yield '" y="'
+        yield escape((l_1_y + 13))
+        yield '">'
+        yield escape((l_1_label or '⋮'))
+        yield '</text>\n      <text class="addr" x="'
+        yield escape(((environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_x') + environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_w')) - 8))
+        yield '" y="'
+        yield escape((l_1_y + 13))
+        yield '" text-anchor="end">'
+        yield escape(context.call((undefined(name='addr') if l_0_addr is missing else l_0_addr), environment.getattr(l_1_granule, 'base'), _loop_vars=_loop_vars))
+        yield '</text>\n      <text class="dim" x="'
+        yield escape((environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_x') + 8))
+        yield '" y="'
+        yield escape((l_1_y + 27))
+        yield '" font-size="11">'
+        yield escape(l_1_occupants)
+        yield '</text>\n    </g>\n'
+    l_1_y = l_1_label = l_1_granule = l_1_occupants = missing
     yield '  </g>\n  <g id="legend">\n    <text x="'
     yield escape(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'detail_x'))
     yield '" y="'
@@ -456,4 +504,4 @@ def root(context, missing=missing):
     yield '  </g>\n</svg>\n'
 
 blocks = {}
-debug_info = '2=58&3=61&4=74&5=82&19=86&20=90&21=93&23=104&24=107&25=111&31=125&32=127&34=129&35=133&36=150&37=162&38=172&39=176&41=193&43=196&44=212&45=217&49=229&50=235&51=238&53=243&56=268&57=274&60=278&61=282&64=294&65=297&68=314&69=320&70=328&71=333&72=346&73=360&74=369&79=382&80=387&81=391&82=393&83=396&84=416&85=419&87=430&89=441'
+debug_info = '2=60&3=63&4=76&5=84&19=88&20=92&21=95&23=106&24=109&25=113&31=127&32=129&34=131&35=135&36=152&37=164&38=174&39=178&41=195&43=198&44=214&45=219&49=231&50=237&51=240&53=245&56=270&57=276&60=280&61=284&64=296&65=299&68=316&69=322&70=330&71=335&72=348&73=362&74=371&79=384&80=388&81=392&82=400&83=410&84=416&85=422&90=430&91=435&92=439&93=441&94=444&95=464&96=467&98=478&100=489'

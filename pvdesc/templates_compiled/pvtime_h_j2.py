@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.templating).
 """
 # mypy: ignore-errors
 
-KEY = "a084d12d996af64d8fba238132705b9967420c5c646082bca5241ed5b3744ebc"
+KEY = "8f309960f9b7211f14a4da9baeda678c67e116928daf6a6a80eaec1e892a6382"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'pvtime.h.j2'
@@ -18,6 +18,7 @@ def root(context, missing=missing):
     l_0_desc = resolve('desc')
     l_0_version = resolve('version')
     l_0_source = resolve('source')
+    l_0_vmm_model = resolve('vmm_model')
     l_0_guard = resolve('guard')
     l_0_kvm = resolve('kvm')
     l_0_prefix = resolve('prefix')
@@ -42,7 +43,9 @@ def root(context, missing=missing):
     yield str((undefined(name='version') if l_0_version is missing else l_0_version))
     yield ' from '
     yield str((undefined(name='source') if l_0_source is missing else l_0_source))
-    yield '; do not edit.\n *\n * KVM arm64 stolen-time (PV_TIME_ST) layout for a generic KVM VMM: create every\n * memslot with KVM_SET_USER_MEMORY_REGION, then for each vCPU call\n * KVM_SET_DEVICE_ATTR on the vCPU fd with group KVM_ARM_VCPU_PVTIME_CTRL,\n * attribute KVM_ARM_VCPU_PVTIME_IPA and addr = &ipa (Linux\n * Documentation/virt/kvm/devices/vcpu.rst §3).  Paired with '
+    yield '; do not edit.\n * VMM: '
+    yield str(context.call((undefined(name='vmm_model') if l_0_vmm_model is missing else l_0_vmm_model), (undefined(name='desc') if l_0_desc is missing else l_0_desc)))
+    yield '.\n *\n * KVM arm64 stolen-time (PV_TIME_ST) layout for a generic KVM VMM: create every\n * memslot with KVM_SET_USER_MEMORY_REGION, then for each vCPU call\n * KVM_SET_DEVICE_ATTR on the vCPU fd with group KVM_ARM_VCPU_PVTIME_CTRL,\n * attribute KVM_ARM_VCPU_PVTIME_IPA and addr = &ipa (Linux\n * Documentation/virt/kvm/devices/vcpu.rst §3).  Paired with '
     yield str(environment.getattr((undefined(name='desc') if l_0_desc is missing else l_0_desc), 'name'))
     yield '.hypervisor.json.\n */\n#ifndef '
     yield str((undefined(name='guard') if l_0_guard is missing else l_0_guard))
@@ -106,7 +109,7 @@ def root(context, missing=missing):
         yield str((1 if (environment.getattr(l_1_s, 'purpose') == 'stolen-time') else 0))
         yield ' },\n'
     l_1_s = missing
-    yield "};\n\n/* IPA of vCPU `vcpu_id`'s 64-byte structure: base + 64 * id; 0 if id is out of range. */\nstatic inline uint64_t "
+    yield "};\n\n/*\n * IPA of vCPU `vcpu_id`'s 64-byte structure: base + 64 * id; 0 if id is out of range.\n * 0 is never a vCPU's IPA: pvdesc refuses to place the region at 0.\n */\nstatic inline uint64_t "
     yield str((undefined(name='lower') if l_0_lower is missing else l_0_lower))
     yield '_pvtime_ipa(uint32_t vcpu_id)\n{\n\tif (vcpu_id >= '
     yield str((undefined(name='prefix') if l_0_prefix is missing else l_0_prefix))
@@ -131,4 +134,4 @@ def root(context, missing=missing):
     yield ' */\n'
 
 blocks = {}
-debug_info = '2=32&8=38&10=40&11=42&18=44&21=46&24=48&25=52&26=56&27=60&28=64&29=68&30=72&31=76&33=80&40=82&41=88&42=92&47=102&49=104&51=106&54=110&55=114&56=118&60=122'
+debug_info = '2=33&3=39&9=41&11=43&12=45&19=47&22=49&25=51&26=55&27=59&28=63&29=67&30=71&31=75&32=79&34=83&41=85&42=91&43=95&51=105&53=107&55=109&58=113&59=117&60=121&64=125'

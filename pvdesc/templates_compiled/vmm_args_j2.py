@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.templating).
 """
 # mypy: ignore-errors
 
-KEY = "272b7d9a80d5df2cf551bf552349f13d09bf5308b967db7039150e5940938f0f"
+KEY = "a6e249575bb4aae65c855de4133b292f1ab5f23d0a25d273845e5bdfd64190db"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'vmm.args.j2'
@@ -21,6 +21,7 @@ def root(context, missing=missing):
     l_0_source = resolve('source')
     l_0_layout = resolve('layout')
     l_0_note = resolve('note')
+    l_0_vmm_model = resolve('vmm_model')
     l_0_command = resolve('command')
     try:
         t_1 = environment.filters['hex']
@@ -49,9 +50,11 @@ def root(context, missing=missing):
     yield str(t_2(environment.getattr(environment.getattr((undefined(name='layout') if l_0_layout is missing else l_0_layout), 'region'), 'size')))
     yield ") is the VMM's own; "
     yield str((undefined(name='note') if l_0_note is missing else l_0_note))
-    yield '\n'
+    yield '\n# VMM: '
+    yield str(context.call((undefined(name='vmm_model') if l_0_vmm_model is missing else l_0_vmm_model), (undefined(name='desc') if l_0_desc is missing else l_0_desc)))
+    yield '.\n'
     yield str((undefined(name='command') if l_0_command is missing else l_0_command))
     yield '\n'
 
 blocks = {}
-debug_info = '1=31&2=39&3=45'
+debug_info = '1=32&2=40&3=46&4=48'
