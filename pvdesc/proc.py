@@ -5,7 +5,8 @@ Every tool pvdesc starts goes through :func:`run`:
 - an argument list, never a shell, so no file name is ever parsed as syntax;
 - stdin is ``/dev/null``: a tool waiting for input cannot hang pvdesc;
 - the tool runs in a new session (its own process group), and when the timeout
-  expires, or pvdesc itself is interrupted, the *whole group* gets SIGKILL, so
+  expires, or pvdesc itself is interrupted (SIGINT, or SIGTERM/SIGHUP under
+  :func:`pvdesc.signals.stopping`), the *whole group* gets SIGKILL, so
   nothing the tool started (a shell wrapper's children, QEMU's helpers) is left
   running.  The group is killed while its leader is still unreaped, so its id
   cannot have been reused;
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pvdesc import signals
 from pvdesc.errors import ToolError, one_line
 
 #: Seconds to wait for a killed group's pipes to close before giving up on its output.
@@ -105,18 +107,31 @@ def _text(data: bytes | None) -> str:
 def _popen(
     args: tuple[str, ...], cwd: Path | None, stdout: int | IO[bytes], stderr: int | IO[bytes]
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` in a new session (its own process group), stdin ``/dev/null``."""
+    """Start ``args`` in a new session (its own process group), stdin ``/dev/null``.
+
+    A SIGTERM/SIGHUP arriving while the tool is being started is held back until
+    the process exists, then its group is killed before the signal unwinds
+    (:mod:`pvdesc.signals`): a tool can never outlive pvdesc by starting late.
+    """
     try:
-        return subprocess.Popen(
-            list(args),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        with signals.deferred():
+            proc = subprocess.Popen(
+                list(args),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
     except OSError as exc:
+        signals.raise_pending()
         raise ToolError(f"cannot run: {exc.strerror}", Path(args[0]).name) from None
+    try:
+        signals.raise_pending()
+    except BaseException:
+        _kill_and_reap(proc)
+        raise
+    return proc
 
 
 def _kill_and_reap(proc: subprocess.Popen[bytes]) -> None:
