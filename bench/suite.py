@@ -21,6 +21,11 @@ installed ``pvdesc`` entry point, interpreter start included.
 3. ``pvdesc --version`` cold start, and which modules it imports (``-X importtime``).
 4. ``pvdesc validate examples/`` with ``--jobs 1`` and ``--jobs 2`` (when the
    installed pvdesc has ``validate``).
+5. Loading hostile descriptions just under the limits (:func:`inputs.hostile_yaml`:
+   1 MiB, at most 100,000 nodes, or past them only by the node count), beside the
+   10 KiB large VM: each must be answered (refused) in well under a second, target
+   <= 0.5 s.  This part's targets are asserted: ``bench/run`` exits 1 on a miss
+   (in full mode; ``--quick`` shrinks the inputs).
 
 ``--quick`` runs everything once on smaller inputs (to keep this script working;
 its figures mean nothing).  Results go to a table on stdout and to JSON
@@ -64,7 +69,9 @@ HEAVY_MODULES = ("yaml", "jinja2", "jsonschema", "libfdt", "fdt", "pvdesc.build"
 #: The region and vCPU count ``pvdesc check`` audits (QEMU's VIRT_PVTIME).
 REGION = "0x090a0000:64K"
 #: The parts ``--only`` selects from, in the order they run.
-PARTS = ("build", "check", "version", "validate")
+PARTS = ("build", "check", "version", "validate", "yaml")
+#: Seconds within which any description under the limits must be answered (part 5).
+YAML_LIMIT = 0.5
 
 
 @dataclass
@@ -609,6 +616,43 @@ def bench_validate(cfg: Config) -> list[Result]:
     return out
 
 
+# --------------------------------------------------------------------------- 5. yaml
+
+
+def bench_yaml(cfg: Config) -> list[Result]:
+    """In-process :func:`pvdesc.description.loads` of hostile inputs (imports done)."""
+    from pvdesc import description
+    from pvdesc.errors import PvdescError
+
+    def answer(text: bytes) -> str:
+        try:
+            description.loads(text, "hostile.yaml")
+        except PvdescError as err:
+            return str(err)
+        return "accepted"
+
+    limit = description.MAX_FILE_BYTES // (64 if cfg.quick else 1)
+    cases = {"large_vm": inputs.LARGE_VM.read_bytes(), **inputs.hostile_yaml(limit)}
+    answer(cases["too_many_banks"])  # jsonschema's import and the validator, once
+    out = []
+    for name, text in cases.items():
+        t = samples(functools.partial(answer, text), cfg.slow_repeats)
+        hostile = name != "large_vm"
+        out.append(
+            Result(
+                f"yaml.{name}",
+                f"load {name.replace('_', ' ')} ({len(text) / 1024:.0f} KiB)",
+                t.median,
+                "s",
+                cpu=t.cpu_median,
+                limit=YAML_LIMIT if hostile else None,
+                note=answer(text)[:160] if hostile else "",
+                detail={**t.to_json(), "bytes": len(text), "asserted": hostile},
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -695,6 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += bench_version(cfg)
     if "validate" in parts:
         results += bench_validate(cfg)
+    if "yaml" in parts:
+        results += bench_yaml(cfg)
     mach["loadavg_end"] = list(os.getloadavg())
     sys.stdout.write(table(results, mach, cfg))
     doc = {
@@ -707,6 +753,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.json}")
+    missed = [r.key for r in results if r.detail.get("asserted") and r.status == "miss"]
+    if missed and not cfg.quick:
+        print(f"missed asserted targets: {', '.join(missed)}", file=sys.stderr)
+        return 1
     return 0
 
 
