@@ -22,6 +22,7 @@ path order, and nothing in a report depends on timing or on the number of jobs.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
-from pvdesc import acpitables, build, check, dtb, validators
+from pvdesc import acpitables, build, check, dtb, signals, validators
 from pvdesc.errors import (
     AcpiError,
     DescriptionError,
@@ -354,8 +355,26 @@ def _map(files: Sequence[str], ext: Externals, jobs: int) -> Iterable[FileReport
         return [validate_file(f, ext) for f in files]
     # spawn: fresh interpreters, safe whatever threads the caller has.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(files)), mp_context=ctx) as pool:
-        return list(pool.map(validate_file, files, repeat(ext)))
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(files)), mp_context=ctx)
+    try:
+        return list(pool.map(_validate_in_worker, files, repeat(ext)))
+    except BaseException:
+        # SIGTERM/SIGHUP reached only this process (SIGINT from a terminal reaches the
+        # whole group): pass it on, so each worker kills its tool's group and removes
+        # its folder as pvdesc itself does, and start no more descriptions.
+        for worker in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError, ValueError):
+                worker.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _validate_in_worker(path: str, ext: Externals) -> FileReport:
+    """:func:`validate_file` in a worker, with SIGTERM/SIGHUP unwinding it (pvdesc.signals)."""
+    with signals.stopping():
+        return validate_file(path, ext)
 
 
 def run(paths: Sequence[str], *, jobs: int | None = None, external: bool | None = None) -> Report:

@@ -22,8 +22,8 @@ from tools import EXAMPLES, ROOT
 #: The fake tool: a child in its group, both pids written where the test reads them.
 SLOW_TOOL = """#!/bin/sh
 sleep 300 &
-echo "$$ $!" > "$PVDESC_TEST_PIDS.tmp"
-mv "$PVDESC_TEST_PIDS.tmp" "$PVDESC_TEST_PIDS"
+echo "$$ $!" > "$PVDESC_TEST_PIDS/.$$"
+mv "$PVDESC_TEST_PIDS/.$$" "$PVDESC_TEST_PIDS/$$"
 wait
 """
 
@@ -37,8 +37,10 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def interrupt_slow_tool(tmp: Path, tool: str, argv: list[str], sig: int) -> tuple[int, str]:
-    """Run ``pvdesc ARGV`` with a slow fake ``tool``, send ``sig`` once it runs.
+def interrupt_slow_tool(
+    tmp: Path, tool: str, argv: list[str], sig: int, runs: int = 1
+) -> tuple[int, str]:
+    """Run ``pvdesc ARGV`` with a slow fake ``tool``, send ``sig`` once ``runs`` of it run.
 
     Returns (exit status, stderr) after checking that nothing is left behind.
     """
@@ -48,12 +50,13 @@ def interrupt_slow_tool(tmp: Path, tool: str, argv: list[str], sig: int) -> tupl
     (fake / tool).chmod(0o755)
     scratch = tmp / "tmpdir"
     scratch.mkdir()
-    pids_file = tmp / "pids"
+    pids_dir = tmp / "pids"
+    pids_dir.mkdir()
     env = {
         **os.environ,
         "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '')}",
         "TMPDIR": str(scratch),
-        "PVDESC_TEST_PIDS": str(pids_file),
+        "PVDESC_TEST_PIDS": str(pids_dir),
         "XDG_CACHE_HOME": str(tmp / "cache"),
     }
     proc = subprocess.Popen(
@@ -64,24 +67,25 @@ def interrupt_slow_tool(tmp: Path, tool: str, argv: list[str], sig: int) -> tupl
         stderr=subprocess.PIPE,
         text=True,
     )
+    pids: list[int] = []
     try:
-        for _ in range(1200):  # the tool has started (or pvdesc ended first: a failure)
-            if pids_file.exists() or proc.poll() is not None:
+        for _ in range(1200):  # the tools have started (or pvdesc ended first: a failure)
+            if len(list(pids_dir.glob("[0-9]*"))) >= runs or proc.poll() is not None:
                 break
             time.sleep(0.05)
-        assert pids_file.exists(), f"the fake {tool} never ran: {proc.communicate()[1]}"
-        tool_pid, child_pid = (int(p) for p in pids_file.read_text().split())
-        assert alive(tool_pid) and alive(child_pid)
+        pids = [int(p) for f in pids_dir.glob("[0-9]*") for p in f.read_text().split()]
+        assert len(pids) == 2 * runs, f"the fake {tool} did not run: {proc.communicate()[1]}"
+        assert all(alive(pid) for pid in pids)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    left = [pid for pid in (tool_pid, child_pid) if alive(pid)]
+    left = [pid for pid in pids if alive(pid)]
     for pid in left:  # do not leave them to the next test, then fail
         os.kill(pid, signal.SIGKILL)
-    assert left == [], f"{tool} (pid {tool_pid}) or its child (pid {child_pid}) still runs"
+    assert left == [], f"{tool} or its child still runs (pids {left} of {pids})"
     assert sorted(p.name for p in scratch.iterdir()) == [], "temporary files left behind"
     return proc.returncode, err
 
@@ -105,4 +109,12 @@ def test_sigterm_during_prove_kills_qemu_and_cleans_up(tmp_path: Path) -> None:
     desc = str(EXAMPLES / "linux-carve-reserved.yaml")
     argv = ["prove", desc, "--kernel", str(tmp_path / "vmlinuz")]
     code, err = interrupt_slow_tool(tmp_path, "qemu-system-aarch64", argv, signal.SIGTERM)
+    assert (code, err) == (143, "pvdesc: stopped by SIGTERM\n")
+
+
+def test_sigterm_during_validate_stops_every_worker_and_tool(tmp_path: Path) -> None:
+    """``validate -j 2``: each worker runs a slow iasl; SIGTERM reaches pvdesc only."""
+    descs = [str(EXAMPLES / "uefi-acpi-hole.yaml"), str(EXAMPLES / "numa-4node-acpi.yaml")]
+    argv = ["validate", "--no-external", "--jobs", "2", *descs]
+    code, err = interrupt_slow_tool(tmp_path, "iasl", argv, signal.SIGTERM, runs=2)
     assert (code, err) == (143, "pvdesc: stopped by SIGTERM\n")
