@@ -74,7 +74,7 @@ def interrupt_slow_tool(
                 break
             time.sleep(0.05)
         pids = [int(p) for f in pids_dir.glob("[0-9]*") for p in f.read_text().split()]
-        assert len(pids) == 2 * runs, f"the fake {tool} did not run: {proc.communicate()[1]}"
+        assert len(pids) >= 2 * runs, f"the fake {tool} did not run {runs} times"
         assert all(alive(pid) for pid in pids)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
