@@ -13,7 +13,8 @@ Once one of these signals (or SIGINT) has started the unwinding, further ones ar
 ignored, so a second ``kill`` cannot cut the cleanup short.  A signal that
 arrives while a tool is being started (between ``fork`` and the moment the
 caller holds the process) is held back by :func:`deferred` and raised as soon as
-the process can be killed.
+the process can be killed.  ``pvdesc validate``'s worker processes pass a stop on
+the same way (:func:`worker_between_jobs`).
 """
 
 from __future__ import annotations
@@ -70,26 +71,45 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     raise _interruption(signum)
 
 
+def _record(signum: int, _frame: FrameType | None) -> None:
+    _State.pending = _State.pending or signum
+
+
+def worker_between_jobs() -> None:
+    """For a worker process: SIGINT ignored; SIGTERM/SIGHUP remembered, not acted on.
+
+    Only the main process decides to stop (a terminal's SIGINT reaches every worker
+    too), and passes it on as SIGTERM.  A worker killed between jobs could hold its
+    pool's result-queue lock as it died, and its siblings then waited for it
+    forever; so the signal is only remembered here, and the worker's next
+    :func:`stopping` block raises it at once.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _record)
+
+
 @contextlib.contextmanager
 def stopping() -> Iterator[None]:
     """Within the block, SIGTERM/SIGHUP raise :class:`Stopped` and SIGINT KeyboardInterrupt.
 
     Only the main thread can install handlers; elsewhere (or when a caller already
     holds them) the block runs with the handlers as they are.  The previous
-    handlers are restored on exit.
+    handlers are restored on exit.  A signal the parent ignores (``nohup``, a
+    background job of a non-interactive shell) stays ignored.  A signal
+    :func:`worker_between_jobs` remembered is raised on entry.
     """
     if _State.active or threading.current_thread() is not threading.main_thread():
         yield
         return
     signums = (signal.SIGINT, *STOP_SIGNALS)
     old = {s: signal.getsignal(s) for s in signums}
-    # A SIGINT ignored by the parent (nohup, a background job of a non-interactive
-    # shell) stays ignored.
-    ours = [s for s in signums if not (s == signal.SIGINT and old[s] == signal.SIG_IGN)]
-    _State.active, _State.stopping, _State.holding, _State.pending = True, False, 0, None
+    ours = [s for s in signums if old[s] != signal.SIG_IGN]
+    _State.active, _State.stopping, _State.holding = True, False, 0
     try:
         for s in ours:
             signal.signal(s, _handler)
+        raise_pending()
         yield
     finally:
         for s in ours:

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -345,6 +346,10 @@ def validate_file(path: str, ext: Externals) -> FileReport:
 # --------------------------------------------------------------------------- the run
 
 
+#: Seconds an interrupted run's workers get to stop their tools and remove their folders.
+STOP_GRACE = 10.0
+
+
 def default_jobs() -> int:
     """One worker per CPU."""
     return os.cpu_count() or 1
@@ -355,24 +360,47 @@ def _map(files: Sequence[str], ext: Externals, jobs: int) -> Iterable[FileReport
         return [validate_file(f, ext) for f in files]
     # spawn: fresh interpreters, safe whatever threads the caller has.
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(files)), mp_context=ctx)
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(files)), mp_context=ctx, initializer=signals.worker_between_jobs
+    )
     try:
-        return list(pool.map(_validate_in_worker, files, repeat(ext)))
+        reports = list(pool.map(_validate_in_worker, files, repeat(ext)))
     except BaseException:
-        # SIGTERM/SIGHUP reached only this process (SIGINT from a terminal reaches the
-        # whole group): pass it on, so each worker kills its tool's group and removes
-        # its folder as pvdesc itself does, and start no more descriptions.
-        for worker in list(getattr(pool, "_processes", {}).values()):
-            with contextlib.suppress(OSError, ValueError):
-                worker.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        _stop_workers(pool)
         raise
-    finally:
-        pool.shutdown(wait=True)
+    pool.shutdown(wait=True)
+    return reports
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers of an interrupted run, and start no more descriptions.
+
+    SIGTERM/SIGHUP reached only this process (SIGINT from a terminal reaches the
+    whole group): it is passed on, so each busy worker kills its tool's group and
+    removes its folder as pvdesc itself does (:func:`_validate_in_worker`).  A
+    worker that has not ended :data:`STOP_GRACE` seconds later is killed: the
+    executor's own shutdown waited forever for a worker whose sibling it had
+    found dead.
+    """
+    workers = list(getattr(pool, "_processes", {}).values())
+    for worker in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            worker.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_GRACE
+    for worker in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join(STOP_GRACE)
 
 
 def _validate_in_worker(path: str, ext: Externals) -> FileReport:
-    """:func:`validate_file` in a worker, with SIGTERM/SIGHUP unwinding it (pvdesc.signals)."""
+    """:func:`validate_file` in a worker, with SIGTERM/SIGHUP unwinding it (pvdesc.signals).
+
+    The main process passes a stop on as SIGTERM (:func:`_stop_workers`).
+    """
     with signals.stopping():
         return validate_file(path, ext)
 

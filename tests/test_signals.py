@@ -82,7 +82,12 @@ def interrupt_slow_tool(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    left = [pid for pid in pids if alive(pid)]
+    # SIGKILL is delivered asynchronously: a killed process may take a moment to end.
+    for _ in range(100):
+        left = [pid for pid in pids if alive(pid)]
+        if not left:
+            break
+        time.sleep(0.1)
     for pid in left:  # do not leave them to the next test, then fail
         os.kill(pid, signal.SIGKILL)
     assert left == [], f"{tool} or its child still runs (pids {left} of {pids})"
