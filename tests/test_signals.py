@@ -37,6 +37,19 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def running(folder: Path) -> list[int]:
+    """Processes running a program from ``folder`` (the fake tools)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or it ended
+            continue
+        if any(arg.startswith(f"{folder}/".encode()) for arg in argv):
+            found.append(int(entry.name))
+    return found
+
+
 def interrupt_slow_tool(
     tmp: Path, tool: str, argv: list[str], sig: int, runs: int = 1
 ) -> tuple[int, str]:
@@ -84,7 +97,8 @@ def interrupt_slow_tool(
             proc.wait()
     # SIGKILL is delivered asynchronously: a killed process may take a moment to end.
     for _ in range(100):
-        left = [pid for pid in pids if alive(pid)]
+        # the runs recorded, and any run of the fake started after them
+        left = [pid for pid in {*pids, *running(fake)} if alive(pid)]
         if not left:
             break
         time.sleep(0.1)
