@@ -101,6 +101,31 @@ def nested_dtb(buses: int = 100, per_bus: int = 99) -> bytes:
     return bytes(fdt.as_bytearray())
 
 
+def hostile_yaml(limit: int) -> dict[str, bytes]:
+    """Descriptions of at most ``limit`` bytes built to be slow to refuse: name -> bytes.
+
+    The first is issue 20's: a flow list left open (``x: [1,1,1,...`` without ``]``),
+    which took 15.6 s and 340 MB to refuse when libyaml built all its 500,000 nodes
+    and the pure-Python parser then read it again for a clearer message.
+    """
+    ram = b"name: vm\nvcpus: 2\nmemory:\n  - {base: 0x40000000, size: 1G}\n"
+
+    def fill(head: bytes, unit: bytes, tail: bytes = b"") -> bytes:
+        return head + unit * ((limit - len(head) - len(tail)) // len(unit)) + tail
+
+    return {
+        "unclosed_flow_list": fill(b"x: [", b"1,"),
+        "closed_flow_list": fill(b"x: [", b"1,", b"1]"),
+        # under the node limit, libyaml's error at the very end
+        "unclosed_long_items": fill(b"x: [", b"1234567890,"),
+        "deep_nesting": fill(b"x: ", b"["),
+        # the longest lists the node limit lets through, far past maxItems
+        "too_many_banks": b"name: vm\nvcpus: 2\nmemory:\n" + b"  - {base: 0, size: 1}\n" * 19_990,
+        "unknown_keys": ram + b"".join(b"k%06d: 1\n" % i for i in range(49_000)),
+        "alias_fan_out": fill(ram + b"a: &a [1, 2, 3, 4, 5, 6, 7, 8]\nb: [", b"*a, ", b"*a]"),
+    }
+
+
 def random_ranges(n: int, seed: int = 1) -> list[Range]:
     """``n`` ranges of 1 B..1 MiB at random bases in a 40-bit space (few overlap)."""
     rng = random.Random(seed)

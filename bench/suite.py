@@ -27,6 +27,11 @@ installed ``pvdesc`` entry point, interpreter start included.
    installed pvdesc has ``validate``), and a fleet of 1,000 descriptions made by
    :func:`inputs.fleet` (the examples in turn, renamed) with ``--jobs 2 --external``
    (every external validator): target < 20 s; ``--no-external`` beside it.
+5. Loading hostile descriptions just under the limits (:func:`inputs.hostile_yaml`:
+   1 MiB, at most 100,000 nodes, or past them only by the node count), beside the
+   10 KiB large VM: each must be answered (refused) in well under a second, target
+   <= 0.5 s.  This part's targets are asserted: ``bench/run`` exits 1 on a miss
+   (in full mode; ``--quick`` shrinks the inputs).
 
 The package is byte-compiled first (``python -m compileall``), as pip does when it
 installs a wheel: a module without current bytecode would be compiled from source
@@ -74,9 +79,11 @@ HEAVY_MODULES = ("yaml", "jinja2", "jsonschema", "libfdt", "fdt", "pvdesc.build"
 #: The region and vCPU count ``pvdesc check`` audits (QEMU's VIRT_PVTIME).
 REGION = "0x090a0000:64K"
 #: The parts ``--only`` selects from, in the order they run.
-PARTS = ("build", "check", "version", "validate", "fleet")
+PARTS = ("build", "check", "version", "validate", "fleet", "yaml")
 #: Descriptions in the validate fleet (``--quick``: one of each example).
 FLEET = 1000
+#: Seconds within which any description under the limits must be answered (part 5).
+YAML_LIMIT = 0.5
 
 
 @dataclass
@@ -698,6 +705,43 @@ def bench_fleet(cfg: Config, work: Path) -> list[Result]:
     return out
 
 
+# --------------------------------------------------------------------------- 5. yaml
+
+
+def bench_yaml(cfg: Config) -> list[Result]:
+    """In-process :func:`pvdesc.description.loads` of hostile inputs (imports done)."""
+    from pvdesc import description
+    from pvdesc.errors import PvdescError
+
+    def answer(text: bytes) -> str:
+        try:
+            description.loads(text, "hostile.yaml")
+        except PvdescError as err:
+            return str(err)
+        return "accepted"
+
+    limit = description.MAX_FILE_BYTES // (64 if cfg.quick else 1)
+    cases = {"large_vm": inputs.LARGE_VM.read_bytes(), **inputs.hostile_yaml(limit)}
+    answer(cases["too_many_banks"])  # jsonschema's import and the validator, once
+    out = []
+    for name, text in cases.items():
+        t = samples(functools.partial(answer, text), cfg.slow_repeats)
+        hostile = name != "large_vm"
+        out.append(
+            Result(
+                f"yaml.{name}",
+                f"load {name.replace('_', ' ')} ({len(text) / 1024:.0f} KiB)",
+                t.median,
+                "s",
+                cpu=t.cpu_median,
+                limit=YAML_LIMIT if hostile else None,
+                note=answer(text)[:160] if hostile else "",
+                detail={**t.to_json(), "bytes": len(text), "asserted": hostile},
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -789,6 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "fleet" in parts:
         with tempfile.TemporaryDirectory(prefix="pvdesc-bench-fleet-") as tmp:
             results += bench_fleet(cfg, Path(tmp))
+    if "yaml" in parts:
+        results += bench_yaml(cfg)
     mach["loadavg_end"] = list(os.getloadavg())
     sys.stdout.write(table(results, mach, cfg))
     doc = {
@@ -801,6 +847,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.json}")
+    missed = [r.key for r in results if r.detail.get("asserted") and r.status == "miss"]
+    if missed and not cfg.quick:
+        print(f"missed asserted targets: {', '.join(missed)}", file=sys.stderr)
+        return 1
     return 0
 
 

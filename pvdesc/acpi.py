@@ -31,7 +31,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pvdesc import __version__, acpica, templating
+from pvdesc import __version__, acpica, signals, templating
 from pvdesc.errors import AcpiError
 from pvdesc.layout import Layout, MemoryNode
 from pvdesc.model import Range, VmDescription
@@ -165,16 +165,20 @@ def compiling(layout: Layout) -> Iterator[Callable[[], tuple[Table, ...]]]:
     its temporary directory; nothing is written to the output directory.
     """
     srat = srat_source(layout) if needs_srat(layout.description) else None
+    ssdt = ssdt_source(layout)
     with contextlib.ExitStack() as stack:
-        srat_job = (
-            stack.enter_context(acpica.Compilation(srat, template=SRAT_TEMPLATE, name="srat"))
-            if srat is not None
-            else None
-        )
-        ssdt = ssdt_source(layout)
-        ssdt_job = stack.enter_context(
-            acpica.Compilation(ssdt, template=SSDT_TEMPLATE, name="ssdt")
-        )
+        # A stopping signal (pvdesc.signals) is held back until each started iasl is
+        # on the stack that stops it: between the two, it left iasl running.
+        with signals.deferred():
+            srat_job = (
+                stack.enter_context(acpica.Compilation(srat, template=SRAT_TEMPLATE, name="srat"))
+                if srat is not None
+                else None
+            )
+            ssdt_job = stack.enter_context(
+                acpica.Compilation(ssdt, template=SSDT_TEMPLATE, name="ssdt")
+            )
+        signals.raise_pending()
 
         def wait() -> tuple[Table, ...]:
             out = [Table("ssdt", ssdt, ssdt_job.aml())]

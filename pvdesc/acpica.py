@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc import proc, templating
+from pvdesc import proc, signals, templating
 from pvdesc.errors import AcpiError, ToolError
 
 #: The Debian package that ships iasl and acpiexec.
@@ -128,7 +128,8 @@ def _scratch(tool_name: str, files: Mapping[str, bytes]) -> tempfile.TemporaryDi
     """A new temporary directory holding ``files`` for one tool run (the caller removes it).
 
     A temporary directory that cannot be made or written (``TMPDIR`` missing,
-    a full disk) is a one-line :class:`ToolError`, not a traceback.
+    a full disk) is a one-line :class:`ToolError`, not a traceback.  Any other
+    interruption while it is written (SIGTERM: :mod:`pvdesc.signals`) removes it.
     """
     try:
         tmp = tempfile.TemporaryDirectory(prefix=f"pvdesc-{tool_name}-")
@@ -147,6 +148,9 @@ def _scratch(tool_name: str, files: Mapping[str, bytes]) -> tempfile.TemporaryDi
         raise ToolError(
             f"cannot write its input in {tmp.name}: {exc.strerror or exc}", tool_name
         ) from None
+    except BaseException:
+        tmp.cleanup()
+        raise
     return tmp
 
 
@@ -256,9 +260,12 @@ class Compilation:
                 "iasl reads ASCII only",
                 f"templates/{template}:{tline}" if tline else f"templates/{template}",
             )
-        self._tmp = _scratch("iasl", {f"{name}.asl": source.encode("ascii")})
-        self._work = Path(self._tmp.name)
+        # A stopping signal is held back until the folder is ours to remove (pvdesc.signals).
+        with signals.deferred():
+            self._tmp = _scratch("iasl", {f"{name}.asl": source.encode("ascii")})
         try:
+            signals.raise_pending()
+            self._work = Path(self._tmp.name)
             argv = [iasl, "-vs", "-vi", "-we", "-p", str(self._work / name), f"{name}.asl"]
             self._job = proc.start(argv, timeout=TIMEOUT, cwd=self._work)
         except BaseException:

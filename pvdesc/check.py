@@ -69,6 +69,9 @@ FORMAT = "pvdesc.check/1"
 PAGE_4K = 0x1000
 #: A hypervisor config for 512 vCPUs is ~40 KiB; refuse anything much larger.
 MAX_CONFIG_BYTES = 4 << 20
+#: Memslots a hypervisor config may list: KVM's slot ids are below SHRT_MAX
+#: (``KVM_MEM_SLOTS_NUM``, include/linux/kvm_host.h), so a longer list is not a real VM's.
+MAX_CONFIG_MEMSLOTS = 1 << 15
 
 
 class CheckInputError(PvdescError):
@@ -233,8 +236,13 @@ def target_from_data(data: dict[str, Any], file: str) -> Target:
     raw_vcpus = data.get("vcpus")
     if not isinstance(raw_slots, list) or not isinstance(raw_vcpus, list) or not raw_vcpus:
         raise CheckInputError("memslots and vcpus must be non-empty lists", file)
-    if len(raw_vcpus) > kvm.KVM_MAX_VCPUS or len(raw_slots) > 1 << 15:
-        raise CheckInputError("too many vcpus or memslots", file)
+    if len(raw_vcpus) > kvm.KVM_MAX_VCPUS or len(raw_slots) > MAX_CONFIG_MEMSLOTS:
+        raise CheckInputError(
+            f"too many vcpus or memslots ({len(raw_vcpus)} vcpus, {len(raw_slots)} memslots): "
+            f"hypervisor configs are limited to {kvm.KVM_MAX_VCPUS} vcpus (KVM_MAX_VCPUS) and "
+            f"{MAX_CONFIG_MEMSLOTS} memslots",
+            file,
+        )
     slots = tuple(
         Memslot(
             config_int(s, "slot", file, f"memslots[{i}]"),

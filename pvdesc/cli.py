@@ -1,7 +1,8 @@
 """The ``pvdesc`` command.
 
 Exit status: 0 success, 1 findings (for commands that judge), 2 unusable input,
-141 (128 + SIGPIPE) when the reader of stdout went away, without a word on stderr.
+141 (128 + SIGPIPE) when the reader of stdout went away, without a word on stderr;
+128 + the signal after SIGINT, SIGTERM or SIGHUP (:mod:`pvdesc.signals`), with one line.
 Every :class:`~pvdesc.errors.PvdescError` becomes one line on stderr,
 ``pvdesc: error: <where>: <message>``, and exit status 2: never a traceback.
 Subcommand modules are imported lazily so ``pvdesc --version`` starts fast.
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
-from pvdesc import __version__
+from pvdesc import __version__, signals
 from pvdesc.errors import PvdescError, one_line
 
 EXIT_OK = 0
@@ -23,6 +25,9 @@ EXIT_USAGE = 2
 #: 128 + SIGPIPE: the reader of stdout went away (``pvdesc map | head``), as a shell reports
 #: a C tool that SIGPIPE ended.
 EXIT_BROKEN_PIPE = 141
+#: Stopped by a signal: 128 + its number, as a shell reports it (SIGINT 130, SIGTERM 143,
+#: SIGHUP 129), after the tool's process group is killed and temporary files are removed.
+EXIT_SIGNAL = 128
 
 
 def _write(text: str) -> None:
@@ -421,8 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
+        with signals.stopping():
+            code: int = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
     except BrokenPipeError:
         # https://docs.python.org/3/library/signal.html#note-on-sigpipe: point stdout at
         # /dev/null so the interpreter's final flush cannot fail again ("Exception ignored").
@@ -435,7 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("pvdesc: interrupted\n")
-        return 130
+        return EXIT_SIGNAL + signal.SIGINT
+    except signals.Stopped as stop:
+        sys.stderr.write(f"pvdesc: stopped by {stop.name}\n")
+        return EXIT_SIGNAL + stop.signum
     return code
 
 

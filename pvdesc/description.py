@@ -11,6 +11,7 @@ to ``file:line:column`` so that errors raised later (by :mod:`pvdesc.model` or
 from __future__ import annotations
 
 import difflib
+import gc
 import json
 import re
 from collections.abc import Callable
@@ -243,14 +244,7 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
             False,
         )
     if err.validator == "maxItems":
-        return (
-            path,
-            (
-                f"{len(err.instance)} entries: at most {err.validator_value} are allowed (a "
-                "limit on input size; a real VM has a handful)"
-            ),
-            False,
-        )
+        return path, _too_long(len(err.instance), err.validator_value), False
     if err.validator == "type":
         types = err.validator_value
         kinds = " or ".join(types) if isinstance(types, list) else str(types)
@@ -463,21 +457,52 @@ def _schema_accepts_fast(data: Any) -> bool:
     return True
 
 
+def _too_long(count: int, limit: int) -> str:
+    return (
+        f"{count} entries: at most {limit} are allowed "
+        "(a limit on input size; a real VM has a handful)"
+    )
+
+
+def _long_lists(data: Any) -> dict[str, int]:
+    """Top-level lists longer than their ``maxItems``: key -> the limit.
+
+    The reference validator checks every item of a list it already refuses as too
+    long: 19,990 RAM banks (within the node limit) took 1.7 s.  Such a list is
+    refused by :func:`_check_schema` itself, at the list, without looking inside.
+    """
+    if not isinstance(data, dict):
+        return {}
+    props = schema().get("properties", {})
+    out = {}
+    for key, value in data.items():
+        sub = props.get(key) if isinstance(key, str) else None
+        limit = sub.get("maxItems") if isinstance(sub, dict) else None
+        if isinstance(limit, int) and isinstance(value, list) and len(value) > limit:
+            out[key] = limit
+    return out
+
+
 def _check_schema(data: Any, smap: SourceMap) -> None:
     if _schema_accepts_fast(data):
         return
-    errors = list(_validator().iter_errors(data))
-    if not errors:
-        return
-
-    def order(e: Any) -> tuple[int, int, int]:
-        # Report the error that comes first in the file; deepest first at a tie.
-        loc = smap.values.get(tuple(e.absolute_path), (10**9, 0))
-        return (loc[0], loc[1], -len(e.absolute_path))
-
-    first = min(errors, key=order)
-    path, message, at_key = _schema_error_message(first, data)
-    raise DescriptionError(message, smap.where(path, key=at_key))
+    long_lists = _long_lists(data)
+    # (line, column, -depth): the error that comes first in the file; deepest first at a tie.
+    found: list[tuple[tuple[int, int, int], KeyPath, str, bool]] = []
+    for key, limit in long_lists.items():
+        loc = smap.values.get((key,), (10**9, 0))
+        found.append(((loc[0], loc[1], -1), (key,), _too_long(len(data[key]), limit), False))
+    # The long lists' items are not checked (errors inside come later in the file anyway).
+    rest = {k: ([] if k in long_lists else v) for k, v in data.items()} if long_lists else data
+    for err in _validator().iter_errors(rest):
+        path = tuple(err.absolute_path)
+        if path[:1] and path[0] in long_lists:
+            continue
+        loc = smap.values.get(path, (10**9, 0))
+        found.append(((loc[0], loc[1], -len(path)), *_schema_error_message(err, data)))
+    if found:
+        _, path, message, at_key = min(found, key=lambda f: f[0])
+        raise DescriptionError(message, smap.where(path, key=at_key))
 
 
 def _quantity(value: int | str, path: KeyPath) -> int:
@@ -539,9 +564,88 @@ def _build(data: dict[str, Any]) -> VmDescription:
     )
 
 
+#: The events that make a node (an alias, which repeats one, included).
+_NODE_EVENTS = (
+    yaml.ScalarEvent,
+    yaml.SequenceStartEvent,
+    yaml.MappingStartEvent,
+    yaml.AliasEvent,
+)
+
+
+def _node_limit(file: str, mark: Any) -> DescriptionError:
+    return DescriptionError(
+        f"description has more than {MAX_NODES} YAML nodes (or an alias bomb)",
+        f"{file}:{mark.line + 1}:{mark.column + 1}",
+    )
+
+
+def _count_nodes(loader_class: type[_Loader], text: str, file: str) -> None:
+    """Refuse ``text`` at its ``MAX_NODES + 1``-th node, reading only parser events.
+
+    A composer builds the whole tree before anyone can count it: a 1 MiB flow
+    list ``x: [1,1,1,...`` is half a million nodes, 2.3 s and 190 MB to build and
+    then refuse, and 18 s and 330 MB when unclosed (the reference parser then read
+    it all again for its message).  libyaml parses lazily, and pulling its events
+    without building anything costs a quarter of composing them, so this pass runs
+    first and stops at the limit; a syntax error shows here as it would there.
+    Each alias counts once; :func:`_to_data` counts it again when it expands.
+    """
+    parser = loader_class(text)
+    try:
+        left = MAX_NODES
+        while not parser.check_event(yaml.StreamEndEvent):
+            event = parser.get_event()
+            if isinstance(event, _NODE_EVENTS):
+                left -= 1
+                if left < 0:
+                    raise _node_limit(file, event.start_mark)
+    finally:
+        parser.dispose()
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """The pure-Python reference loader, refusing a document at its ``MAX_NODES + 1``-th node.
+
+    It reads at most :data:`REPARSE_CHARS` + :data:`REPARSE_PAST` characters, so
+    counting while composing is enough.
+    """
+
+    nodes_left = MAX_NODES
+    #: The description's path as the user gave it.
+    file = "<description>"
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.nodes_left -= 1
+        if self.nodes_left < 0:
+            raise _node_limit(self.file, self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        node: yaml.Node = super().compose_node(parent, index)  # type: ignore[assignment]
+        return node
+
+
+#: Documents up to this many characters are not counted first (0.5 ms of the 5 ms to load
+#: the 10 KiB bench/data/large-vm.yaml): they hold a few times as many nodes at most, which
+#: libyaml builds in milliseconds, and :func:`_to_data` still counts them.
+COUNT_ABOVE_CHARS = MAX_NODES // 4
+#: A document libyaml rejects is parsed again by the reference parser for a clearer
+#: message only if libyaml's error lies within this many characters of the start:
+#: the reference parser reads ~1 MB in 10 s, so this bounds the work spent on an
+#: error's location; further on, libyaml's own message and mark are given.
+REPARSE_CHARS = 16 << 10
+#: How far past libyaml's error the reference parser may read (the rest of that line).
+REPARSE_PAST = 1 << 10
+
+
 def _compose(loader_class: type[_Loader], text: str, smap: SourceMap) -> Any:
     """The single YAML document in ``text`` as plain data; fills ``smap`` on the way."""
     loader = loader_class(text)
+    if isinstance(loader, _CountingLoader):
+        loader.file = smap.file
+    # The cyclic garbage collector, triggered again and again by the allocation of up
+    # to 100,000 nodes, walked them all each time: 0.6 s of 0.8 s to compose 20,000
+    # RAM banks.  Nothing here makes cycles worth collecting before the next collection.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         node = loader.get_single_node()
         if node is None:
@@ -551,6 +655,16 @@ def _compose(loader_class: type[_Loader], text: str, smap: SourceMap) -> Any:
         return _to_data(loader, node, smap, (), [MAX_NODES])
     finally:
         loader.dispose()
+        if collecting:
+            gc.enable()
+
+
+def _error_index(exc: yaml.YAMLError) -> int:
+    """The character offset of a YAML error (the end of the text when it has no mark)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return int(exc.position)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return int(mark.index) if mark is not None else MAX_FILE_BYTES
 
 
 def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
@@ -565,14 +679,32 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
         raise DescriptionError(f"not UTF-8 text (byte {exc.start})", f"{file}:{line}:1") from None
     try:
         try:
+            if len(decoded) > COUNT_ABOVE_CHARS:
+                _count_nodes(FAST_LOADER, decoded, file)
             data = _compose(FAST_LOADER, decoded, smap)
-        except yaml.YAMLError:
-            if FAST_LOADER is yaml.SafeLoader:
+        except yaml.YAMLError as fast_error:
+            at = _error_index(fast_error)
+            if "maximum nesting depth" in str(getattr(fast_error, "problem", "")):
+                # libyaml stops at depth 1000; the reference scanner is quadratic in
+                # the depth of flow collections (1.5 s for 1,300 levels) before it
+                # reaches Python's recursion limit: say it without asking it.
+                raise DescriptionError("YAML nested too deeply", file) from None
+            if FAST_LOADER is yaml.SafeLoader or at > REPARSE_CHARS:
                 raise
             # libyaml's messages are vaguer ("found character that cannot start any
             # token"): let the pure-Python parser, the reference, say what is wrong.
             smap = SourceMap(file)
-            data = _compose(yaml.SafeLoader, decoded, smap)
+            if len(decoded) <= REPARSE_CHARS:
+                data = _compose(_CountingLoader, decoded, smap)
+            else:  # reading no further than the line libyaml stopped at (or 1 KiB past it)
+                end = decoded.find("\n", at, at + REPARSE_PAST)
+                stop = end + 1 if end >= 0 else at + REPARSE_PAST
+                try:
+                    _compose(_CountingLoader, decoded[:stop], smap)
+                except yaml.YAMLError as slow_error:
+                    if _error_index(slow_error) <= at:
+                        raise
+                raise fast_error from None  # the reference did not find it first
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file

@@ -6,7 +6,8 @@ Every tool pvdesc starts goes through :func:`run`:
 - stdin is ``/dev/null``, or a file the caller wrote (acpiexec's commands): a
   tool waiting for more input gets end-of-file, it cannot hang pvdesc;
 - the tool runs in a new session (its own process group), and when the timeout
-  expires, or pvdesc itself is interrupted, the *whole group* gets SIGKILL, so
+  expires, or pvdesc itself is interrupted (SIGINT, or SIGTERM/SIGHUP under
+  :func:`pvdesc.signals.stopping`), the *whole group* gets SIGKILL, so
   nothing the tool started (a shell wrapper's children, QEMU's helpers) is left
   running.  The group is killed while its leader is still unreaped, so its id
   cannot have been reused;
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pvdesc import signals
 from pvdesc.errors import ToolError, one_line
 
 #: Seconds to wait for a killed group's pipes to close before giving up on its output.
@@ -110,13 +112,18 @@ def _popen(
     stderr: int | IO[bytes],
     stdin: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` in a new session (its own process group), stdin ``/dev/null`` or a file."""
+    """Start ``args`` in a new session (its own process group), stdin ``/dev/null`` or a file.
+
+    A SIGTERM/SIGHUP arriving while the tool is being started is held back until
+    the process exists, then its group is killed before the signal unwinds
+    (:mod:`pvdesc.signals`): a tool can never outlive pvdesc by starting late.
+    """
     try:
-        with contextlib.ExitStack() as stack:
+        with signals.deferred(), contextlib.ExitStack() as stack:
             source: int | IO[bytes] = (
                 subprocess.DEVNULL if stdin is None else stack.enter_context(stdin.open("rb"))
             )
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 list(args),
                 cwd=cwd,
                 stdin=source,
@@ -125,7 +132,14 @@ def _popen(
                 start_new_session=True,
             )
     except OSError as exc:
+        signals.raise_pending()
         raise ToolError(f"cannot run: {exc.strerror}", Path(args[0]).name) from None
+    try:
+        signals.raise_pending()
+    except BaseException:
+        _kill_and_reap(proc)
+        raise
+    return proc
 
 
 def _kill_and_reap(proc: subprocess.Popen[bytes]) -> None:

@@ -29,17 +29,19 @@ description of the sorted list from the K-th, so N machines split a fleet.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
-from pvdesc import acpitables, build, check, dtb, validators
+from pvdesc import acpitables, build, check, dtb, signals, validators
 from pvdesc.errors import (
     AcpiError,
     DescriptionError,
@@ -450,6 +452,10 @@ def validate_file(path: str, ext: Externals) -> FileReport:
 CHUNK = 64
 
 
+#: Seconds an interrupted run's workers get to stop their tools and remove their folders.
+STOP_GRACE = 10.0
+
+
 def default_jobs() -> int:
     """One worker per CPU."""
     return os.cpu_count() or 1
@@ -469,8 +475,49 @@ def _map(files: Sequence[str], ext: Externals, jobs: int, batch: int) -> Iterabl
         return [r for part in parts for r in validate_chunk(part, ext)]
     # spawn: fresh interpreters, safe whatever threads the caller has.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(parts)), mp_context=ctx) as pool:
-        return [r for part in pool.map(validate_chunk, parts, repeat(ext)) for r in part]
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(parts)), mp_context=ctx, initializer=signals.worker_between_jobs
+    )
+    try:
+        reports = [r for part in pool.map(_validate_in_worker, parts, repeat(ext)) for r in part]
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+    return reports
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers of an interrupted run, and start no more descriptions.
+
+    SIGTERM/SIGHUP reached only this process (SIGINT from a terminal reaches the
+    whole group): it is passed on, so each busy worker kills its tool's group and
+    removes its folder as pvdesc itself does (:func:`_validate_in_worker`).  A
+    worker that has not ended :data:`STOP_GRACE` seconds later is killed: the
+    executor's own shutdown waited forever for a worker whose sibling it had
+    found dead.
+    """
+    workers = list(getattr(pool, "_processes", {}).values())
+    for worker in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            worker.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_GRACE
+    for worker in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join(STOP_GRACE)
+
+
+def _validate_in_worker(paths: Sequence[str], ext: Externals) -> list[FileReport]:
+    """:func:`validate_chunk` in a worker, with SIGTERM/SIGHUP unwinding it (pvdesc.signals).
+
+    The main process passes a stop on as SIGTERM (:func:`_stop_workers`).
+    """
+    with signals.stopping():
+        return validate_chunk(paths, ext)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,14 @@ KEYS = {
     "validate.jobs2",
     "fleet.external",
     "fleet.no_external",
+    "yaml.large_vm",
+    "yaml.unclosed_flow_list",
+    "yaml.closed_flow_list",
+    "yaml.unclosed_long_items",
+    "yaml.deep_nesting",
+    "yaml.too_many_banks",
+    "yaml.unknown_keys",
+    "yaml.alias_fan_out",
 }
 ROW_KEYS = {"what", "value", "unit", "cpu", "target", "status", "note", "detail"}
 

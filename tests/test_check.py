@@ -292,3 +292,14 @@ def test_sweep_overlaps_matches_brute_force() -> None:
         if q.size and r.size and q.overlaps(r)
     )
     assert got == want
+
+
+@pytest.mark.parametrize(("vcpus", "slots"), [(513, 1), (1, (1 << 15) + 1)])
+def test_too_many_vcpus_or_memslots_states_the_limits(vcpus: int, slots: int) -> None:
+    base = 0x09000000
+    with pytest.raises(check.CheckInputError) as info:
+        config(base, 0x10000, [(base, 0x10000, "stolen-time")] * slots, [base] * vcpus)
+    assert str(info.value) == (
+        f"x.hypervisor.json: too many vcpus or memslots ({vcpus} vcpus, {slots} memslots): "
+        "hypervisor configs are limited to 512 vcpus (KVM_MAX_VCPUS) and 32768 memslots"
+    )

@@ -218,3 +218,48 @@ def test_acpi_table_with_many_scopes(tmp_path: Path) -> None:
         "--boot", "uefi-acpi", "--acpi", str(path),
     )  # fmt: skip
     assert code == 0, err
+
+
+NODE_LIMIT = "description has more than 100000 YAML nodes (or an alias bomb)"
+
+
+def mib_of(head: bytes, unit: bytes, tail: bytes = b"") -> bytes:
+    """``head``, ``unit`` repeated, ``tail``: exactly at the 1 MiB size limit (or just under)."""
+    count = (description.MAX_FILE_BYTES - len(head) - len(tail)) // len(unit)
+    return head + unit * count + tail
+
+
+def test_unclosed_flow_list_is_refused_at_the_node_limit() -> None:
+    """Issue 20: ``x: [1,1,1,...`` without ``]``, 1 MiB, was refused only after 15.6 s and
+    340 MB, by the end of the file.  It is refused at its 100,001st node (speed: bench/)."""
+    with pytest.raises(DescriptionError) as info:
+        description.loads(mib_of(b"x: [", b"1,"), "x.yaml")
+    assert str(info.value) == f"x.yaml:1:199999: {NODE_LIMIT}"
+    with pytest.raises(DescriptionError) as info:  # closed: the same place
+        description.loads(mib_of(b"x: [", b"1,", b"1]"), "x.yaml")
+    assert str(info.value) == f"x.yaml:1:199999: {NODE_LIMIT}"
+
+
+def test_syntax_error_far_into_a_large_description_keeps_libyaml_words() -> None:
+    """Past 16 KiB the pure-Python parser is not asked again for its wording."""
+    near = b"name: vm\nvcpus: 2\nx: [1, 2\ny: 3\n"
+    with pytest.raises(DescriptionError) as info:
+        description.loads(near, "x.yaml")
+    assert str(info.value) == "x.yaml:4:2: YAML syntax: expected ',' or ']', but got ':'"
+    far = mib_of(b"name: vm\nvcpus: 2\nx: [", b"1234567890,")
+    with pytest.raises(DescriptionError) as info:
+        description.loads(far, "x.yaml")
+    assert str(info.value) == "x.yaml:4:1: YAML syntax: did not find expected node content"
+
+
+def test_deepest_nesting_and_longest_lists_are_refused_in_one_line() -> None:
+    with pytest.raises(DescriptionError) as info:
+        description.loads(mib_of(b"x: ", b"["), "x.yaml")
+    assert str(info.value) == "x.yaml: YAML nested too deeply"
+    banks = b"name: vm\nvcpus: 2\nmemory:\n" + b"  - {base: 0, size: 1}\n" * 19_990
+    with pytest.raises(DescriptionError) as info:  # items past maxItems are not validated
+        description.loads(banks, "x.yaml")
+    assert str(info.value) == (
+        "x.yaml:4:3: memory: 19990 entries: at most 1024 are allowed (a limit on input size; "
+        "a real VM has a handful)"
+    )

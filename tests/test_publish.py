@@ -12,8 +12,11 @@ process from outside at a spread of those points.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,7 +79,7 @@ def observe(outdir: Path) -> Files:
 def leftovers(outdir: Path) -> list[str]:
     store = outdir / ".pvdesc" / "vm"
     junk = [p.name for p in outdir.iterdir() if p.name.endswith(".pvdesc-tmp")]
-    junk += [p.name for p in store.iterdir() if p.name.startswith(".current-")]
+    junk += [p.name for p in store.iterdir() if p.name.startswith(".")]
     gens = [p.name for p in store.iterdir() if p.name.startswith("g-")]
     if len(gens) > 2:
         junk += gens
@@ -319,7 +322,7 @@ def test_store_that_is_not_a_directory(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / ".pvdesc").write_text("not a directory")
-    with pytest.raises(OutputError, match=r"\.pvdesc is not a directory pvdesc made"):
+    with pytest.raises(OutputError, match=r"\.pvdesc: is not a directory pvdesc made"):
         publish.publish(out, "vm", as_files(rendered(tmp_path, V1)))
 
 
@@ -390,3 +393,279 @@ def test_single_file_writer_is_atomic(tmp_path: Path) -> None:
     publish.write_file_atomic(path, b"two")
     assert path.read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir()] == ["map.svg"]
+
+
+# --------------------------------------------------------------------------- hostile store
+
+
+def snapshot(root: Path) -> dict[str, str | bytes]:
+    """Every entry under ``root`` (links not followed): link targets and file contents."""
+    out: dict[str, str | bytes] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = path.read_bytes()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+DECOY = "g-0123456789abcdef"
+LINK_REFUSAL = (
+    "is a symbolic link pvdesc did not make; pvdesc never follows it, writes or deletes "
+    "through it: move it away"
+)
+
+
+@pytest.mark.parametrize("link", [".pvdesc/vm", "lock", "current", DECOY, "previous"])
+def test_links_in_the_store_are_refused_never_followed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], link: str
+) -> None:
+    """A store folder, ``lock``, pointer or generation that is a link pvdesc did not make."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (elsewhere / DECOY).mkdir(parents=True)  # a decoy generation outside DIR
+    (elsewhere / DECOY / "keep.txt").write_text("not pvdesc's\n")
+    (elsewhere / "current").symlink_to(DECOY)
+    v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
+    v1.write_text(V1)
+    v2.write_text(V2)
+    store = out / ".pvdesc" / "vm"
+    if link == ".pvdesc/vm":
+        store.parent.mkdir(parents=True)
+        store.symlink_to(elsewhere)
+        where = store
+    else:
+        assert run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)[0] == 0
+        where = store / link
+        if link == "lock":
+            where.unlink()
+            where.symlink_to(elsewhere / "created-through-lock")
+        elif link == "current":
+            os.replace(store / "current", tmp_path / "saved")
+            where.symlink_to(f"../../../elsewhere/{DECOY}")
+        elif link == DECOY:  # a g-* link to a folder outside: never deleted through
+            where.symlink_to(elsewhere / DECOY)
+        else:  # previous -> a g-* name that is itself a link
+            (store / DECOY).symlink_to(elsewhere / DECOY)
+            where.symlink_to(DECOY)
+            where = store / DECOY
+    before, outputs = snapshot(elsewhere), observe(out)
+    code, stdout, err = run_cli(["build", str(v2), "-o", str(out)], capsys)
+    if link == "current":
+        assert err == (
+            f"pvdesc: error: {where}: points to '../../../elsewhere/{DECOY}', not to a "
+            "generation pvdesc made; move it away\n"
+        )
+    else:
+        assert err == f"pvdesc: error: {where}: {LINK_REFUSAL}\n"
+    assert (code, stdout) == (2, "")
+    assert snapshot(elsewhere) == before  # nothing written, created or deleted there
+    assert observe(out) == outputs
+
+
+def test_hand_edit_through_a_link_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Root can write a read-only generation file through ``DIR/NAME.dtb``: that edit is kept."""
+    out = tmp_path / "out"
+    v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
+    v1.write_text(V1)
+    v2.write_text(V2)
+    assert run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)[0] == 0
+    if os.geteuid() != 0:  # only root ignores the mode; anyone else has to chmod first
+        (out / "vm.dtb").resolve().chmod(0o644)
+    with (out / "vm.dtb").open("r+b") as fh:  # in place, through the link
+        fh.write(b"\xd0\x0d\xfe\xed edited by hand")
+    edited = (out / "vm.dtb").read_bytes()
+    code, stdout, err = run_cli(["build", str(v2), "-o", str(out)], capsys)
+    assert (code, stdout) == (2, "")
+    assert err == (
+        f"pvdesc: error: {out / 'vm.dtb'}: was edited after pvdesc wrote it (its sha256 is not "
+        "the one its manifest lists); keep your copy elsewhere, or pass --force to replace it\n"
+    )
+    assert (out / "vm.dtb").read_bytes() == edited
+    assert run_cli(["build", "-q", str(v2), "-o", str(out), "--force"], capsys)[:2] == (0, "")
+    assert observe(out) == publish.read_outputs(out, "vm")
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+def generations(outdir: Path) -> set[str]:
+    return {p.name for p in (outdir / ".pvdesc" / "vm").glob("g-*")}
+
+
+#: The calls that can fail with ENOSPC (an ``open`` only when it creates).
+CREATING = ("open", "write", "fsync", "mkdir", "symlink", "link", "replace")
+
+
+def enospc_at_every_write(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Publish with ENOSPC injected at the Nth creating call, for every N; returns the count.
+
+    Each time the visible outputs stay the old ones, both kept generations stay,
+    nothing is left over, and the error names the path being created under DIR.
+    """
+    v1, v2 = as_files(rendered(tmp, V1)), as_files(rendered(tmp, V2, drop_dts=True))
+    template = tmp / "template"
+    publish.publish(template, "vm", v1)
+    publish.publish(template, "vm", v2)  # two generations: current and previous
+    kept = generations(template)
+    assert len(kept) == 2
+    real = {name: getattr(os, name) for name in CREATING}
+    for fail_at in range(1, 1000):
+        work = tmp / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(template, work, symlinks=True)
+        count = [0]
+
+        def hook(
+            name: str, count: list[int] = count, fail_at: int = fail_at
+        ) -> Callable[..., object]:
+            def wrapper(*args: object, **kwargs: object) -> object:
+                creating = name != "open" or int(args[1]) & os.O_CREAT  # type: ignore[call-overload]
+                if creating:
+                    count[0] += 1
+                    if count[0] == fail_at:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real[name](*args, **kwargs)
+
+            return wrapper
+
+        for name in CREATING:
+            monkeypatch.setattr(os, name, hook(name))
+        try:
+            publish.publish(work, "vm", v1)
+        except OutputError as err:
+            failed: OutputError | None = err
+        else:
+            failed = None
+        finally:
+            for name in CREATING:
+                monkeypatch.setattr(os, name, real[name])
+        if failed is None:  # the failure was absorbed (makedirs of an existing DIR) or past the end
+            assert observe(work) == v1 and leftovers(work) == []
+            if count[0] < fail_at:
+                return fail_at - 1
+            continue
+        where = str(failed.where)
+        assert failed.message == "cannot write outputs: No space left on device", fail_at
+        assert where.startswith(str(work)) and "/current/" not in where, (fail_at, where)
+        seen = observe(work)
+        assert seen in (v1, v2) and publish.read_outputs(work, "vm") == seen, fail_at
+        if seen == v2:  # not published: all as before
+            assert generations(work) == kept, f"ENOSPC at call {fail_at}: generations changed"
+            assert leftovers(work) == [], fail_at
+        else:  # failed after the switch (an fsync, the tidying): the previous one is kept
+            assert os.readlink(template / ".pvdesc" / "vm" / "current") in generations(work)
+    pytest.fail("the publish never finished")
+
+
+def test_enospc_at_every_write_keeps_outputs_and_generations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert enospc_at_every_write(tmp_path, monkeypatch) >= 20
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, options: str) -> Iterator[bool]:
+    """A tmpfs mounted at ``where`` (True), or False where this machine cannot mount one."""
+    where.mkdir()
+    mount = shutil.which("mount")
+    res = None
+    if mount is not None and os.geteuid() == 0:
+        res = subprocess.run(
+            [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            check=False,
+        )
+    if res is None or res.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run([shutil.which("umount") or "umount", str(where)], check=True)
+
+
+def fill(directory: Path) -> None:
+    """Write into ``directory`` until the filesystem has no byte left."""
+    with (directory / "filler").open("wb", buffering=0) as fh:
+        for chunk in (1 << 16, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * chunk)
+
+
+def test_full_tmpfs_keeps_outputs_and_generations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 MiB tmpfs filled to the brim (as root; elsewhere ENOSPC is simulated at every write)."""
+    mnt = tmp_path / "mnt"
+    with small_tmpfs(mnt, "size=1m,nr_inodes=4096") as mounted:
+        if not mounted:
+            assert enospc_at_every_write(tmp_path, monkeypatch) >= 20
+            return
+        out = mnt / "out"
+        v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
+        v1.write_text(V1)
+        v2.write_text(V2)
+        for desc in (v1, v2):
+            assert run_cli(["build", "-q", str(desc), "-o", str(out)], capsys)[:2] == (0, "")
+        old, kept = observe(out), generations(out)
+        fill(mnt)
+        code, stdout, err = run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)
+        assert (code, stdout) == (2, "")
+        assert re.fullmatch(
+            rf"pvdesc: error: {re.escape(str(out))}/\.pvdesc/vm/g-[0-9a-f]{{16}}(/vm\.[a-z.]+)?: "
+            r"cannot write outputs: No space left on device\n",
+            err,
+        ), err
+        assert observe(out) == old and publish.read_outputs(out, "vm") == old
+        assert generations(out) == kept  # the failed one removed, the previous one kept
+        assert leftovers(out) == []
+        (mnt / "filler").unlink()
+        assert run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)[:2] == (0, "")
+        assert len(generations(out)) == 2
+
+
+def test_full_inode_table_names_the_path_being_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first build with 0, 1, 2, ... inodes left: each failure names what it was creating."""
+    mnt = tmp_path / "mnt"
+    files = as_files(rendered(tmp_path, V1))
+    with small_tmpfs(mnt, "size=4m,nr_inodes=256") as mounted:
+        if not mounted:
+            assert enospc_at_every_write(tmp_path, monkeypatch) >= 20
+            return
+        named: set[str] = set()
+        for free in range(40):
+            out = mnt / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            fillers = mnt / "fillers"
+            shutil.rmtree(fillers, ignore_errors=True)
+            out.mkdir()
+            fillers.mkdir()
+            n = 0
+            while os.statvfs(mnt).f_ffree > free:
+                (fillers / str(n)).touch()
+                n += 1
+            try:
+                publish.publish(out, "vm", files)
+            except OutputError as err:
+                where = str(err.where)
+                assert err.message == "cannot write outputs: No space left on device"
+                assert where.startswith(str(out)) and "/current/" not in where, where
+                assert not Path(where).exists() or Path(where) == out / ".pvdesc" / "vm", where
+                named.add(Path(where).name)
+                assert observe(out) == {} and generations(out) == set()
+                assert leftovers(out) == [] if (out / ".pvdesc" / "vm").is_dir() else True
+            else:
+                assert observe(out) == files
+                break
+        else:
+            pytest.fail("40 free inodes were not enough for a first build")
+        assert free >= 10
+        assert "vm.dtb" in named  # the link being made, never its target .pvdesc/vm/current/...
