@@ -15,7 +15,7 @@ from typing import Any
 import libfdt
 import pytest
 from checkutil import dtc, memory, root
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_patch import QEMU_BASE
 from tools import qemu_dump
@@ -477,6 +477,8 @@ def linux_usable_pages(s: dict[str, Any]) -> set[int]:
         return ram
     reserved: set[int] = set()
     for start, count in s["memreserve"]:
+        if count == 0:  # early_init_fdt_scan_reserved_mem: ``if (!size) break;``
+            break
         reserved |= _pages(start, count)
     nomap: set[int] = set()
     for c in s["children"]:
@@ -494,6 +496,18 @@ def linux_usable_pages(s: dict[str, Any]) -> set[int]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape)
+@example(  # a zero-size /memreserve/ entry ends the list for libfdt and Linux alike
+    {
+        "memory": [
+            {"reg": [(0, 1)], "usable": None, "status": None, "type": "memory", "nested": False}
+        ],
+        "reserved_name": "reserved-memory",
+        "reserved_ranges": True,
+        "children": [{"reg": (0, 1), "flag": "no-map", "status": None}],
+        "memreserve": [(0, 0), (0, 1)],
+        "chosen": None,
+    }
+)
 def test_usable_ram_equals_linux_rules(s: dict[str, Any]) -> None:
     got: set[int] = set()
     for r in beliefs.believe(dtb.parse(_build(s)), LINUX).usable_ram:
