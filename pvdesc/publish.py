@@ -46,7 +46,8 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,16 +91,54 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create ``path`` (it must not exist), write ``data``, fsync it."""
+def _create(path: Path, data: bytes, mode: int = 0o644) -> int:
+    """Create ``path`` (it must not exist) and write ``data``; the open descriptor, not fsynced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` (it must not exist), write ``data``, fsync it."""
+    fd = _create(path, data, mode)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_all(fds: Sequence[int]) -> None:
+    """fsync every descriptor in ``fds``, all at once; return when every one is durable.
+
+    One fsync after another waits for one journal commit after another (ext4: 2-3 ms
+    each on this project's machines, ten files to a build); fsyncs in flight together
+    are committed together (jbd2 joins them into one transaction).  The guarantee is
+    the same as fsyncing them in turn: this returns only after every fsync returned,
+    and raises the first error any of them met.
+    """
+    errors: list[OSError] = []
+
+    def one(fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(fd,)) for fd in fds[1:]]
+    for thread in threads:
+        thread.start()
+    if fds:
+        one(fds[0])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
@@ -235,9 +274,17 @@ def _locked(store: Path) -> Iterator[None]:
 def _new_generation(store: Path, files: Mapping[str, bytes]) -> Path:
     gen = store / f"{GENERATION_PREFIX}{secrets.token_hex(8)}"
     os.mkdir(gen, 0o755)
-    for name, data in files.items():
-        _write_new(gen / name, data, 0o444)
-    _fsync_dir(gen)
+    fds: list[int] = []
+    try:
+        for name, data in files.items():
+            fds.append(_create(gen / name, data, 0o444))
+        fds.append(os.open(gen, os.O_RDONLY | os.O_DIRECTORY))
+        # Every file's data and the directory's entries are durable before this returns,
+        # so before the caller switches ``current`` to ``gen`` (publish's commit point).
+        _fsync_all(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
     return gen
 
 
