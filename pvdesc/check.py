@@ -49,10 +49,8 @@ from __future__ import annotations
 import bisect
 import enum
 import heapq
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from pvdesc import beliefs, kvm
 from pvdesc.beliefs import Area, Belief
@@ -61,7 +59,12 @@ from pvdesc.errors import PvdescError
 from pvdesc.inputs import too_big
 from pvdesc.model import Boot, Range, merged, parse_quantity
 
-if TYPE_CHECKING:  # only named in annotations: ``pvdesc check`` without --acpi never loads it
+#: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true):
+#: ``pvdesc check`` starts without typing, json or acpitables (names in annotations only).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
     from pvdesc.acpitables import AcpiTable
 
 FORMAT = "pvdesc.check/1"
@@ -212,6 +215,8 @@ def config_data(text: bytes, file: str) -> dict[str, Any]:
     """A hypervisor config's JSON object (size, syntax and ``format`` checked)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise CheckInputError(too_big(len(text), MAX_CONFIG_BYTES, "hypervisor configs"), file)
+    import json
+
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -758,6 +763,8 @@ def verdict(findings: Sequence[Finding]) -> str:
 
 def to_json(findings: Sequence[Finding]) -> str:
     """The ``pvdesc.check/1`` document."""
+    import json
+
     doc = {
         "format": FORMAT,
         "verdict": verdict(findings),

@@ -19,6 +19,11 @@ from collections.abc import Sequence
 from pvdesc import __version__, signals
 from pvdesc.errors import PvdescError, one_line
 
+#: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
@@ -79,7 +84,46 @@ def _one_stdio(direction: str, *options: tuple[str, str | None]) -> None:
         )
 
 
+def _columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` reads ($COLUMNS, the terminal, 80)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    try:
+        size = os.get_terminal_size(stdout.fileno()) if stdout is not None else None
+    except (AttributeError, ValueError, OSError):
+        size = None
+    return (size.columns if size is not None else 0) or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, its width found as argparse finds it but without importing shutil.
+
+    argparse makes a formatter for every ``add_argument``; its own imports shutil (and with
+    it bz2, lzma, fnmatch) to ask the terminal's width: 2 ms of every command's start.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(
+            prog, indent_increment, max_help_position, _columns() - 2 if width is None else width
+        )
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own usage errors: one line, exit 2 (its convention and ours).
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -240,7 +284,12 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``pvdesc`` parser; with ``command``, only that command's (``main`` builds no more).
+
+    Building every command's parser is most of argparse's cost (each ``add_argument``
+    makes a help formatter): a command line that names its command pays for that one.
+    """
     parser = _Parser(
         prog="pvdesc",
         description="Place the arm64 KVM stolen-time region and describe it safely to the guest.",
@@ -248,7 +297,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pvdesc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for name, add in _COMMANDS.items():
+        if command is None or command == name:
+            add(sub)
+    return parser
 
+
+_Subcommands = argparse._SubParsersAction  # what add_subparsers returns
+
+
+def _add_build(sub: _Subcommands[_Parser]) -> None:
     p = sub.add_parser(
         "build",
         help="allocate the region and write the DT, hypervisor config and manifest",
@@ -284,6 +342,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_build)
 
+
+def _add_check(sub: _Subcommands[_Parser]) -> None:
     c = sub.add_parser(
         "check",
         help="audit an existing DTB (and ACPI tables) against a stolen-time region",
@@ -305,6 +365,8 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["text", "json"], default="text")
     c.set_defaults(func=cmd_check)
 
+
+def _add_map(sub: _Subcommands[_Parser]) -> None:
     m = sub.add_parser(
         "map",
         help="draw the guest physical address map (terminal, SVG, HTML)",
@@ -335,6 +397,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     m.set_defaults(func=cmd_map)
 
+
+def _add_validate(sub: _Subcommands[_Parser]) -> None:
     v = sub.add_parser(
         "validate",
         help="build, check and externally validate every description under some paths (CI)",
@@ -366,6 +430,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=cmd_validate)
 
+
+def _add_prove(sub: _Subcommands[_Parser]) -> None:
     pr = sub.add_parser(
         "prove",
         help="boot a real arm64 guest (QEMU TCG) with the outputs and read what it believes",
@@ -391,6 +457,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["text", "json"], default="text")
     pr.set_defaults(func=cmd_prove)
 
+
+def _add_diff(sub: _Subcommands[_Parser]) -> None:
     d = sub.add_parser(
         "diff",
         help="can a running guest migrate between two stolen-time layouts?",
@@ -410,6 +478,9 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=["text", "json"], default="text")
     d.set_defaults(func=cmd_diff)
 
+
+
+def _add_profiles(sub: _Subcommands[_Parser]) -> None:
     pf = sub.add_parser(
         "profiles",
         help="list every VMM profile: its memory map and the VMM version it was read from",
@@ -419,12 +490,26 @@ def make_parser() -> argparse.ArgumentParser:
     )
     pf.add_argument("--format", choices=["text", "json"], default="text")
     pf.set_defaults(func=cmd_profiles)
-    return parser
+
+
+#: Every command and what adds its parser, in ``pvdesc --help``'s order.
+_COMMANDS = {
+    "build": _add_build,
+    "check": _add_check,
+    "map": _add_map,
+    "validate": _add_validate,
+    "prove": _add_prove,
+    "diff": _add_diff,
+    "profiles": _add_profiles,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # The first word names the command (pvdesc has no global option that takes a value);
+    # anything else (--help, --version, a typo) gets every command's parser.
+    parser = make_parser(words[0] if words and words[0] in _COMMANDS else None)
+    args = parser.parse_args(words)
     try:
         with signals.stopping():
             code: int = args.func(args)

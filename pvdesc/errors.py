@@ -9,7 +9,6 @@ line and exits with status 2.
 
 from __future__ import annotations
 
-import json
 import re
 
 KeyPath = tuple[str | int, ...]
@@ -35,8 +34,16 @@ def format_keypath(path: KeyPath) -> str:
         elif _PLAIN_KEY_RE.fullmatch(part):
             out += f".{part}" if out else part
         else:
+            import json  # only for such a key: the check command starts without json
+
             out += f"[{json.dumps(part[:64])}]"
     return out or "(document)"
+
+
+def _escape(match: re.Match[str]) -> str:
+    import json  # only for a control character: the check command starts without json
+
+    return str(json.dumps(match.group())[1:-1])
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -45,7 +52,7 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     The CLI's last line of defence for "one line per error": messages quote
     untrusted input (file names, DT node names, tool output).
     """
-    flat = _CONTROL_RE.sub(lambda m: json.dumps(m.group())[1:-1], text)
+    flat = _CONTROL_RE.sub(_escape, text)
     if len(flat) > limit:
         flat = flat[: limit - 30] + f"... ({len(flat) - limit + 30} more characters)"
     return flat
