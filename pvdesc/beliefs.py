@@ -67,13 +67,14 @@ import bisect
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from pvdesc.dtb import DeviceTree, MemoryNode, Reservation
 from pvdesc.model import Boot, Range, merged
 
-if TYPE_CHECKING:  # only named in annotations: a DT-only check never loads the ACPI parser
+#: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # only named in annotations: a build never loads libfdt, a check no ACPI parser
     from pvdesc.acpitables import AcpiTable
+    from pvdesc.dtb import DeviceTree, MemoryNode, Reservation
 
 LINUX = "Linux"
 EDK2 = "EDK2"

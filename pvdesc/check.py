@@ -54,7 +54,6 @@ from dataclasses import dataclass
 
 from pvdesc import beliefs, kvm
 from pvdesc.beliefs import Area, Belief
-from pvdesc.dtb import DeviceTree
 from pvdesc.errors import PvdescError
 from pvdesc.inputs import too_big
 from pvdesc.model import Boot, Range, merged, parse_quantity
@@ -66,6 +65,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pvdesc.acpitables import AcpiTable
+    from pvdesc.dtb import DeviceTree
 
 FORMAT = "pvdesc.check/1"
 #: Smallest arm64 page: a structure crossing one needs two guest mappings.

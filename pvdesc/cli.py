@@ -479,7 +479,6 @@ def _add_diff(sub: _Subcommands[_Parser]) -> None:
     d.set_defaults(func=cmd_diff)
 
 
-
 def _add_profiles(sub: _Subcommands[_Parser]) -> None:
     pf = sub.add_parser(
         "profiles",
