@@ -35,11 +35,21 @@ Linux (``linux-dt``):
   ``__reserved_mem_check_root`` holds; available children only; ``no-map``
   marks the range nomap, except that ``early_init_dt_reserve_memory`` refuses
   (``-EBUSY``) a no-map range that overlaps memory and something already
-  reserved (``/memreserve/`` or an earlier mapped child), leaving it plain RAM;
-  without ``no-map`` the range is reserved but stays mapped.  ``reusable`` is
-  treated as mapped: the OS may hand it out;
+  reserved (``/memreserve/``, the initrd or an earlier mapped child), leaving it
+  plain RAM; without ``no-map`` the range is reserved but stays mapped.
+  ``reusable`` is treated as mapped: the OS may hand it out; so is a child with a
+  ``compatible``, which a driver claims (``fdt_init_reserved_mem_node``,
+  drivers/of/of_reserved_mem.c: a failing init function clears nomap, a
+  succeeding one uses the range);
 - ``/memreserve/`` (``early_init_fdt_scan_reserved_mem``): ``memblock_reserve``,
-  still mapped.
+  still mapped;
+- ``/chosen`` ``linux,initrd-start``/``-end``: ``arm64_memblock_init`` adds the
+  initrd's pages as memory, freed to the page allocator after boot
+  (:func:`initrd_memory`).
+
+Under ``uefi-dt`` the OS also reads the DT's ``/chosen`` (the EFI stub keeps it):
+the second ``linux,usable-memory-range`` range is added by ``efi_init`` and the
+initrd by ``arm64_memblock_init``, on top of the UEFI map's RAM.
 
 EDK2 (``uefi-dt``, ``uefi-acpi``):
 
@@ -168,7 +178,6 @@ def linux_ram(tree: DeviceTree) -> list[Area]:
         out.extend(Area(e.range, e.source, e.numa_node) for e in entries if e.range.size > 0)
     cap = tree.usable_memory_range
     if cap:
-        where = f"{tree.chosen} linux,usable-memory-range"
         if cap[0].size > 0:
             # memblock_cap_memory_range: memory outside [base, base + size) is removed.
             out = [
@@ -177,8 +186,51 @@ def linux_ram(tree: DeviceTree) -> list[Area]:
                 for lo, hi in [(max(a.range.base, cap[0].base), min(a.range.end, cap[0].end))]
                 if lo < hi
             ]
-        out.extend(Area(r, f"{where}[{i}]") for i, r in enumerate(cap[1:], 1) if r.size > 0)
+        out.extend(_usable_range_added(tree))
     return out
+
+
+def _usable_range_added(tree: DeviceTree) -> list[Area]:
+    """The second ``linux,usable-memory-range`` range, which Linux adds (``memblock_add``).
+
+    Linux reads it with a DT (``early_init_dt_scan_nodes``) and under UEFI too:
+    ``efi_init`` (drivers/firmware/efi/efi-init.c) calls
+    ``early_init_dt_check_for_usable_mem_range`` after adding the UEFI map's RAM.
+    """
+    cap = tree.usable_memory_range or ()
+    where = f"{tree.chosen} linux,usable-memory-range"
+    return [Area(r, f"{where}[{i}]") for i, r in enumerate(cap[1:], 1) if r.size > 0]
+
+
+#: The largest arm64 linear region: ``linear_region_size`` is ``2**(vabits_actual - 1)``,
+#: 2**51 with 52-bit VAs (arch/arm64/mm/init.c).  The largest is the cautious bound.
+LINEAR_REGION_MAX = 1 << 51
+#: arm64 page sizes, largest first: with 64 KiB pages the initrd's rounding is widest.
+_PAGE_SIZES = (0x10000, 0x4000, 0x1000)
+
+
+def initrd_memory(tree: DeviceTree, ram: Sequence[Area]) -> Area | None:
+    """The initrd range arm64 Linux adds back as memory, or ``None``.
+
+    ``arm64_memblock_init`` (arch/arm64/mm/init.c) rounds ``[phys_initrd_start,
+    +size)`` out to pages and, when it starts at or above the start of DRAM and ends
+    within the linear region, does ``memblock_add``, ``memblock_clear_nomap`` and
+    ``memblock_reserve`` on it: even outside every memory node it becomes memory,
+    and ``free_initrd_mem`` hands it to the page allocator once the initramfs is
+    unpacked.  It is reserved before ``early_init_fdt_scan_reserved_mem``, so a
+    no-map child overlapping it is refused (``-EBUSY``).  The widest rounding whose
+    range passes the checks is taken (the page size is the kernel's choice).
+    """
+    rd = tree.initrd
+    if rd is None or rd.size == 0 or not ram:
+        return None
+    start = min(a.range.base for a in ram)
+    for page in _PAGE_SIZES:
+        base = rd.base & ~(page - 1)
+        end = (rd.end + page - 1) & ~(page - 1)
+        if base >= start and end <= start + LINEAR_REGION_MAX:
+            return Area(Range(base, end - base), f"{tree.chosen} linux,initrd-start")
+    return None
 
 
 class _Disjoint:
@@ -236,23 +288,25 @@ def _earliest_overlap(
 
 
 def _linux_reservations(
-    tree: DeviceTree, ram: Sequence[Area]
+    tree: DeviceTree, ram: Sequence[Area], initrd: Area | None = None
 ) -> tuple[list[Area], list[Area], list[Area]]:
     """(no-map, mapped, refused) as ``fdt_scan_reserved_mem`` leaves them, in DT order.
 
     ``early_init_dt_reserve_memory`` refuses (``-EBUSY``) a no-map range that
-    overlaps memory and something already reserved: a ``/memreserve/`` entry or an
-    earlier child without no-map (``memblock_reserve``); otherwise it is marked
-    nomap.  Answered with indexes, never pairwise.
+    overlaps memory and something already reserved: a ``/memreserve/`` entry, the
+    initrd, or an earlier child without no-map (``memblock_reserve``); otherwise it
+    is marked nomap (a no-map child never reserves, so it refuses nothing).
+    Answered with indexes, never pairwise.
     """
     if tree.reserved_ignored is not None:
         return [], [], []
     memory = _Disjoint(a.range for a in ram)
-    memreserve = _Disjoint(m.range for m in tree.memreserve)
+    before = [m.range for m in tree.memreserve] + ([initrd.range] if initrd else [])
+    memreserve = _Disjoint(before)
     children = [(i, r) for i, r in enumerate(tree.reserved) if r.range.size > 0]
     earlier = _earliest_overlap(
-        [(i, r.range) for i, r in children if r.withheld],
-        [(i, r.range) for i, r in children if not r.withheld],
+        [(i, r.range) for i, r in children if r.no_map],
+        [(i, r.range) for i, r in children if not r.no_map],
     )
     no_map: list[Area] = []
     mapped: list[Area] = []
@@ -316,10 +370,15 @@ def believe(tree: DeviceTree, boot: Boot, acpi: Sequence[AcpiTable] = ()) -> Bel
     memreserve = tuple(Area(m.range, m.source) for m in tree.memreserve)
     if boot.uefi:
         ignored = () if tree.reserved_ignored is not None else _withheld(tree.reserved)
+        uefi_ram = edk2_ram(tree)
+        if boot is Boot.UEFI_DT:
+            # The OS reads the DT's /chosen after taking RAM from the UEFI map.
+            rd = initrd_memory(tree, uefi_ram)
+            uefi_ram += _usable_range_added(tree) + ([rd] if rd else [])
         return Belief(
             boot=boot,
             consumer=EDK2,
-            ram=tuple(edk2_ram(tree)),
+            ram=tuple(uefi_ram),
             ignored=ignored,
             memreserve=memreserve,
             devices=_devices(tree),
@@ -327,7 +386,9 @@ def believe(tree: DeviceTree, boot: Boot, acpi: Sequence[AcpiTable] = ()) -> Bel
             acpi=tuple(acpi),
         )
     ram = linux_ram(tree)
-    no_map, mapped, refused = _linux_reservations(tree, ram)
+    rd = initrd_memory(tree, ram)
+    no_map, mapped, refused = _linux_reservations(tree, ram + ([rd] if rd else []), rd)
+    ram += [rd] if rd else []
     return Belief(
         boot=boot,
         consumer=LINUX,

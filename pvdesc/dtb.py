@@ -132,6 +132,11 @@ class Reservation:
         range: the translated range.
         no_map: the ``no-map`` property is present: dropped from the linear map.
         reusable: the ``reusable`` property is present: the OS may allocate it.
+        compatible: the ``compatible`` property is present: a kernel driver claims
+            the range (``fdt_init_reserved_mem_node``, drivers/of/of_reserved_mem.c:
+            an init function that fails, as ``restricted-dma-pool`` does with
+            ``no-map``, makes it ``memblock_clear_nomap`` it back into RAM; one that
+            succeeds, as ``shared-dma-pool``, hands it out for DMA buffers).
     """
 
     path: str
@@ -139,6 +144,7 @@ class Reservation:
     range: Range
     no_map: bool
     reusable: bool
+    compatible: bool = False
 
     @property
     def source(self) -> str:
@@ -146,8 +152,8 @@ class Reservation:
 
     @property
     def withheld(self) -> bool:
-        """``no-map`` and not ``reusable``: the OS neither maps nor allocates it."""
-        return self.no_map and not self.reusable
+        """``no-map``, not ``reusable``, no ``compatible``: the OS neither maps nor uses it."""
+        return self.no_map and not self.reusable and not self.compatible
 
 
 @dataclass(frozen=True)
@@ -237,6 +243,8 @@ class DeviceTree:
             ``early_init_dt_check_for_usable_mem_range`` decodes it (at most 2
             ranges, root cells), or ``None`` when absent or ignored by Linux.
         chosen: the path of the ``/chosen`` node Linux finds, if any.
+        initrd: ``/chosen`` ``linux,initrd-start`` .. ``linux,initrd-end``, if both
+            are present and ordered (``early_init_dt_check_for_initrd``).
     """
 
     file: str
@@ -252,6 +260,7 @@ class DeviceTree:
     memory_nodes: tuple[MemoryNode, ...] = ()
     usable_memory_range: tuple[Range, ...] | None = None
     chosen: str | None = None
+    initrd: Range | None = None
 
 
 @dataclass(frozen=True)
@@ -324,8 +333,17 @@ def _int_cells(data: bytes, start: int, n: int) -> int:
 
 
 def first_string(raw: bytes | None) -> str | None:
-    """The first NUL-terminated string of a property (what ``strcmp`` on it compares)."""
-    if raw is None or b"\0" not in raw:
+    """What ``strcmp`` on a property's value compares: the bytes up to the first NUL.
+
+    A value without a NUL is compared whole: in the blob it is followed by zero
+    padding to 4 bytes or, when its length is a multiple of 4, by the next tag,
+    whose first byte is 0 (FDT_PROP, FDT_BEGIN_NODE, FDT_END_NODE, FDT_NOP, FDT_END
+    are all below 256).  So ``device_type = [6d 65 6d 6f 72 79]`` is ``"memory"`` and
+    ``status = [6f 6b 61 79]`` is ``"okay"`` to Linux's ``strcmp``
+    (``early_init_dt_scan_memory``, ``of_fdt_device_is_available``).  ``None``
+    only when the property is absent.
+    """
+    if raw is None:
         return None
     return raw.split(b"\0", 1)[0].decode("latin-1")
 
@@ -457,6 +475,7 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
     reserved_path: str | None = None
     chosen_path: str | None = None
     usable_range: tuple[Range, ...] | None = None
+    initrd: Range | None = None
     root_cells = (0, 0)
     # stack[d] is the bus of the node at depth d (the parent of nodes at depth d+1).
     stack: list[_Bus] = []
@@ -536,6 +555,9 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
             usable_range = _usable_range(
                 _getprop(buf, off, "linux,usable-memory-range"), root_cells
             )
+            initrd = _initrd(
+                _getprop(buf, off, "linux,initrd-start"), _getprop(buf, off, "linux,initrd-end")
+            )
         raw_reg = _getprop(buf, off, "reg") if parent is not None else None
         is_memory = first_string(_getprop(buf, off, "device_type")) == "memory"
         if is_memory and parent is not None:
@@ -555,7 +577,10 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 else:
                     no_map = _getprop(buf, off, "no-map") is not None
                     reusable = _getprop(buf, off, "reusable") is not None
-                    reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
+                    claimed = _getprop(buf, off, "compatible") is not None
+                    reserved.extend(
+                        Reservation(path, i, r, no_map, reusable, claimed) for i, r in entries
+                    )
             else:
                 devices.extend(RegEntry(path, i, r) for i, r in entries)
         off, depth = libfdt.fdt_next_node(buf, off, depth)
@@ -575,7 +600,21 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         memory_nodes=tuple(memory_nodes),
         usable_memory_range=usable_range,
         chosen=chosen_path,
+        initrd=initrd,
     )
+
+
+def _initrd(start: bytes | None, end: bytes | None) -> Range | None:
+    """``/chosen`` ``linux,initrd-start``/``-end`` as ``early_init_dt_check_for_initrd`` reads them.
+
+    Each is ``of_read_number(prop, len / 4)`` (all its cells, the low 64 bits);
+    both must exist and ``start <= end``, else there is no initrd.
+    """
+    if start is None or end is None:
+        return None
+    lo = _int_cells(start, 0, len(start) // 4)
+    hi = _int_cells(end, 0, len(end) // 4)
+    return None if lo > hi else Range(lo, hi - lo)
 
 
 def _usable_range(raw: bytes | None, root_cells: tuple[int, int]) -> tuple[Range, ...] | None:
