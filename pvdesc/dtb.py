@@ -510,6 +510,15 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                     "spec with 2, so the guest's RAM is ambiguous; state #address-cells and "
                     "#size-cells on the root",
                 )
+            if ac == 0:
+                # early_init_dt_scan_memory reads 0 address cells as base 0
+                # (of_read_number of no cells): every /memory entry would be RAM at
+                # address 0, which no VMM means.
+                raise _err(
+                    file,
+                    "/: #address-cells = <0>: Linux would read every /memory entry as RAM "
+                    "at address 0; state the root's real #address-cells",
+                )
             bus = _Bus(path, ac, sc, (), None)
             root_cells = (ac, sc)
         else:

@@ -301,6 +301,14 @@ def test_strings_without_nul_are_compared_whole(tmp_path: Path, node: str) -> No
     assert f.source == "/memory@80000000 reg[0]"
 
 
+def test_root_without_address_cells_is_refused(tmp_path: Path) -> None:
+    """#address-cells = <0>: Linux reads each /memory entry as RAM at 0 (of_read_number)."""
+    body = 'memory { device_type = "memory"; reg = <0x0 0x80000000>; };'
+    blob = tree(tmp_path, body, "#address-cells = <0>; #size-cells = <2>;")
+    with pytest.raises(DTError, match="#address-cells = <0>: Linux would read"):
+        dtb.parse(blob, "t.dtb")
+
+
 def test_usable_memory_range_second_range_under_uefi_dt(tmp_path: Path) -> None:
     """efi_init calls early_init_dt_check_for_usable_mem_range: the second range is added."""
     chosen = """chosen { linux,usable-memory-range = <0x0 0x40000000 0x0 0x40000000>,
