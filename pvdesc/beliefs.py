@@ -25,7 +25,8 @@ Linux (``linux-dt``):
   ``device_type`` ``strcmp``-equals ``"memory"`` (the first string of a list),
   skips unavailable ones (``of_fdt_device_is_available``), reads
   ``linux,usable-memory`` *instead of* ``reg`` when present, with the root's
-  cells, and skips zero sizes;
+  cells, and skips zero sizes; ``early_init_dt_add_memory_arch`` trims each
+  entry to whole pages (:func:`add_memory_arch`);
 - ``/chosen`` ``linux,usable-memory-range``
   (``early_init_dt_check_for_usable_mem_range``): the first range caps memory
   (``memblock_cap_memory_range``, a no-op for size 0), a second is added as
@@ -168,6 +169,25 @@ def difference(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
 # --------------------------------------------------------------------------- Linux
 
 
+#: The smallest arm64 page: ``early_init_dt_add_memory_arch`` trims a memory entry to whole
+#: pages, and 4 KiB pages trim least, so the cautious model trims to 4 KiB.
+PAGE_MIN = 0x1000
+
+
+def add_memory_arch(r: Range) -> Range | None:
+    """What ``early_init_dt_add_memory_arch`` (drivers/of/fdt.c) adds for one memory entry.
+
+    The base is rounded up and the size down to whole pages (an entry smaller than
+    what is left of its first page is ignored), with the smallest page size: the
+    trim that leaves the most RAM.
+    """
+    if r.size < PAGE_MIN - (r.base & (PAGE_MIN - 1)):
+        return None
+    base = (r.base + PAGE_MIN - 1) & ~(PAGE_MIN - 1)
+    size = (r.size - (base - r.base)) & ~(PAGE_MIN - 1)
+    return Range(base, size) if size > 0 else None
+
+
 def linux_ram(tree: DeviceTree) -> list[Area]:
     """Linux's memory: ``early_init_dt_scan_memory`` then the usable-memory-range cap."""
     out: list[Area] = []
@@ -175,7 +195,10 @@ def linux_ram(tree: DeviceTree) -> list[Area]:
         if node.depth != 1 or not node.available:
             continue
         entries = node.usable if node.usable is not None else node.reg
-        out.extend(Area(e.range, e.source, e.numa_node) for e in entries if e.range.size > 0)
+        for e in entries:
+            r = add_memory_arch(e.range)
+            if r is not None:
+                out.append(Area(r, e.source, e.numa_node))
     cap = tree.usable_memory_range
     if cap:
         if cap[0].size > 0:
@@ -436,9 +459,11 @@ __all__ = [
     "LINUX",
     "Area",
     "Belief",
+    "add_memory_arch",
     "believe",
     "difference",
     "edk2_ram",
+    "initrd_memory",
     "linux_ram",
     "of_parts",
 ]

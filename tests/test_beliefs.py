@@ -301,6 +301,18 @@ def test_strings_without_nul_are_compared_whole(tmp_path: Path, node: str) -> No
     assert f.source == "/memory@80000000 reg[0]"
 
 
+def test_memory_is_trimmed_to_whole_pages(tmp_path: Path) -> None:
+    """early_init_dt_add_memory_arch: base rounded up, size down (4 KiB trims least)."""
+    body = """memory@40000000 { device_type = "memory";
+        reg = <0x0 0x40000000 0x0 0x3fff0040>, <0x0 0x8000ffc0 0x0 0x40>; };"""
+    blob = tree(tmp_path, body)
+    got = verdicts(blob, region("0x7fff0000:64K"))
+    # Linux: RAM ends at 0x7fff0000, the 64-byte tail and the sub-page entry are dropped.
+    # EDK2 reads reg as it is: the tail is RAM in the UEFI map.
+    assert got == {LINUX: [], UEFI_DT: ["ipa-in-ram"], UEFI_ACPI: ["ipa-in-ram"]}
+    assert verdicts(blob, region("0x80000000:64K"))[LINUX] == []
+
+
 def test_root_without_address_cells_is_refused(tmp_path: Path) -> None:
     """#address-cells = <0>: Linux reads each /memory entry as RAM at 0 (of_read_number)."""
     body = 'memory { device_type = "memory"; reg = <0x0 0x80000000>; };'
