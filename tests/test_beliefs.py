@@ -381,6 +381,20 @@ def test_usable_memory_range_second_range_under_uefi_dt(tmp_path: Path) -> None:
             "0x80000000:64K",
             [],
         ),
+        # fdt_scan_reserved_mem never reads the parent's status: the child is honoured.
+        (
+            NO_MAP_AT_7FFF.format(extra="").replace("ranges;", 'ranges; status = "disabled";'),
+            "0x7fff0000:64K",
+            [],
+        ),
+        # fdt_path_offset finds the first /reserved-memory: Linux ignores it, not the second.
+        (
+            """reserved-memory { #address-cells = <1>; #size-cells = <1>; ranges; };
+            reserved-memory@1 { #address-cells = <2>; #size-cells = <2>; ranges;
+            st@7fff0000 { reg = <0x0 0x7fff0000 0x0 0x10000>; no-map; }; };""",
+            "0x7fff0000:64K",
+            ["ipa-in-ram"],
+        ),
     ],
     ids=[
         "disabled-child",
@@ -393,6 +407,8 @@ def test_usable_memory_range_second_range_under_uefi_dt(tmp_path: Path) -> None:
         "status-ok",
         "status-fail",
         "zero-size-and-boundary",
+        "disabled-parent",
+        "second-reserved-memory",
     ],
 )
 def test_linux_dt_cases_pvdesc_already_judged(
