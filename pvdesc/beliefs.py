@@ -192,7 +192,7 @@ def linux_ram(tree: DeviceTree) -> list[Area]:
     """Linux's memory: ``early_init_dt_scan_memory`` then the usable-memory-range cap."""
     out: list[Area] = []
     for node in tree.memory_nodes:
-        if node.depth != 1 or not node.available:
+        if node.depth != 1 or not node.available or node.pei_only:
             continue
         entries = node.usable if node.usable is not None else node.reg
         for e in entries:
@@ -352,23 +352,31 @@ def edk2_ram(tree: DeviceTree) -> list[Area]:
     """EDK2's memory: every enabled memory node's raw ``reg``, plus PEI's lowest node."""
     out: list[Area] = []
     for node in tree.memory_nodes:
-        if node.available and node.raw_reg is not None:
+        if node.available and node.raw_reg is not None and not node.pei_only:
             out.extend(
                 Area(r, f"{node.path} reg[{i}]", node.numa_node)
                 for i, r in enumerate(node.raw_reg)
                 if r.size > 0
             )
     lowest = _pei_lowest(tree.memory_nodes)
-    if lowest is not None and not lowest[0].available and lowest[1].size > 0:
+    if lowest is not None and lowest[1].size > 0:
         node, r = lowest
-        out.append(Area(r, f"{node.path} reg[0] (status ignored by PEI)", node.numa_node))
+        if node.pei_only:
+            why = "device_type matched by PEI's AsciiStrnCmp"
+            out.append(Area(r, f"{node.path} reg[0] ({why})", node.numa_node))
+        elif not node.available:
+            out.append(Area(r, f"{node.path} reg[0] (status ignored by PEI)", node.numa_node))
     return out
 
 
 def _pei_lowest(nodes: Sequence[MemoryNode]) -> tuple[MemoryNode, Range] | None:
     """QemuVirtMemInfoPeiLibConstructor's pick: ``NewBase > CurBase || NewBase == 0``.
 
-    Only a ``reg`` of exactly two u64 (16 bytes) is read; ``status`` is not looked at.
+    Only a ``reg`` of exactly two u64 (16 bytes) is read; ``status`` is not looked at,
+    and ``device_type`` is compared with ``AsciiStrnCmp`` over the property's length
+    (:func:`pvdesc.dtb.pei_type_matches`, the nodes marked ``pei_only``).  EDK2 then
+    uses ``NewSize`` from its fixed ``PcdSystemMemoryBase``; pvdesc takes the node's
+    own range, which is the same whenever the tree is one EDK2 can boot.
     """
     best: tuple[MemoryNode, Range] | None = None
     new_base = 0

@@ -173,6 +173,11 @@ class MemoryNode:
         raw_reg: ``reg`` read as EDK2 reads it: (u64 base, u64 size) pairs, whatever
             the cells; ``None`` when ``reg`` is absent or not a multiple of 16 bytes.
         numa_node: ``numa-node-id`` (one u32 cell), else ``None``.
+        pei_only: only EDK2's PEI scan takes it for a memory node: its
+            ``device_type`` is not ``"memory"`` to ``strcmp`` but
+            ``AsciiStrnCmp (Type, "memory", Len)`` matches it (an empty property, or
+            a prefix of ``memory`` without its NUL), and its ``reg`` is 16 bytes
+            (see :func:`pei_type_matches`); ``reg`` and ``usable`` are then empty.
     """
 
     path: str
@@ -182,6 +187,7 @@ class MemoryNode:
     usable: tuple[RegEntry, ...] | None
     raw_reg: tuple[Range, ...] | None
     numa_node: int | None
+    pei_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -346,6 +352,22 @@ def first_string(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     return raw.split(b"\0", 1)[0].decode("latin-1")
+
+
+def pei_type_matches(raw: bytes) -> bool:
+    """``AsciiStrnCmp (Type, "memory", Len) == 0`` with ``Len`` the property's length.
+
+    As QemuVirtMemInfoPeiLibConstructor (ArmVirtPkg/Library/QemuVirtMemInfoLib)
+    compares ``device_type``: a length of 0 always matches, and the comparison
+    stops after ``Len`` characters, so ``"mem"`` without a NUL matches too.
+    """
+    if not raw:
+        return True
+    want = b"memory\0"
+    i, n = 0, len(raw)
+    while raw[i] != 0 and want[i] != 0 and raw[i] == want[i] and n > 1:
+        i, n = i + 1, n - 1
+    return raw[i] == want[i]
 
 
 def _named(name: str, base: str) -> bool:
@@ -568,7 +590,27 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 _getprop(buf, off, "linux,initrd-start"), _getprop(buf, off, "linux,initrd-end")
             )
         raw_reg = _getprop(buf, off, "reg") if parent is not None else None
-        is_memory = first_string(_getprop(buf, off, "device_type")) == "memory"
+        device_type = _getprop(buf, off, "device_type")
+        is_memory = first_string(device_type) == "memory"
+        if (
+            not is_memory
+            and device_type is not None
+            and raw_reg is not None
+            and len(raw_reg) == 16
+            and pei_type_matches(device_type)
+        ):
+            memory_nodes.append(
+                MemoryNode(
+                    path=path,
+                    depth=depth,
+                    available=_available(_getprop(buf, off, "status")),
+                    reg=(),
+                    usable=None,
+                    raw_reg=(Range(*_lenient_pairs(raw_reg, 2, 2)[0]),),
+                    numa_node=None,
+                    pei_only=True,
+                )
+            )
         if is_memory and parent is not None:
             memory_nodes.append(
                 _memory_node(

@@ -313,6 +313,21 @@ def test_memory_is_trimmed_to_whole_pages(tmp_path: Path) -> None:
     assert verdicts(blob, region("0x80000000:64K"))[LINUX] == []
 
 
+@pytest.mark.parametrize("device_type", ["device_type;", "device_type = [6d 65 6d];"])
+def test_edk2_pei_matches_device_type_by_its_length(tmp_path: Path, device_type: str) -> None:
+    """AsciiStrnCmp (Type, "memory", Len): an empty value or a NUL-less prefix matches."""
+    # Below a bus without ranges: no device either, so only EDK2's PEI scan sees it.
+    body = RAM + (
+        "cfg { #address-cells = <2>; #size-cells = <2>; "
+        f"low@10000000 {{ {device_type} reg = <0x0 0x10000000 0x0 0x10000000>; }}; }};"
+    )
+    blob = tree(tmp_path, body)
+    got = verdicts(blob, region("0x18000000:64K"))
+    assert got == {LINUX: [], UEFI_DT: ["ipa-in-ram"], UEFI_ACPI: ["ipa-in-ram"]}
+    assert dtb.pei_type_matches(b"memory\0") and not dtb.pei_type_matches(b"mem\0")
+    assert not dtb.pei_type_matches(b"\0") and not dtb.pei_type_matches(b"memoryx\0")
+
+
 def test_root_without_address_cells_is_refused(tmp_path: Path) -> None:
     """#address-cells = <0>: Linux reads each /memory entry as RAM at 0 (of_read_number)."""
     body = 'memory { device_type = "memory"; reg = <0x0 0x80000000>; };'
