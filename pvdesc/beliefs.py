@@ -25,7 +25,8 @@ Linux (``linux-dt``):
   ``device_type`` ``strcmp``-equals ``"memory"`` (the first string of a list),
   skips unavailable ones (``of_fdt_device_is_available``), reads
   ``linux,usable-memory`` *instead of* ``reg`` when present, with the root's
-  cells, and skips zero sizes;
+  cells, and skips zero sizes; ``early_init_dt_add_memory_arch`` trims each
+  entry to whole pages (:func:`add_memory_arch`);
 - ``/chosen`` ``linux,usable-memory-range``
   (``early_init_dt_check_for_usable_mem_range``): the first range caps memory
   (``memblock_cap_memory_range``, a no-op for size 0), a second is added as
@@ -35,11 +36,21 @@ Linux (``linux-dt``):
   ``__reserved_mem_check_root`` holds; available children only; ``no-map``
   marks the range nomap, except that ``early_init_dt_reserve_memory`` refuses
   (``-EBUSY``) a no-map range that overlaps memory and something already
-  reserved (``/memreserve/`` or an earlier mapped child), leaving it plain RAM;
-  without ``no-map`` the range is reserved but stays mapped.  ``reusable`` is
-  treated as mapped: the OS may hand it out;
+  reserved (``/memreserve/``, the initrd or an earlier mapped child), leaving it
+  plain RAM; without ``no-map`` the range is reserved but stays mapped.
+  ``reusable`` is treated as mapped: the OS may hand it out; so is a child with a
+  ``compatible``, which a driver claims (``fdt_init_reserved_mem_node``,
+  drivers/of/of_reserved_mem.c: a failing init function clears nomap, a
+  succeeding one uses the range);
 - ``/memreserve/`` (``early_init_fdt_scan_reserved_mem``): ``memblock_reserve``,
-  still mapped.
+  still mapped;
+- ``/chosen`` ``linux,initrd-start``/``-end``: ``arm64_memblock_init`` adds the
+  initrd's pages as memory, freed to the page allocator after boot
+  (:func:`initrd_memory`).
+
+Under ``uefi-dt`` the OS also reads the DT's ``/chosen`` (the EFI stub keeps it):
+the second ``linux,usable-memory-range`` range is added by ``efi_init`` and the
+initrd by ``arm64_memblock_init``, on top of the UEFI map's RAM.
 
 EDK2 (``uefi-dt``, ``uefi-acpi``):
 
@@ -159,17 +170,38 @@ def difference(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
 # --------------------------------------------------------------------------- Linux
 
 
+#: The smallest arm64 page: ``early_init_dt_add_memory_arch`` trims a memory entry to whole
+#: pages, and 4 KiB pages trim least, so the cautious model trims to 4 KiB.
+PAGE_MIN = 0x1000
+
+
+def add_memory_arch(r: Range) -> Range | None:
+    """What ``early_init_dt_add_memory_arch`` (drivers/of/fdt.c) adds for one memory entry.
+
+    The base is rounded up and the size down to whole pages (an entry smaller than
+    what is left of its first page is ignored), with the smallest page size: the
+    trim that leaves the most RAM.
+    """
+    if r.size < PAGE_MIN - (r.base & (PAGE_MIN - 1)):
+        return None
+    base = (r.base + PAGE_MIN - 1) & ~(PAGE_MIN - 1)
+    size = (r.size - (base - r.base)) & ~(PAGE_MIN - 1)
+    return Range(base, size) if size > 0 else None
+
+
 def linux_ram(tree: DeviceTree) -> list[Area]:
     """Linux's memory: ``early_init_dt_scan_memory`` then the usable-memory-range cap."""
     out: list[Area] = []
     for node in tree.memory_nodes:
-        if node.depth != 1 or not node.available:
+        if node.depth != 1 or not node.available or node.pei_only:
             continue
         entries = node.usable if node.usable is not None else node.reg
-        out.extend(Area(e.range, e.source, e.numa_node) for e in entries if e.range.size > 0)
+        for e in entries:
+            r = add_memory_arch(e.range)
+            if r is not None:
+                out.append(Area(r, e.source, e.numa_node))
     cap = tree.usable_memory_range
     if cap:
-        where = f"{tree.chosen} linux,usable-memory-range"
         if cap[0].size > 0:
             # memblock_cap_memory_range: memory outside [base, base + size) is removed.
             out = [
@@ -178,8 +210,51 @@ def linux_ram(tree: DeviceTree) -> list[Area]:
                 for lo, hi in [(max(a.range.base, cap[0].base), min(a.range.end, cap[0].end))]
                 if lo < hi
             ]
-        out.extend(Area(r, f"{where}[{i}]") for i, r in enumerate(cap[1:], 1) if r.size > 0)
+        out.extend(_usable_range_added(tree))
     return out
+
+
+def _usable_range_added(tree: DeviceTree) -> list[Area]:
+    """The second ``linux,usable-memory-range`` range, which Linux adds (``memblock_add``).
+
+    Linux reads it with a DT (``early_init_dt_scan_nodes``) and under UEFI too:
+    ``efi_init`` (drivers/firmware/efi/efi-init.c) calls
+    ``early_init_dt_check_for_usable_mem_range`` after adding the UEFI map's RAM.
+    """
+    cap = tree.usable_memory_range or ()
+    where = f"{tree.chosen} linux,usable-memory-range"
+    return [Area(r, f"{where}[{i}]") for i, r in enumerate(cap[1:], 1) if r.size > 0]
+
+
+#: The largest arm64 linear region: ``linear_region_size`` is ``2**(vabits_actual - 1)``,
+#: 2**51 with 52-bit VAs (arch/arm64/mm/init.c).  The largest is the cautious bound.
+LINEAR_REGION_MAX = 1 << 51
+#: arm64 page sizes, largest first: with 64 KiB pages the initrd's rounding is widest.
+_PAGE_SIZES = (0x10000, 0x4000, 0x1000)
+
+
+def initrd_memory(tree: DeviceTree, ram: Sequence[Area]) -> Area | None:
+    """The initrd range arm64 Linux adds back as memory, or ``None``.
+
+    ``arm64_memblock_init`` (arch/arm64/mm/init.c) rounds ``[phys_initrd_start,
+    +size)`` out to pages and, when it starts at or above the start of DRAM and ends
+    within the linear region, does ``memblock_add``, ``memblock_clear_nomap`` and
+    ``memblock_reserve`` on it: even outside every memory node it becomes memory,
+    and ``free_initrd_mem`` hands it to the page allocator once the initramfs is
+    unpacked.  It is reserved before ``early_init_fdt_scan_reserved_mem``, so a
+    no-map child overlapping it is refused (``-EBUSY``).  The widest rounding whose
+    range passes the checks is taken (the page size is the kernel's choice).
+    """
+    rd = tree.initrd
+    if rd is None or rd.size == 0 or not ram:
+        return None
+    start = min(a.range.base for a in ram)
+    for page in _PAGE_SIZES:
+        base = rd.base & ~(page - 1)
+        end = (rd.end + page - 1) & ~(page - 1)
+        if base >= start and end <= start + LINEAR_REGION_MAX:
+            return Area(Range(base, end - base), f"{tree.chosen} linux,initrd-start")
+    return None
 
 
 class _Disjoint:
@@ -237,23 +312,25 @@ def _earliest_overlap(
 
 
 def _linux_reservations(
-    tree: DeviceTree, ram: Sequence[Area]
+    tree: DeviceTree, ram: Sequence[Area], initrd: Area | None = None
 ) -> tuple[list[Area], list[Area], list[Area]]:
     """(no-map, mapped, refused) as ``fdt_scan_reserved_mem`` leaves them, in DT order.
 
     ``early_init_dt_reserve_memory`` refuses (``-EBUSY``) a no-map range that
-    overlaps memory and something already reserved: a ``/memreserve/`` entry or an
-    earlier child without no-map (``memblock_reserve``); otherwise it is marked
-    nomap.  Answered with indexes, never pairwise.
+    overlaps memory and something already reserved: a ``/memreserve/`` entry, the
+    initrd, or an earlier child without no-map (``memblock_reserve``); otherwise it
+    is marked nomap (a no-map child never reserves, so it refuses nothing).
+    Answered with indexes, never pairwise.
     """
     if tree.reserved_ignored is not None:
         return [], [], []
     memory = _Disjoint(a.range for a in ram)
-    memreserve = _Disjoint(m.range for m in tree.memreserve)
+    before = [m.range for m in tree.memreserve] + ([initrd.range] if initrd else [])
+    memreserve = _Disjoint(before)
     children = [(i, r) for i, r in enumerate(tree.reserved) if r.range.size > 0]
     earlier = _earliest_overlap(
-        [(i, r.range) for i, r in children if r.withheld],
-        [(i, r.range) for i, r in children if not r.withheld],
+        [(i, r.range) for i, r in children if r.no_map],
+        [(i, r.range) for i, r in children if not r.no_map],
     )
     no_map: list[Area] = []
     mapped: list[Area] = []
@@ -276,23 +353,31 @@ def edk2_ram(tree: DeviceTree) -> list[Area]:
     """EDK2's memory: every enabled memory node's raw ``reg``, plus PEI's lowest node."""
     out: list[Area] = []
     for node in tree.memory_nodes:
-        if node.available and node.raw_reg is not None:
+        if node.available and node.raw_reg is not None and not node.pei_only:
             out.extend(
                 Area(r, f"{node.path} reg[{i}]", node.numa_node)
                 for i, r in enumerate(node.raw_reg)
                 if r.size > 0
             )
     lowest = _pei_lowest(tree.memory_nodes)
-    if lowest is not None and not lowest[0].available and lowest[1].size > 0:
+    if lowest is not None and lowest[1].size > 0:
         node, r = lowest
-        out.append(Area(r, f"{node.path} reg[0] (status ignored by PEI)", node.numa_node))
+        if node.pei_only:
+            why = "device_type matched by PEI's AsciiStrnCmp"
+            out.append(Area(r, f"{node.path} reg[0] ({why})", node.numa_node))
+        elif not node.available:
+            out.append(Area(r, f"{node.path} reg[0] (status ignored by PEI)", node.numa_node))
     return out
 
 
 def _pei_lowest(nodes: Sequence[MemoryNode]) -> tuple[MemoryNode, Range] | None:
     """QemuVirtMemInfoPeiLibConstructor's pick: ``NewBase > CurBase || NewBase == 0``.
 
-    Only a ``reg`` of exactly two u64 (16 bytes) is read; ``status`` is not looked at.
+    Only a ``reg`` of exactly two u64 (16 bytes) is read; ``status`` is not looked at,
+    and ``device_type`` is compared with ``AsciiStrnCmp`` over the property's length
+    (:func:`pvdesc.dtb.pei_type_matches`, the nodes marked ``pei_only``).  EDK2 then
+    uses ``NewSize`` from its fixed ``PcdSystemMemoryBase``; pvdesc takes the node's
+    own range, which is the same whenever the tree is one EDK2 can boot.
     """
     best: tuple[MemoryNode, Range] | None = None
     new_base = 0
@@ -317,10 +402,15 @@ def believe(tree: DeviceTree, boot: Boot, acpi: Sequence[AcpiTable] = ()) -> Bel
     memreserve = tuple(Area(m.range, m.source) for m in tree.memreserve)
     if boot.uefi:
         ignored = () if tree.reserved_ignored is not None else _withheld(tree.reserved)
+        uefi_ram = edk2_ram(tree)
+        if boot is Boot.UEFI_DT:
+            # The OS reads the DT's /chosen after taking RAM from the UEFI map.
+            rd = initrd_memory(tree, uefi_ram)
+            uefi_ram += _usable_range_added(tree) + ([rd] if rd else [])
         return Belief(
             boot=boot,
             consumer=EDK2,
-            ram=tuple(edk2_ram(tree)),
+            ram=tuple(uefi_ram),
             ignored=ignored,
             memreserve=memreserve,
             devices=_devices(tree),
@@ -328,7 +418,9 @@ def believe(tree: DeviceTree, boot: Boot, acpi: Sequence[AcpiTable] = ()) -> Bel
             acpi=tuple(acpi),
         )
     ram = linux_ram(tree)
-    no_map, mapped, refused = _linux_reservations(tree, ram)
+    rd = initrd_memory(tree, ram)
+    no_map, mapped, refused = _linux_reservations(tree, ram + ([rd] if rd else []), rd)
+    ram += [rd] if rd else []
     return Belief(
         boot=boot,
         consumer=LINUX,
@@ -376,9 +468,11 @@ __all__ = [
     "LINUX",
     "Area",
     "Belief",
+    "add_memory_arch",
     "believe",
     "difference",
     "edk2_ram",
+    "initrd_memory",
     "linux_ram",
     "of_parts",
 ]

@@ -19,8 +19,9 @@ Finding codes (severity; rule and source):
   a ``no-map`` reservation: the guest allocates the page, KVM overwrites it
   (kvm-pvtime-and-dt.md §3).
 - ``ipa-in-mapped-reservation`` (error): inside a ``/reserved-memory`` child
-  without ``no-map`` (or ``reusable``): it stays in the linear map with
-  conflicting attributes, or is handed out again (ref §3-4, pvtime.rst 64k advice).
+  without ``no-map``, or with ``reusable`` or a ``compatible``: it stays in the
+  linear map with conflicting attributes, is handed out again, or a driver takes
+  it (``fdt_init_reserved_mem_node``, drivers/of/of_reserved_mem.c).
 - ``ipa-in-memreserve`` (error): only a ``/memreserve/`` entry covers it:
   ``memblock_reserve`` keeps it mapped (ref §4 "drivers/of/fdt.c").
 - ``no-map-under-uefi`` (error): a ``no-map`` reservation is relied on with boot
@@ -559,9 +560,10 @@ def _ram_message(code: str, who: str, belief: Belief, refused: Area | None) -> s
         )
     if code == "ipa-in-mapped-reservation":
         return (
-            f"{who}: the structure is in a /reserved-memory child without no-map (or reusable): "
-            "it stays in the guest's linear map with conflicting attributes, or is allocated "
-            "again: add no-map (linux-dt) or move the region outside /memory"
+            f"{who}: the structure is in a /reserved-memory child without no-map, or one with "
+            "reusable or a compatible: it stays in the guest's linear map, is allocated again, "
+            "or a driver takes it (fdt_init_reserved_mem_node: a failing init clears no-map): "
+            "use a plain no-map child (linux-dt) or move the region outside /memory"
         )
     if code == "ipa-in-memreserve":
         return (

@@ -132,6 +132,11 @@ class Reservation:
         range: the translated range.
         no_map: the ``no-map`` property is present: dropped from the linear map.
         reusable: the ``reusable`` property is present: the OS may allocate it.
+        compatible: the ``compatible`` property is present: a kernel driver claims
+            the range (``fdt_init_reserved_mem_node``, drivers/of/of_reserved_mem.c:
+            an init function that fails, as ``restricted-dma-pool`` does with
+            ``no-map``, makes it ``memblock_clear_nomap`` it back into RAM; one that
+            succeeds, as ``shared-dma-pool``, hands it out for DMA buffers).
     """
 
     path: str
@@ -139,6 +144,7 @@ class Reservation:
     range: Range
     no_map: bool
     reusable: bool
+    compatible: bool = False
 
     @property
     def source(self) -> str:
@@ -146,8 +152,8 @@ class Reservation:
 
     @property
     def withheld(self) -> bool:
-        """``no-map`` and not ``reusable``: the OS neither maps nor allocates it."""
-        return self.no_map and not self.reusable
+        """``no-map``, not ``reusable``, no ``compatible``: the OS neither maps nor uses it."""
+        return self.no_map and not self.reusable and not self.compatible
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,11 @@ class MemoryNode:
         raw_reg: ``reg`` read as EDK2 reads it: (u64 base, u64 size) pairs, whatever
             the cells; ``None`` when ``reg`` is absent or not a multiple of 16 bytes.
         numa_node: ``numa-node-id`` (one u32 cell), else ``None``.
+        pei_only: only EDK2's PEI scan takes it for a memory node: its
+            ``device_type`` is not ``"memory"`` to ``strcmp`` but
+            ``AsciiStrnCmp (Type, "memory", Len)`` matches it (an empty property, or
+            a prefix of ``memory`` without its NUL), and its ``reg`` is 16 bytes
+            (see :func:`pei_type_matches`); ``reg`` and ``usable`` are then empty.
     """
 
     path: str
@@ -176,6 +187,7 @@ class MemoryNode:
     usable: tuple[RegEntry, ...] | None
     raw_reg: tuple[Range, ...] | None
     numa_node: int | None
+    pei_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,6 +249,8 @@ class DeviceTree:
             ``early_init_dt_check_for_usable_mem_range`` decodes it (at most 2
             ranges, root cells), or ``None`` when absent or ignored by Linux.
         chosen: the path of the ``/chosen`` node Linux finds, if any.
+        initrd: ``/chosen`` ``linux,initrd-start`` .. ``linux,initrd-end``, if both
+            are present and ordered (``early_init_dt_check_for_initrd``).
     """
 
     file: str
@@ -252,6 +266,7 @@ class DeviceTree:
     memory_nodes: tuple[MemoryNode, ...] = ()
     usable_memory_range: tuple[Range, ...] | None = None
     chosen: str | None = None
+    initrd: Range | None = None
 
 
 @dataclass(frozen=True)
@@ -324,10 +339,35 @@ def _int_cells(data: bytes, start: int, n: int) -> int:
 
 
 def first_string(raw: bytes | None) -> str | None:
-    """The first NUL-terminated string of a property (what ``strcmp`` on it compares)."""
-    if raw is None or b"\0" not in raw:
+    """What ``strcmp`` on a property's value compares: the bytes up to the first NUL.
+
+    A value without a NUL is compared whole: in the blob it is followed by zero
+    padding to 4 bytes or, when its length is a multiple of 4, by the next tag,
+    whose first byte is 0 (FDT_PROP, FDT_BEGIN_NODE, FDT_END_NODE, FDT_NOP, FDT_END
+    are all below 256).  So ``device_type = [6d 65 6d 6f 72 79]`` is ``"memory"`` and
+    ``status = [6f 6b 61 79]`` is ``"okay"`` to Linux's ``strcmp``
+    (``early_init_dt_scan_memory``, ``of_fdt_device_is_available``).  ``None``
+    only when the property is absent.
+    """
+    if raw is None:
         return None
     return raw.split(b"\0", 1)[0].decode("latin-1")
+
+
+def pei_type_matches(raw: bytes) -> bool:
+    """``AsciiStrnCmp (Type, "memory", Len) == 0`` with ``Len`` the property's length.
+
+    As QemuVirtMemInfoPeiLibConstructor (ArmVirtPkg/Library/QemuVirtMemInfoLib)
+    compares ``device_type``: a length of 0 always matches, and the comparison
+    stops after ``Len`` characters, so ``"mem"`` without a NUL matches too.
+    """
+    if not raw:
+        return True
+    want = b"memory\0"
+    i, n = 0, len(raw)
+    while raw[i] != 0 and want[i] != 0 and raw[i] == want[i] and n > 1:
+        i, n = i + 1, n - 1
+    return raw[i] == want[i]
 
 
 def _named(name: str, base: str) -> bool:
@@ -457,6 +497,7 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
     reserved_path: str | None = None
     chosen_path: str | None = None
     usable_range: tuple[Range, ...] | None = None
+    initrd: Range | None = None
     root_cells = (0, 0)
     # stack[d] is the bus of the node at depth d (the parent of nodes at depth d+1).
     stack: list[_Bus] = []
@@ -490,6 +531,15 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                     "/: no #address-cells: Linux then reads /memory with 1 address cell, the DT "
                     "spec with 2, so the guest's RAM is ambiguous; state #address-cells and "
                     "#size-cells on the root",
+                )
+            if ac == 0:
+                # early_init_dt_scan_memory reads 0 address cells as base 0
+                # (of_read_number of no cells): every /memory entry would be RAM at
+                # address 0, which no VMM means.
+                raise _err(
+                    file,
+                    "/: #address-cells = <0>: Linux would read every /memory entry as RAM "
+                    "at address 0; state the root's real #address-cells",
                 )
             bus = _Bus(path, ac, sc, (), None)
             root_cells = (ac, sc)
@@ -536,8 +586,31 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
             usable_range = _usable_range(
                 _getprop(buf, off, "linux,usable-memory-range"), root_cells
             )
+            initrd = _initrd(
+                _getprop(buf, off, "linux,initrd-start"), _getprop(buf, off, "linux,initrd-end")
+            )
         raw_reg = _getprop(buf, off, "reg") if parent is not None else None
-        is_memory = first_string(_getprop(buf, off, "device_type")) == "memory"
+        device_type = _getprop(buf, off, "device_type")
+        is_memory = first_string(device_type) == "memory"
+        if (
+            not is_memory
+            and device_type is not None
+            and raw_reg is not None
+            and len(raw_reg) == 16
+            and pei_type_matches(device_type)
+        ):
+            memory_nodes.append(
+                MemoryNode(
+                    path=path,
+                    depth=depth,
+                    available=_available(_getprop(buf, off, "status")),
+                    reg=(),
+                    usable=None,
+                    raw_reg=(Range(*_lenient_pairs(raw_reg, 2, 2)[0]),),
+                    numa_node=None,
+                    pei_only=True,
+                )
+            )
         if is_memory and parent is not None:
             memory_nodes.append(
                 _memory_node(
@@ -555,7 +628,10 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
                 else:
                     no_map = _getprop(buf, off, "no-map") is not None
                     reusable = _getprop(buf, off, "reusable") is not None
-                    reserved.extend(Reservation(path, i, r, no_map, reusable) for i, r in entries)
+                    claimed = _getprop(buf, off, "compatible") is not None
+                    reserved.extend(
+                        Reservation(path, i, r, no_map, reusable, claimed) for i, r in entries
+                    )
             else:
                 devices.extend(RegEntry(path, i, r) for i, r in entries)
         off, depth = libfdt.fdt_next_node(buf, off, depth)
@@ -575,7 +651,21 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         memory_nodes=tuple(memory_nodes),
         usable_memory_range=usable_range,
         chosen=chosen_path,
+        initrd=initrd,
     )
+
+
+def _initrd(start: bytes | None, end: bytes | None) -> Range | None:
+    """``/chosen`` ``linux,initrd-start``/``-end`` as ``early_init_dt_check_for_initrd`` reads them.
+
+    Each is ``of_read_number(prop, len / 4)`` (all its cells, the low 64 bits);
+    both must exist and ``start <= end``, else there is no initrd.
+    """
+    if start is None or end is None:
+        return None
+    lo = _int_cells(start, 0, len(start) // 4)
+    hi = _int_cells(end, 0, len(end) // 4)
+    return None if lo > hi else Range(lo, hi - lo)
 
 
 def _usable_range(raw: bytes | None, root_cells: tuple[int, int]) -> tuple[Range, ...] | None:

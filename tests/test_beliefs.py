@@ -234,6 +234,208 @@ def test_refused_no_map_stays_ram(tmp_path: Path, pre: str, earlier: str) -> Non
     assert "-EBUSY" in f.message and "/reserved-memory/pv@50000000" in f.message
 
 
+# --------------------------------------------------------------------------- red team
+
+NO_MAP_AT_7FFF = """reserved-memory {{ #address-cells = <2>; #size-cells = <2>; ranges;
+    st@7fff0000 {{ reg = <0x0 0x7fff0000 0x0 0x10000>; no-map; {extra} }}; }};"""
+
+
+def test_initrd_outside_memory_becomes_ram(tmp_path: Path) -> None:
+    """arm64_memblock_init memblock_add's the initrd (freed after boot), memory node or not."""
+    chosen = (
+        "chosen { linux,initrd-start = <0x0 0x80000000>; linux,initrd-end = <0x0 0x80010000>; };"
+    )
+    blob = tree(tmp_path, RAM + chosen)
+    got = verdicts(blob, region("0x80000000:64K"))
+    # uefi-acpi: EDK2 installs no DT, the stub builds its own /chosen.
+    assert got == {LINUX: ["ipa-in-ram"], UEFI_DT: ["ipa-in-ram"], UEFI_ACPI: []}
+    (f,) = errors(blob, region("0x80000000:64K"), LINUX)["ipa-in-ram"]
+    assert f.source == "/chosen linux,initrd-start"
+    # Below the start of DRAM the kernel WARNs and drops the initrd: nothing is added.
+    low = "chosen { linux,initrd-start = <0x0 0x090a0000>; linux,initrd-end = <0x0 0x090b0000>; };"
+    assert verdicts(tree(tmp_path, RAM + low), region("0x090a0000:64K"))[LINUX] == []
+
+
+def test_initrd_refuses_an_overlapping_no_map_child(tmp_path: Path) -> None:
+    """The initrd is memblock_reserve'd before the reserved-memory scan: -EBUSY."""
+    chosen = (
+        "chosen { linux,initrd-start = <0x0 0x7ffe0000>; linux,initrd-end = <0x0 0x7fff1000>; };"
+    )
+    blob = tree(tmp_path, RAM + chosen + NO_MAP_AT_7FFF.format(extra=""))
+    (f,) = errors(blob, region("0x7fff0000:64K"), LINUX)["ipa-in-ram"]
+    assert "-EBUSY" in f.message and "/reserved-memory/st@7fff0000" in f.message
+    # An initrd elsewhere in RAM leaves the child alone.
+    away = "chosen { linux,initrd-start = <0x0 0x48000000>; linux,initrd-end = <0x0 0x49000000>; };"
+    blob = tree(tmp_path, RAM + away + NO_MAP_AT_7FFF.format(extra=""))
+    assert verdicts(blob, region("0x7fff0000:64K"))[LINUX] == []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ['compatible = "restricted-dma-pool";', 'compatible = "shared-dma-pool"; linux,dma-default;'],
+    ids=["init-fails-nomap-cleared", "dma-pool-hands-it-out"],
+)
+def test_no_map_child_with_a_compatible_is_not_a_hole(tmp_path: Path, extra: str) -> None:
+    """fdt_init_reserved_mem_node: a driver claims it (a failing init clears nomap)."""
+    blob = tree(tmp_path, RAM + NO_MAP_AT_7FFF.format(extra=extra))
+    got = verdicts(blob, region("0x7fff0000:64K"))
+    assert got == {
+        LINUX: ["ipa-in-mapped-reservation"],
+        UEFI_DT: ["ipa-in-ram"],
+        UEFI_ACPI: ["ipa-in-ram"],
+    }
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        "device_type = [6d 65 6d 6f 72 79]; reg = <0x0 0x80000000 0x0 0x10000000>;",
+        'device_type = "memory"; status = [6f 6b 61 79]; reg = <0x0 0x80000000 0x0 0x10000000>;',
+    ],
+    ids=["device_type", "status"],
+)
+def test_strings_without_nul_are_compared_whole(tmp_path: Path, node: str) -> None:
+    """strcmp reads on into the zero padding or the next tag: "memory" and "okay" match."""
+    blob = tree(tmp_path, RAM + f"memory@80000000 {{ {node} }};")
+    (f,) = errors(blob, region("0x80000000:64K"), LINUX)["ipa-in-ram"]
+    assert f.source == "/memory@80000000 reg[0]"
+
+
+def test_memory_is_trimmed_to_whole_pages(tmp_path: Path) -> None:
+    """early_init_dt_add_memory_arch: base rounded up, size down (4 KiB trims least)."""
+    body = """memory@40000000 { device_type = "memory";
+        reg = <0x0 0x40000000 0x0 0x3fff0040>, <0x0 0x8000ffc0 0x0 0x40>; };"""
+    blob = tree(tmp_path, body)
+    got = verdicts(blob, region("0x7fff0000:64K"))
+    # Linux: RAM ends at 0x7fff0000, the 64-byte tail and the sub-page entry are dropped.
+    # EDK2 reads reg as it is: the tail is RAM in the UEFI map.
+    assert got == {LINUX: [], UEFI_DT: ["ipa-in-ram"], UEFI_ACPI: ["ipa-in-ram"]}
+    assert verdicts(blob, region("0x80000000:64K"))[LINUX] == []
+
+
+@pytest.mark.parametrize("device_type", ["device_type;", "device_type = [6d 65 6d];"])
+def test_edk2_pei_matches_device_type_by_its_length(tmp_path: Path, device_type: str) -> None:
+    """AsciiStrnCmp (Type, "memory", Len): an empty value or a NUL-less prefix matches."""
+    # Below a bus without ranges: no device either, so only EDK2's PEI scan sees it.
+    body = RAM + (
+        "cfg { #address-cells = <2>; #size-cells = <2>; "
+        f"low@10000000 {{ {device_type} reg = <0x0 0x10000000 0x0 0x10000000>; }}; }};"
+    )
+    blob = tree(tmp_path, body)
+    got = verdicts(blob, region("0x18000000:64K"))
+    assert got == {LINUX: [], UEFI_DT: ["ipa-in-ram"], UEFI_ACPI: ["ipa-in-ram"]}
+    assert dtb.pei_type_matches(b"memory\0") and not dtb.pei_type_matches(b"mem\0")
+    assert not dtb.pei_type_matches(b"\0") and not dtb.pei_type_matches(b"memoryx\0")
+
+
+def test_root_without_address_cells_is_refused(tmp_path: Path) -> None:
+    """#address-cells = <0>: Linux reads each /memory entry as RAM at 0 (of_read_number)."""
+    body = 'memory { device_type = "memory"; reg = <0x0 0x80000000>; };'
+    blob = tree(tmp_path, body, "#address-cells = <0>; #size-cells = <2>;")
+    with pytest.raises(DTError, match="#address-cells = <0>: Linux would read"):
+        dtb.parse(blob, "t.dtb")
+
+
+def test_usable_memory_range_second_range_under_uefi_dt(tmp_path: Path) -> None:
+    """efi_init calls early_init_dt_check_for_usable_mem_range: the second range is added."""
+    chosen = """chosen { linux,usable-memory-range = <0x0 0x40000000 0x0 0x40000000>,
+                                                    <0x0 0x80000000 0x0 0x100000>; };"""
+    got = verdicts(tree(tmp_path, RAM + chosen), region("0x80000000:64K"))
+    assert got == {LINUX: ["ipa-in-ram"], UEFI_DT: ["ipa-in-ram"], UEFI_ACPI: []}
+
+
+@pytest.mark.parametrize(
+    ("body", "text", "want"),
+    [
+        # fdt_scan_reserved_mem skips an unavailable child: the range stays RAM.
+        (NO_MAP_AT_7FFF.format(extra='status = "disabled";'), "0x7fff0000:64K", ["ipa-in-ram"]),
+        # __reserved_mem_check_root: cells differ from the root's, or no ranges.
+        (
+            """reserved-memory { #address-cells = <1>; #size-cells = <1>; ranges;
+            st@7fff0000 { reg = <0x7fff0000 0x10000>; no-map; }; };""",
+            "0x7fff0000:64K",
+            ["ipa-in-ram"],
+        ),
+        (
+            NO_MAP_AT_7FFF.format(extra="").replace("ranges;", ""),
+            "0x7fff0000:64K",
+            ["ipa-in-ram"],
+        ),
+        # reusable: the OS may allocate it.
+        (NO_MAP_AT_7FFF.format(extra="reusable;"), "0x7fff0000:64K", ["ipa-in-mapped-reservation"]),
+        # A dynamic reservation (size, alloc-ranges) has no fixed place: not a hole.
+        (
+            """reserved-memory { #address-cells = <2>; #size-cells = <2>; ranges;
+            dyn { size = <0x0 0x10000>; alloc-ranges = <0x0 0x7fff0000 0x0 0x10000>; no-map; };
+            };""",
+            "0x7fff0000:64K",
+            ["ipa-in-ram"],
+        ),
+        # mem= caps RAM (memblock_mem_limit_remove_map), but CONFIG_CMDLINE_FORCE or a
+        # boot loader may replace bootargs: pvdesc does not rely on it.
+        ('chosen { bootargs = "mem=512M"; };', "0x7fff0000:64K", ["ipa-in-ram"]),
+        # A node named memory without device_type is no memory node (a device).
+        ("memory { reg = <0x0 0x80000000 0x0 0x10000000>; };", "0x80000000:64K", []),
+        # of_fdt_device_is_available: "ok" is available, "fail" is not.
+        (
+            'memory@80000000 { device_type = "memory"; status = "ok"; '
+            "reg = <0x0 0x80000000 0x0 0x10000000>; };",
+            "0x80000000:64K",
+            ["ipa-in-ram"],
+        ),
+        (
+            'memory@80000000 { device_type = "memory"; status = "fail"; '
+            "reg = <0x0 0x80000000 0x0 0x10000000>; };",
+            "0x80000000:64K",
+            [],
+        ),
+        # Zero-size entries are skipped; the region starts exactly where RAM ends.
+        (
+            'memory@c0000000 { device_type = "memory"; reg = <0x0 0x80000000 0x0 0x0 '
+            "0x0 0xc0000000 0x0 0x10000000>; };",
+            "0x80000000:64K",
+            [],
+        ),
+        # fdt_scan_reserved_mem never reads the parent's status: the child is honoured.
+        (
+            NO_MAP_AT_7FFF.format(extra="").replace("ranges;", 'ranges; status = "disabled";'),
+            "0x7fff0000:64K",
+            [],
+        ),
+        # fdt_path_offset finds the first /reserved-memory: Linux ignores it, not the second.
+        (
+            """reserved-memory { #address-cells = <1>; #size-cells = <1>; ranges; };
+            reserved-memory@1 { #address-cells = <2>; #size-cells = <2>; ranges;
+            st@7fff0000 { reg = <0x0 0x7fff0000 0x0 0x10000>; no-map; }; };""",
+            "0x7fff0000:64K",
+            ["ipa-in-ram"],
+        ),
+    ],
+    ids=[
+        "disabled-child",
+        "reserved-cells",
+        "reserved-no-ranges",
+        "reusable",
+        "dynamic",
+        "mem=",
+        "named-memory",
+        "status-ok",
+        "status-fail",
+        "zero-size-and-boundary",
+        "disabled-parent",
+        "second-reserved-memory",
+    ],
+)
+def test_linux_dt_cases_pvdesc_already_judged(
+    tmp_path: Path, body: str, text: str, want: list[str]
+) -> None:
+    """The red team's cases on which pvdesc already agreed with Linux (or stays cautious)."""
+    got = sorted(
+        c for c in errors(tree(tmp_path, RAM + body), region(text), LINUX) if c.startswith("ipa-")
+    )
+    assert got == want
+
+
 # --------------------------------------------------------------------------- one rule set
 
 
@@ -380,6 +582,7 @@ memory_node = st.fixed_dictionaries(
         "usable": st.none() | st.lists(span, max_size=2),
         "status": st.sampled_from([None, "okay", "ok", "disabled", "fail"]),
         "type": st.sampled_from(["memory", "memory\0extra", "memoryx", "cpu"]),
+        "nul": st.booleans(),
         "nested": st.booleans(),
     }
 )
@@ -390,6 +593,7 @@ child = st.fixed_dictionaries(
         "reg": span,
         "flag": st.sampled_from([None, "no-map", "reusable"]),
         "status": st.sampled_from([None, "okay", "disabled"]),
+        "compatible": st.sampled_from([False, False, True]),
     }
 )
 shape = st.fixed_dictionaries(
@@ -402,6 +606,7 @@ shape = st.fixed_dictionaries(
         "children": st.lists(child, max_size=6),
         "memreserve": st.lists(span, max_size=2),
         "chosen": st.none() | st.lists(span, min_size=1, max_size=2),
+        "initrd": st.none() | span,
     }
 )
 
@@ -427,9 +632,15 @@ def _build(s: dict[str, Any]) -> bytes:
                 sw.property("ranges", b"")
                 for i, m in nested:
                     _memory_node(sw, i, m)
-        if s["chosen"] is not None:
+        if s["chosen"] is not None or s["initrd"] is not None:
             with sw.add_node("chosen"):
-                sw.property("linux,usable-memory-range", b"".join(_reg(*r) for r in s["chosen"]))
+                if s["chosen"] is not None:
+                    ranges = b"".join(_reg(*r) for r in s["chosen"])
+                    sw.property("linux,usable-memory-range", ranges)
+                if s["initrd"] is not None:
+                    start, count = s["initrd"]
+                    sw.property_u64("linux,initrd-start", BASE + start * PAGE)
+                    sw.property_u64("linux,initrd-end", BASE + (start + count) * PAGE)
         if s["reserved_name"] is not None:
             with sw.add_node(s["reserved_name"]):
                 sw.property_u32("#address-cells", 2)
@@ -443,6 +654,8 @@ def _build(s: dict[str, Any]) -> bytes:
                             sw.property(c["flag"], b"")
                         if c["status"] is not None:
                             sw.property_string("status", c["status"])
+                        if c["compatible"]:
+                            sw.property_string("compatible", "restricted-dma-pool")
     fdt = sw.as_fdt()
     fdt.pack()
     return bytes(fdt.as_bytearray())
@@ -450,7 +663,8 @@ def _build(s: dict[str, Any]) -> bytes:
 
 def _memory_node(sw: libfdt.FdtSw, i: int, m: dict[str, Any]) -> None:
     with sw.add_node(f"memory@{i}"):
-        sw.property("device_type", m["type"].encode() + b"\0")
+        # Without its NUL the value is still a C string: zero padding or the next tag follows.
+        sw.property("device_type", m["type"].encode() + (b"\0" if m["nul"] else b""))
         sw.property("reg", b"".join(_reg(*r) for r in m["reg"]))
         if m["usable"] is not None:
             sw.property("linux,usable-memory", b"".join(_reg(*r) for r in m["usable"]))
@@ -473,9 +687,13 @@ def linux_usable_pages(s: dict[str, Any]) -> set[int]:
             ram &= _pages(start, count)
         for start, count in rest:
             ram |= _pages(start, count)
+    reserved: set[int] = set()
+    if s["initrd"] is not None and s["initrd"][1] and ram and s["initrd"][0] >= min(ram):
+        # arm64_memblock_init: memblock_add + memblock_reserve, freed after boot.
+        ram |= _pages(*s["initrd"])
+        reserved |= _pages(*s["initrd"])
     if s["reserved_name"] is None or not s["reserved_ranges"]:
         return ram
-    reserved: set[int] = set()
     for start, count in s["memreserve"]:
         if count == 0:  # early_init_fdt_scan_reserved_mem: ``if (!size) break;``
             break
@@ -488,7 +706,8 @@ def linux_usable_pages(s: dict[str, Any]) -> set[int]:
         if c["flag"] == "no-map":
             if pages & ram and pages & reserved:
                 continue  # -EBUSY: nothing done
-            nomap |= pages
+            if not c["compatible"]:  # restricted-dma-pool's init fails: nomap cleared
+                nomap |= pages
         else:
             reserved |= pages
     return ram - nomap
