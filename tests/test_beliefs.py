@@ -718,13 +718,21 @@ def linux_usable_pages(s: dict[str, Any]) -> set[int]:
 @example(  # a zero-size /memreserve/ entry ends the list for libfdt and Linux alike
     {
         "memory": [
-            {"reg": [(0, 1)], "usable": None, "status": None, "type": "memory", "nested": False}
+            {
+                "reg": [(0, 1)],
+                "usable": None,
+                "status": None,
+                "type": "memory",
+                "nul": True,
+                "nested": False,
+            }
         ],
         "reserved_name": "reserved-memory",
         "reserved_ranges": True,
-        "children": [{"reg": (0, 1), "flag": "no-map", "status": None}],
+        "children": [{"reg": (0, 1), "flag": "no-map", "status": None, "compatible": False}],
         "memreserve": [(0, 0), (0, 1)],
         "chosen": None,
+        "initrd": None,
     }
 )
 def test_usable_ram_equals_linux_rules(s: dict[str, Any]) -> None:
