@@ -171,7 +171,8 @@ def test_missing_qemu(
     code, out, err = run_cli(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
-        "pvdesc: error: qemu-system-aarch64: not found on PATH; install it with: "
+        "pvdesc: error: qemu-system-aarch64: not found next to this Python or on PATH; "
+        "install it with: "
         "apt-get install qemu-system-arm\n"
     )
 

@@ -27,6 +27,7 @@ def test_wheel_runs_outside_the_repository(tmp_path: Path) -> None:
         "pvdesc/templates/ssdt.asl.j2",
         "pvdesc/templates/map.svg.j2",
         "pvdesc/dtschema/reserved-memory-parent.yaml",
+        "pvdesc/vmm/pvdesc-vmm.c",
     ):
         assert needed in names
     unpacked = tmp_path / "site"
