@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pvdesc import acpitables, build, check, dtb, guest, kvm, layout, proc, templating
+from pvdesc import acpitables, build, check, dtb, guest, kvm, kvmguest, layout, proc, templating
 from pvdesc.description import LoadedDescription, load
 from pvdesc.errors import ProveError, PvdescError, ToolError
 from pvdesc.layout import Layout, Purpose
@@ -61,7 +61,7 @@ CROSS_INSTALL = (
     "(scripts/setup --test does)"
 )
 #: Flags of every VMM build: a static binary runs in a busybox initramfs.
-CFLAGS = ("-static", "-O2", "-Wall", "-Wextra")
+CFLAGS = ("-static", "-O2", "-pthread", "-Wall", "-Wextra")
 COMPILE_TIMEOUT = 120.0
 #: The VMM source, shipped in the package (``pvdesc/vmm`` links to the repository's ``vmm/``).
 VMM_SOURCE = Path(__file__).resolve().parent / "vmm" / "pvdesc-vmm.c"
@@ -169,6 +169,8 @@ class Job:
         vmm: the VMM binary on this machine.
         header: the header it was compiled against, or ``None``.
         unset: vCPU ids whose PVTIME_IPA the VMM was told to leave unset.
+        guest: the second stage (a Linux guest), or ``None``.
+        guest_reason: why there is no second stage when one was asked for, or ``None``.
     """
 
     loaded: LoadedDescription
@@ -178,6 +180,13 @@ class Job:
     vmm: Path
     header: str | None
     unset: tuple[int, ...] = ()
+    guest: kvmguest.Plan | None = None
+    guest_reason: str | None = None
+
+    @property
+    def linux(self) -> bool:
+        """True when the second stage was asked for (run or not)."""
+        return self.guest is not None or self.guest_reason is not None
 
     def output(self, suffix: str) -> build.Output:
         """The output ``NAME<suffix>``."""
@@ -238,11 +247,17 @@ def vmm_config(hyp: dict[str, Any], unset: Sequence[int] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_job(loaded: LoadedDescription, lay: Layout, unset: Sequence[int] = ()) -> Job:
+def make_job(
+    loaded: LoadedDescription,
+    lay: Layout,
+    unset: Sequence[int] = (),
+    linux: guest.GuestParts | None = None,
+) -> Job:
     """Render the outputs for ``lay`` and prepare the VMM run (header variant where there is one).
 
     ``unset`` (negative control) leaves those vCPUs' IPAs unset; such a run uses the
-    config-only VMM, since the header would set them.
+    config-only VMM, since the header would set them.  ``linux`` (the guest parts) adds
+    the second stage: a Linux guest booted by the same VMM (:mod:`pvdesc.kvmguest`).
     """
     try:
         outputs = build.render_outputs(loaded, lay)
@@ -254,9 +269,38 @@ def make_job(loaded: LoadedDescription, lay: Layout, unset: Sequence[int] = ()) 
         raise loaded.source.resolve(err) from None
     header = files.get(f"{name}.h")
     use = Header(header.name, header.data, name) if header is not None and not unset else None
+    plan, reason = None, None
+    if linux is not None:
+        try:
+            plan, reason = kvmguest.plan(
+                loaded, lay, kernel_image(linux.kernel), linux.busybox.read_bytes()
+            )
+        except PvdescError as err:
+            raise loaded.source.resolve(err) from None
     return Job(
-        loaded, lay, outputs, config, vmm_binary(use), use.name if use else None, tuple(unset)
+        loaded,
+        lay,
+        outputs,
+        config,
+        vmm_binary(use),
+        use.name if use else None,
+        tuple(unset),
+        plan,
+        reason,
     )
+
+
+_IMAGES: dict[tuple[str, int, int], kvmguest.Image] = {}
+
+
+def kernel_image(path: Path) -> kvmguest.Image:
+    """:func:`pvdesc.kvmguest.read_image`, once per file version."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _IMAGES:
+        _IMAGES.clear()
+        _IMAGES[key] = kvmguest.read_image(path)
+    return _IMAGES[key]
 
 
 # --- the host -----------------------------------------------------------------------------
@@ -311,10 +355,23 @@ def host_initramfs(busybox: bytes, jobs: Sequence[Job]) -> bytes:
             vmms[job.vmm] = f"vmm/{len(vmms)}"
             files.append(guest.CpioFile(vmms[job.vmm], job.vmm.read_bytes(), 0o100755))
     runs = []
+    image_added = False
     for i, job in enumerate(jobs):
         conf = f"jobs/{i}.conf"
         files.append(guest.CpioFile(conf, job.config.encode()))
-        runs.append({"vmm": vmms[job.vmm], "mode": "probe", "config": conf})
+        runs.append({"label": str(i), "vmm": vmms[job.vmm], "mode": "probe", "config": conf})
+        if job.guest is None:
+            continue
+        if not image_added:
+            files.append(guest.CpioFile("guest", mode=0o040755))
+            files.append(guest.CpioFile("guest/Image", kernel_image(job.guest.kernel_path).data))
+            image_added = True
+        paths = {"kernel": "/guest/Image", "dtb": f"/jobs/{i}.dtb", "initrd": f"/jobs/{i}.initrd"}
+        files.append(guest.CpioFile(paths["dtb"][1:], job.guest.dtb_blob))
+        files.append(guest.CpioFile(paths["initrd"][1:], job.guest.initrd_blob))
+        lconf = f"jobs/{i}.linux.conf"
+        files.append(guest.CpioFile(lconf, job.guest.config(job.config, paths).encode()))
+        runs.append({"label": f"{i}-linux", "vmm": vmms[job.vmm], "mode": "linux", "config": lconf})
     init = templating.render(
         "kvm-host-init.sh.j2",
         jobs=runs,
@@ -331,9 +388,9 @@ def run_host(
     parts: guest.GuestParts,
     timeout: float = DEFAULT_TIMEOUT,
     machine: guest.Machine | None = None,
-) -> tuple[HostInfo, tuple[JobOutput, ...]]:
+) -> tuple[HostInfo, tuple[tuple[JobOutput, JobOutput | None], ...]]:
     """Boot the emulated KVM host (``machine``, default :func:`host_machine`) once and run
-    every job in it, in order."""
+    every job in it, in order: each job's probe output, and its Linux run's when it has one."""
     if not timeout > 0:
         raise ProveError(f"the timeout must be positive, not {timeout:g}", "--timeout")
     initrd = host_initramfs(parts.busybox.read_bytes(), jobs)
@@ -351,9 +408,10 @@ def run_host(
         argv=res.argv,
         seconds=seconds,
     )
-    outs: list[JobOutput] = []
-    for i in range(len(jobs)):
-        outs.append(_job_output(lines, i))
+    outs: list[tuple[JobOutput, JobOutput | None]] = []
+    for i, job in enumerate(jobs):
+        second = _job_output(lines, f"{i}-linux") if job.guest is not None else None
+        outs.append((_job_output(lines, str(i)), second))
     if not release:
         raise ToolError(
             "the emulated KVM host never ran its init; last line: "
@@ -373,7 +431,7 @@ def _kvm_line(lines: Sequence[str]) -> str:
     return " | ".join(guest.serial_line(ln) for ln in chosen)
 
 
-def _job_output(lines: Sequence[str], i: int) -> JobOutput:
+def _job_output(lines: Sequence[str], i: str) -> JobOutput:
     try:
         start = lines.index(f"{JOB_BEGIN} {i}")
     except ValueError:
@@ -461,6 +519,7 @@ class KvmReport:
         vcpus: KVM's answers, by vCPU id.
         findings: problems (errors fail) and notes, errors first.
         no_result: why there is no result (the host lacks KVM, the VMM never ran), or ``None``.
+        guest: the second stage (a Linux guest under KVM), or ``None`` when not asked for.
     """
 
     job: Job
@@ -469,22 +528,31 @@ class KvmReport:
     vcpus: tuple[VcpuAnswer, ...]
     findings: tuple[check.Finding, ...]
     no_result: str | None = None
+    guest: kvmguest.GuestReport | None = None
 
     @property
     def layout(self) -> Layout:
         return self.job.layout
 
     @property
-    def passed(self) -> bool:
-        """A result, every vCPU answered, and no error finding."""
+    def probe_passed(self) -> bool:
+        """The first stage: a result, every vCPU answered as configured, no error finding."""
         return self.no_result is None and not check.unsafe(self.findings)
 
     @property
+    def passed(self) -> bool:
+        """The first stage passed, and the guest (where it ran) passed."""
+        return self.probe_passed and (self.guest is None or self.guest.verdict != "fail")
+
+    @property
     def failures(self) -> tuple[str, ...]:
-        """One phrase per error finding."""
-        return tuple(
+        """One phrase per error finding, then the guest's failures."""
+        out = [
             f"{f.code}: {f.message}" for f in self.findings if f.severity is check.Severity.ERROR
-        )
+        ]
+        if self.guest is not None and self.guest.verdict == "fail":
+            out += [f"guest: {x}" for x in self.guest.failures if not x.startswith("stage-1")]
+        return tuple(out)
 
 
 def check_reported(job: Job, reported: Sequence[tuple[int, int]]) -> tuple[check.Finding, ...]:
@@ -625,22 +693,48 @@ def prove_many(
     parts: guest.GuestParts,
     timeout: float = DEFAULT_TIMEOUT,
     machine: guest.Machine | None = None,
+    linux: bool = False,
 ) -> tuple[KvmReport, ...]:
     """Prove several layouts in ONE emulated host boot, one VMM run each, in order.
 
     ``items`` are ``(loaded, layout)`` pairs or prepared :class:`Job` s (a negative
-    control's).  ``machine`` replaces the host (tests: one without EL2).  Raises
+    control's).  ``machine`` replaces the host (tests: one without EL2).  ``linux`` adds
+    the second stage to the pairs (a Job has it or not already).  Raises
     :class:`ToolError` when the host itself gives no result.
     """
-    jobs = [it if isinstance(it, Job) else make_job(*it) for it in items]
+    jobs = [
+        it if isinstance(it, Job) else make_job(*it, linux=parts if linux else None) for it in items
+    ]
     host, outs = run_host(jobs, parts, timeout, machine)
-    return tuple(judge(job, host, out) for job, out in zip(jobs, outs, strict=True))
+    return tuple(
+        judge_both(job, host, probe_out, linux_out)
+        for job, (probe_out, linux_out) in zip(jobs, outs, strict=True)
+    )
+
+
+def judge_both(
+    job: Job, host: HostInfo, probe_out: JobOutput, linux_out: JobOutput | None
+) -> KvmReport:
+    """:func:`judge` the probe, then the Linux guest (:func:`pvdesc.kvmguest.judge`)."""
+    report = judge(job, host, probe_out)
+    if not job.linux or report.no_result is not None:
+        return report
+    if job.guest is None or linux_out is None:
+        return replace(report, guest=kvmguest.GuestReport("not-run", reason=job.guest_reason))
+    if linux_out.status is None:
+        return replace(
+            report, no_result="the host never finished the Linux guest's VMM run (it crashed?)"
+        )
+    rep = kvmguest.judge(
+        job.layout, job.guest, linux_out.lines, linux_out.other, report.probe_passed
+    )
+    return replace(report, guest=rep)
 
 
 def prove_file(
     path: str | Path, kernel: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT
 ) -> KvmReport:
-    """``pvdesc prove --kvm``: load, allocate, build, boot the KVM host, probe, judge.
+    """``pvdesc prove --kvm``: load, allocate, build, boot the KVM host, probe, boot Linux, judge.
 
     A host without KVM (or without stolen time), or a run that never answered,
     raises :class:`ToolError`: no result, never a pass.
@@ -652,7 +746,7 @@ def prove_file(
         lay = layout.allocate(loaded.description)
     except PvdescError as err:
         raise loaded.source.resolve(err) from None
-    (report,) = prove_many([(loaded, lay)], prove.guest_parts(kernel), timeout)
+    (report,) = prove_many([(loaded, lay)], prove.guest_parts(kernel), timeout, linux=True)
     if report.no_result is not None:
         raise ToolError(f"no result: {report.no_result}", "prove --kvm")
     return report
@@ -686,8 +780,9 @@ def kvm_json(report: KvmReport) -> dict[str, Any]:
         },
         "vmm": {"header": report.job.header, "unset_vcpus": list(report.job.unset)},
         "vcpus": [_vcpu_json(a) for a in report.vcpus],
-        "verdict": "pass" if report.passed else "fail",
+        "verdict": "pass" if report.probe_passed else "fail",
         "findings": [f.to_json() for f in report.findings],
+        "guest": kvmguest.to_json(report.guest) if report.guest is not None else None,
     }
 
 
@@ -715,6 +810,8 @@ def _hex(value: int | None) -> str:
 
 def to_text(report: KvmReport) -> str:
     """The human report (``templates/kvm-prove.txt.j2``)."""
+    from pvdesc import prove
+
     answers = report.vcpus
     same = [a for a in answers if a.reported_ipa is not None and a.reported_ipa == a.configured_ipa]
     return templating.render(
@@ -726,4 +823,5 @@ def to_text(report: KvmReport) -> str:
         same=len(same),
         hexa=_hex,
         shown=answers if len(answers) <= 16 else (*answers[:8], *answers[-4:]),
+        status_text=prove.STATUS_TEXT,
     )

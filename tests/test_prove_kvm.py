@@ -215,6 +215,14 @@ def test_cli_json() -> None:
         (i, base + 64 * i, base + 64 * i) for i in range(4)
     ]
     assert {(v["features"], v["revision"], v["attributes"]) for v in k["vcpus"]} == {(0, 0, 0)}
+    # The second stage: kvmtool's layout booted as a Linux guest by pvdesc's VMM under KVM.
+    g = k["guest"]
+    assert g["verdict"] == "pass", g["failures"]
+    assert g["stolen_time_line"].endswith("arm-pv: using stolen time PV")
+    assert "80000000-bfffffff : System RAM" in g["iomem"]
+    assert not [ln for ln in g["iomem"] if ln.startswith("0102")]  # nothing at the region
+    assert [s["cpu"] for s in g["steal"]] == [0, 1, 2, 3]
+    assert all(s["kvm_stolen_ns"] > 0 for s in g["steal"])
 
 
 def test_host_without_kvm_is_no_result() -> None:

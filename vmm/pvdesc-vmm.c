@@ -8,6 +8,10 @@
  *                             SMCCC_VERSION, SMCCC_ARCH_FEATURES(PV_TIME_FEATURES),
  *                             PV_TIME_FEATURES(PV_TIME_ST) and PV_TIME_ST, and read back the
  *                             64-byte structure KVM wrote at the address it reported.
+ *   pvdesc-vmm linux CONFIG   boot an arm64 Linux Image with the online vCPUs (one thread
+ *                             each, secondaries started by the guest through in-kernel PSCI),
+ *                             an in-kernel vGICv3, the arch timer and a transmit-only 8250
+ *                             UART; at the guest's power-off, print each vCPU's structure.
  *
  * CONFIG is a text file written by pvdesc (pvdesc/kvmprove.py) from NAME.hypervisor.json, one
  * "key value..." line each (numbers in C syntax):
@@ -19,6 +23,12 @@
  *   payload GPA                      probe: a RAM page, clear of the region, for the payload
  *   report GPA                       probe: an address outside every memslot; the payload's
  *                                    stores there come back to us as KVM_EXIT_MMIO
+ *   online N                         linux: vCPUs 0..N-1 are created (and listed in the DTB)
+ *   kernel|initrd|dtb GPA PATH       linux: load PATH at GPA (the kernel: 2 MiB-aligned base
+ *                                    + text_offset, arm64 booting.rst); x0 = the DTB's GPA
+ *   uart GPA                         linux: the 8250 the guest's earlycon writes to
+ *   gic DIST REDIST                  linux: the vGICv3 distributor and redistributors
+ *   timeout SECONDS                  linux: give up on a guest that has not powered off
  *
  * Built with -DPVDESC_HEADER='"NAME.h"' -DHDR_PREFIX=PVDESC_NAME -DHDR_LOWER=pvdesc_name, it
  * takes the memslots and IPAs from the C header pvdesc generated for the generic-kvm profile
@@ -35,6 +45,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <linux/kvm.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,6 +93,10 @@ struct config {
 	struct memslot slots[MAX_MEMSLOTS];
 	uint64_t ipa[MAX_VCPUS]; /* NO_IPA: leave KVM_ARM_VCPU_PVTIME_IPA unset */
 	uint64_t payload, report;
+	/* linux mode */
+	unsigned online, timeout;
+	uint64_t kernel, initrd, dtb, uart, gic_dist, gic_redist;
+	char kernel_path[128], initrd_path[128], dtb_path[128];
 };
 
 static void die(const char *fmt, ...)
@@ -143,6 +158,22 @@ static void read_config(const char *path, struct config *c)
 			c->payload = a;
 		} else if (!strcmp(key, "report") && sscanf(line, "%*s %lli", &a) == 1) {
 			c->report = a;
+		} else if (!strcmp(key, "online") && sscanf(line, "%*s %llu", &a) == 1 && a >= 1 &&
+			   a <= MAX_VCPUS) {
+			c->online = (unsigned)a;
+		} else if (!strcmp(key, "timeout") && sscanf(line, "%*s %llu", &a) == 1) {
+			c->timeout = (unsigned)a;
+		} else if (!strcmp(key, "kernel") && sscanf(line, "%*s %lli %127s", &a, c->kernel_path) == 2) {
+			c->kernel = a;
+		} else if (!strcmp(key, "initrd") && sscanf(line, "%*s %lli %127s", &a, c->initrd_path) == 2) {
+			c->initrd = a;
+		} else if (!strcmp(key, "dtb") && sscanf(line, "%*s %lli %127s", &a, c->dtb_path) == 2) {
+			c->dtb = a;
+		} else if (!strcmp(key, "uart") && sscanf(line, "%*s %lli", &a) == 1) {
+			c->uart = a;
+		} else if (!strcmp(key, "gic") && sscanf(line, "%*s %lli %lli", &a, &b) == 2) {
+			c->gic_dist = a;
+			c->gic_redist = b;
 		} else {
 			die("%s:%u: cannot read this line", path, lineno);
 		}
@@ -430,6 +461,188 @@ static int probe(struct config *c)
 	return 0;
 }
 
+
+/* --- linux: boot a Linux guest ---------------------------------------------------------- */
+
+/* Copy a file into guest memory at gpa; returns its size. */
+static size_t load_file(const struct config *c, const char *path, uint64_t gpa)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		die("%s: %s", path, strerror(errno));
+	fseek(f, 0, SEEK_END);
+	long size = ftell(f);
+	rewind(f);
+	uint8_t *dst = size > 0 ? host_addr(c, gpa, (uint64_t)size) : NULL;
+	if (!dst)
+		die("%s (%ld bytes) does not fit in a memslot at %#" PRIx64, path, size, gpa);
+	if (fread(dst, 1, (size_t)size, f) != (size_t)size)
+		die("%s: short read", path);
+	fclose(f);
+	return (size_t)size;
+}
+
+/* The 8250 UART's registers (include/uapi/linux/serial_reg.h): writing THR (offset 0) sends a
+ * character; LSR (offset 5) always says "transmitter empty" (THRE | TEMT), so the guest's
+ * polling earlycon never waits.  No interrupts, no receive path. */
+#define UART_SIZE 0x1000
+#define UART_THR 0
+#define UART_LSR 5
+#define UART_LSR_EMPTY 0x60
+
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static char line_buf[512];
+static size_t line_len;
+
+/* The guest's console, one "guest: " line at a time (vCPU threads share the UART). */
+static void uart_putc(char ch)
+{
+	pthread_mutex_lock(&out_lock);
+	if (ch == '\n' || line_len == sizeof(line_buf) - 1) {
+		printf("guest: %.*s\n", (int)line_len, line_buf);
+		line_len = 0;
+	}
+	if (ch != '\n' && ch != '\r')
+		line_buf[line_len++] = ch;
+	pthread_mutex_unlock(&out_lock);
+}
+
+struct vcpu {
+	unsigned id;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+};
+
+static const struct config *linux_cfg;
+static struct vcpu vcpus[MAX_VCPUS];
+
+/* The end of a Linux run (power-off, reset, crash or timeout): each vCPU's structure as KVM
+ * left it, then exit.  stolen_time is the run delay KVM accounted to that vCPU, in ns. */
+static void finish(const char *how)
+{
+	const struct config *c = linux_cfg;
+	pthread_mutex_lock(&out_lock);
+	if (line_len)
+		printf("guest: %.*s\n", (int)line_len, line_buf);
+	printf("pvdesc-vmm: guest %s\n", how);
+	for (unsigned i = 0; i < c->online; i++) {
+		const uint8_t *st = c->ipa[i] == NO_IPA ? NULL : host_addr(c, c->ipa[i], PVTIME_SIZE);
+		uint32_t rev = 0, attr = 0;
+		uint64_t stolen = 0;
+		if (!st)
+			continue;
+		memcpy(&rev, st, 4);
+		memcpy(&attr, st + 4, 4);
+		memcpy(&stolen, st + 8, 8);
+		printf("pvdesc-vmm: steal vcpu %u ipa %#" PRIx64 " revision %#" PRIx32
+		       " attributes %#" PRIx32 " stolen_time %" PRIu64 "\n",
+		       i, c->ipa[i], rev, attr, stolen);
+	}
+	fflush(stdout);
+	_exit(0);
+}
+
+static void *vcpu_loop(void *arg)
+{
+	struct vcpu *v = arg;
+	const struct config *c = linux_cfg;
+	struct kvm_run *run = v->run;
+	for (;;) {
+		if (ioctl(v->fd, KVM_RUN, NULL) < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			die("KVM_RUN vCPU %u: %s", v->id, strerror(errno));
+		}
+		switch (run->exit_reason) {
+		case KVM_EXIT_MMIO: {
+			uint64_t off = run->mmio.phys_addr - c->uart;
+			if (run->mmio.phys_addr < c->uart || off >= UART_SIZE) {
+				if (!run->mmio.is_write)
+					memset(run->mmio.data, 0, sizeof(run->mmio.data));
+				break; /* no device here: reads as zero, writes ignored */
+			}
+			if (run->mmio.is_write && off == UART_THR)
+				uart_putc((char)run->mmio.data[0]);
+			else if (!run->mmio.is_write) {
+				memset(run->mmio.data, 0, sizeof(run->mmio.data));
+				if (off == UART_LSR)
+					run->mmio.data[0] = UART_LSR_EMPTY;
+			}
+			break;
+		}
+		case KVM_EXIT_SYSTEM_EVENT: /* PSCI SYSTEM_OFF / SYSTEM_RESET, handled in the kernel */
+			switch (run->system_event.type) {
+			case KVM_SYSTEM_EVENT_SHUTDOWN:
+				finish("system-event shutdown");
+				break;
+			case KVM_SYSTEM_EVENT_RESET:
+				finish("system-event reset");
+				break;
+			default:
+				finish("system-event crash");
+			}
+			break;
+		default:
+			die("vCPU %u: unexpected exit %u", v->id, run->exit_reason);
+		}
+	}
+	return NULL;
+}
+
+static int boot_linux(struct config *c)
+{
+	if (!c->online || !c->kernel_path[0] || !c->dtb_path[0] || !c->uart || !c->gic_dist)
+		die("linux needs online, kernel, dtb, uart and gic lines");
+	linux_cfg = c;
+	int vm = create_vm(c);
+	load_file(c, c->kernel_path, c->kernel);
+	load_file(c, c->dtb_path, c->dtb);
+	if (c->initrd_path[0])
+		load_file(c, c->initrd_path, c->initrd);
+	/* Every vCPU with PSCI 0.2; all but the boot vCPU start powered off and are brought up
+	 * by the guest's PSCI CPU_ON, which KVM handles itself. */
+	for (unsigned id = 0; id < c->online; id++) {
+		uint32_t features = 1u << KVM_ARM_VCPU_PSCI_0_2;
+		if (id)
+			features |= 1u << KVM_ARM_VCPU_POWER_OFF;
+		vcpus[id].id = id;
+		vcpus[id].fd = create_vcpu(vm, id, features, c->ipa[id]);
+		vcpus[id].run = map_run(vcpus[id].fd);
+	}
+	/* The in-kernel vGICv3, created after the vCPUs (it sizes its redistributors by them). */
+	struct kvm_create_device gic = {.type = KVM_DEV_TYPE_ARM_VGIC_V3};
+	xioctl(vm, KVM_CREATE_DEVICE, &gic, "KVM_CREATE_DEVICE(VGIC_V3)");
+	uint64_t dist = c->gic_dist, redist = c->gic_redist;
+	struct kvm_device_attr attr = {
+		.group = KVM_DEV_ARM_VGIC_GRP_ADDR,
+		.attr = KVM_VGIC_V3_ADDR_TYPE_DIST,
+		.addr = (uintptr_t)&dist,
+	};
+	xioctl(gic.fd, KVM_SET_DEVICE_ATTR, &attr, "vGIC distributor address");
+	attr.attr = KVM_VGIC_V3_ADDR_TYPE_REDIST;
+	attr.addr = (uintptr_t)&redist;
+	xioctl(gic.fd, KVM_SET_DEVICE_ATTR, &attr, "vGIC redistributor address");
+	attr = (struct kvm_device_attr){
+		.group = KVM_DEV_ARM_VGIC_GRP_CTRL,
+		.attr = KVM_DEV_ARM_VGIC_CTRL_INIT,
+	};
+	xioctl(gic.fd, KVM_SET_DEVICE_ATTR, &attr, "KVM_DEV_ARM_VGIC_CTRL_INIT");
+	/* arm64 booting.rst: PC = the Image's first byte, x0 = the DTB, x1..x3 = 0, MMU off. */
+	set_reg(vcpus[0].fd, CORE_REG(regs.pc), c->kernel);
+	set_reg(vcpus[0].fd, CORE_REG(regs.regs[0]), c->dtb);
+	printf("pvdesc-vmm: linux %u vCPUs, kernel %#" PRIx64 ", dtb %#" PRIx64 ", initrd %#" PRIx64
+	       "\n", c->online, c->kernel, c->dtb, c->initrd);
+	for (unsigned id = 0; id < c->online; id++)
+		if (pthread_create(&vcpus[id].thread, NULL, vcpu_loop, &vcpus[id]))
+			die("pthread_create");
+	sleep(c->timeout ? c->timeout : 120);
+	char how[64];
+	snprintf(how, sizeof(how), "timeout after %u s", c->timeout);
+	finish(how);
+	return 1;
+}
+
 static void on_alarm(int sig)
 {
 	(void)sig;
@@ -441,12 +654,12 @@ int main(int argc, char **argv)
 	struct sigaction sa = {.sa_handler = on_alarm};
 	sigaction(SIGALRM, &sa, NULL);
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc != 3 || strcmp(argv[1], "probe"))
-		die("usage: pvdesc-vmm probe CONFIG");
+	if (argc != 3 || (strcmp(argv[1], "probe") && strcmp(argv[1], "linux")))
+		die("usage: pvdesc-vmm probe|linux CONFIG");
 	read_config(argv[2], &c);
 #ifdef PVDESC_HEADER
 	use_header(&c);
 #endif
 	open_kvm(&c);
-	return probe(&c);
+	return strcmp(argv[1], "linux") ? probe(&c) : boot_linux(&c);
 }
