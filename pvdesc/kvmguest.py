@@ -290,6 +290,7 @@ class GuestReport:
         crash: the crash lines quoted, if it crashed.
         end: how the run ended (the VMM's ``guest ...`` line).
         console: the guest's console lines.
+        vmm_lines: the VMM's own lines of the Linux run.
     """
 
     verdict: str
@@ -302,6 +303,7 @@ class GuestReport:
     crash: tuple[str, ...] = ()
     end: str = ""
     console: tuple[str, ...] = ()
+    vmm_lines: tuple[str, ...] = ()
 
     @property
     def failures(self) -> tuple[str, ...]:
@@ -435,6 +437,7 @@ def judge(
         crash=crash,
         end=end,
         console=console,
+        vmm_lines=tuple(vmm_lines),
     )
 
 

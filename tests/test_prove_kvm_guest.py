@@ -59,6 +59,15 @@ def reports() -> dict[str, kvmprove.KvmReport]:
     return dict(zip(names, done, strict=True))
 
 
+def guest_alone(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
+    """The guest judged again on its own lines, as if stage one had passed: what fails it then
+    is what the guest itself showed."""
+    g = guest(rep)
+    assert rep.job.guest is not None
+    other = [f"guest: {ln}" for ln in g.console]
+    return kvmguest.judge(rep.layout, rep.job.guest, g.vmm_lines, other, True)
+
+
 def touching(rep: kvmguest.GuestReport, r: Range) -> list[str]:
     g = r.granules()
     return [prove.iomem_line(e) for e in rep.iomem if e.range.overlaps(g)]
@@ -149,6 +158,10 @@ def test_region_at_top_of_ram_crashes_the_guest_and_fails(
     (crash,) = [c for c in g.checks if c.name == "crash"]
     assert not crash.passed and crash.evidence
     assert any(x.startswith("guest: crash: the guest kernel crashed") for x in rep.failures)
+    # The crash alone fails the guest.
+    alone = guest_alone(rep)
+    assert alone.verdict == "fail"
+    assert [c.name for c in alone.checks if not c.passed] == ["crash"]
 
 
 def test_region_lower_in_ram_survives_but_is_system_ram(
@@ -166,6 +179,10 @@ def test_region_lower_in_ram_survives_but_is_system_ram(
     assert g.verdict == "fail" and not rep.passed
     assert any(x.startswith("guest: granule 0x60000000-0x6000ffff is System RAM")
                for x in rep.failures)  # fmt: skip
+    # Its /proc/iomem alone fails the guest (not only stage one's ipa-in-ram).
+    alone = guest_alone(rep)
+    assert alone.verdict == "fail"
+    assert alone.failures == ("granule 0x60000000-0x6000ffff is System RAM",)
 
 
 # --- the kernel image, and what cannot be booted here ---------------------------------------
