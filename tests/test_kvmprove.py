@@ -6,10 +6,14 @@ so each rule is shown to fire on exactly the answer it is about.
 
 from __future__ import annotations
 
+import re
+import struct
+from pathlib import Path
+
 import pytest
 from tools import EXAMPLES, run_cli
 
-from pvdesc import kvmprove, layout
+from pvdesc import kvmprove, layout, proc
 from pvdesc.description import load
 from pvdesc.errors import ToolError
 from pvdesc.model import Range
@@ -137,3 +141,22 @@ def test_help_names_kvm(capsys: pytest.CaptureFixture[str]) -> None:
         run_cli(["prove", "--help"], capsys)
     out = capsys.readouterr().out
     assert "--kvm" in out and "PV_TIME_ST" in out
+
+
+def test_payload_words_are_the_assembly_beside_them(tmp_path: Path) -> None:
+    """The VMM's payload and trap are encoded by hand; the assembler must agree with each word."""
+    source = kvmprove.VMM_SOURCE.read_text()
+    gas = proc.program("aarch64-linux-gnu-as", kvmprove.CROSS_INSTALL)
+    objcopy = proc.program("aarch64-linux-gnu-objcopy", kvmprove.CROSS_INSTALL)
+    for name in ("payload", "trap"):
+        body = source.split(f"static const uint32_t {name}[] = {{", 1)[1].split("};", 1)[0]
+        rows = re.findall(r"0x([0-9a-f]{8}), /\* (.*?) \*/", body)
+        assert len(rows) == len(re.findall(r"^\s+0x", body, re.M)), name
+        asm, obj, raw = (tmp_path / f"{name}.{ext}" for ext in ("s", "o", "bin"))
+        asm.write_text("".join(f"{text}\n" for _, text in rows))
+        res = proc.run([gas, "-o", str(obj), str(asm)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        res = proc.run([objcopy, "-O", "binary", "-j", ".text", str(obj), str(raw)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        words = struct.unpack(f"<{len(rows)}I", raw.read_bytes())
+        assert [f"{w:08x}" for w in words] == [word for word, _ in rows], name

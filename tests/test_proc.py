@@ -201,7 +201,9 @@ def test_interrupt_kills_the_group(fakebin: Path) -> None:
 
 def test_missing_and_unrunnable_tools(fakebin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(fakebin))
-    with pytest.raises(ToolError, match=r"^iasl: not found on PATH; install the Debian package"):
+    with pytest.raises(
+        ToolError, match=r"^iasl: not found next to this Python or on PATH; install the Debian"
+    ):
         acpica.tool("iasl")
     not_exec = fakebin / "plain"
     not_exec.write_text("x")

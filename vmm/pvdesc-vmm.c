@@ -258,8 +258,8 @@ static void open_kvm(const struct config *c)
  * memory is reserved address space only (MAP_NORESERVE): pages exist once touched. */
 static int create_vm(struct config *c)
 {
-	int vm = (int)xioctl(kvm_fd, KVM_CREATE_VM, (void *)(uintptr_t)KVM_VM_TYPE_ARM_IPA_SIZE(c->ipa_bits),
-			     "KVM_CREATE_VM");
+	void *type = (void *)(uintptr_t)KVM_VM_TYPE_ARM_IPA_SIZE(c->ipa_bits);
+	int vm = (int)xioctl(kvm_fd, KVM_CREATE_VM, type, "KVM_CREATE_VM");
 	for (unsigned i = 0; i < c->nr_slots; i++) {
 		struct memslot *s = &c->slots[i];
 		if (!s->host) {
@@ -333,45 +333,69 @@ static struct kvm_run *map_run(int vcpu)
  * The payload, entered at EL1 with the MMU off (so addresses are IPAs) and x9 = the report
  * address.  Each answer is stored to x9 + 8 * n: the address is in no memslot, so every store
  * exits to us as KVM_EXIT_MMIO with the value.  Position independent: copied to any RAM page.
- * (Encodings from aarch64-linux-gnu-as; the assembly is on the right.)
+ * The words are aarch64-linux-gnu-as's encodings of the assembly beside them (a test
+ * assembles the comments and compares).
  */
 static const uint32_t payload[] = {
-	0x52b00000, /* mov  w0, #0x80000000          SMCCC_VERSION                    */
-	0xd4000002, /* hvc  #0                                                        */
-	0xf9000120, /* str  x0, [x9, #0]                                              */
-	0x52800020, /* mov  w0, #0x1                 SMCCC_ARCH_FEATURES ...          */
-	0x72b00000, /* movk w0, #0x8000, lsl #16                                      */
-	0x52800401, /* mov  w1, #0x20                ... (PV_TIME_FEATURES)           */
-	0x72b8a001, /* movk w1, #0xc500, lsl #16                                      */
-	0xd4000002, /* hvc  #0                                                        */
-	0xf9000520, /* str  x0, [x9, #8]                                              */
-	0x52800400, /* mov  w0, #0x20                PV_TIME_FEATURES ...             */
-	0x72b8a000, /* movk w0, #0xc500, lsl #16                                      */
-	0x52800421, /* mov  w1, #0x21                ... (PV_TIME_ST)                 */
-	0x72b8a001, /* movk w1, #0xc500, lsl #16                                      */
-	0xd4000002, /* hvc  #0                                                        */
-	0xf9000920, /* str  x0, [x9, #16]                                             */
-	0x52800420, /* mov  w0, #0x21                PV_TIME_ST: the IPA, or -1       */
-	0x72b8a000, /* movk w0, #0xc500, lsl #16                                      */
-	0xd4000002, /* hvc  #0                                                        */
-	0xf9000d20, /* str  x0, [x9, #24]                                             */
-	0xf900113f, /* str  xzr, [x9, #32]           done                             */
-	0xd503207f, /* 1: wfi                                                         */
-	0x17ffffff, /* b    1b                                                        */
+	0x52b00000, /* mov w0, #0x80000000 */     // SMCCC_VERSION
+	0xd4000002, /* hvc #0 */
+	0xf9000120, /* str x0, [x9, #0] */
+	0x52800020, /* mov w0, #0x1 */            // SMCCC_ARCH_FEATURES ...
+	0x72b00000, /* movk w0, #0x8000, lsl #16 */
+	0x52800401, /* mov w1, #0x20 */           // ... (PV_TIME_FEATURES)
+	0x72b8a001, /* movk w1, #0xc500, lsl #16 */
+	0xd4000002, /* hvc #0 */
+	0xf9000520, /* str x0, [x9, #8] */
+	0x52800400, /* mov w0, #0x20 */           // PV_TIME_FEATURES ...
+	0x72b8a000, /* movk w0, #0xc500, lsl #16 */
+	0x52800421, /* mov w1, #0x21 */           // ... (PV_TIME_ST): 0 supported, -1 not
+	0x72b8a001, /* movk w1, #0xc500, lsl #16 */
+	0xd4000002, /* hvc #0 */
+	0xf9000920, /* str x0, [x9, #16] */
+	0x52800420, /* mov w0, #0x21 */           // PV_TIME_ST: the structure's IPA, or -1
+	0x72b8a000, /* movk w0, #0xc500, lsl #16 */
+	0xd4000002, /* hvc #0 */
+	0xf9000d20, /* str x0, [x9, #24] */
+	0xf900113f, /* str xzr, [x9, #32] */      // done
+	0xd503207f, /* 1: wfi */
+	0x17ffffff, /* b 1b */
 };
 
 /* Every exception vector (VBAR_EL1 = payload page + 0x800, 16 entries of 0x80 bytes): report
  * ESR_EL1 and ELR_EL1 at x9 + 40 and x9 + 48, so a payload that faults says where and why. */
 static const uint32_t trap[] = {
-	0xd5385200, /* mrs  x0, esr_el1  */
-	0xf9001520, /* str  x0, [x9, #40] */
-	0xd5384020, /* mrs  x0, elr_el1  */
-	0xf9001920, /* str  x0, [x9, #48] */
-	0xd503207f, /* 2: wfi            */
-	0x17ffffff, /* b    2b           */
+	0xd5385200, /* mrs x0, esr_el1 */
+	0xf9001520, /* str x0, [x9, #40] */
+	0xd5384020, /* mrs x0, elr_el1 */
+	0xf9001920, /* str x0, [x9, #48] */
+	0xd503207f, /* 2: wfi */
+	0x17ffffff, /* b 2b */
 };
 #define VECTORS 0x800
 #define SYS_VBAR_EL1 ARM64_SYS_REG(3, 0, 12, 0, 0)
+#define SYS_ESR_EL1 ARM64_SYS_REG(3, 0, 5, 2, 0)
+#define TRAP_ESR 40 /* offsets of the trap's stores in the report window */
+#define TRAP_ELR 48
+
+static uint64_t get_reg(int vcpu, uint64_t id)
+{
+	uint64_t value = 0;
+	struct kvm_one_reg reg = {.id = id, .addr = (uintptr_t)&value};
+	ioctl(vcpu, KVM_GET_ONE_REG, &reg);
+	return value;
+}
+
+/* KVM_RUN with a watchdog: a payload that never exits again (say, it faults into a loop the
+ * vectors cannot report) is interrupted by SIGALRM after 5 s, and reported with its PC. */
+static void run_payload(int vcpu, unsigned id)
+{
+	alarm(5);
+	int r = ioctl(vcpu, KVM_RUN, NULL);
+	alarm(0);
+	if (r < 0)
+		die("KVM_RUN vCPU %u: %s (pc %#" PRIx64 ", ESR_EL1 %#" PRIx64 ")", id, strerror(errno),
+		    get_reg(vcpu, CORE_REG(regs.pc)), get_reg(vcpu, SYS_ESR_EL1));
+}
 
 #define ANSWERS 4
 
@@ -410,27 +434,14 @@ static int probe(struct config *c)
 		for (int exits = 0; got <= ANSWERS; exits++) {
 			if (exits > 16)
 				die("vCPU %u: the payload did not finish", id);
-			alarm(5);
-			if (ioctl(vcpu, KVM_RUN, NULL) < 0) {
-				uint64_t pc = 0, elr = 0, esr = 0, far = 0;
-				struct kvm_one_reg reg = {.id = CORE_REG(regs.pc), .addr = (uintptr_t)&pc};
-				ioctl(vcpu, KVM_GET_ONE_REG, &reg);
-				reg = (struct kvm_one_reg){.id = CORE_REG(elr_el1), .addr = (uintptr_t)&elr};
-				ioctl(vcpu, KVM_GET_ONE_REG, &reg);
-				reg = (struct kvm_one_reg){.id = ARM64_SYS_REG(3, 0, 5, 2, 0), .addr = (uintptr_t)&esr};
-				ioctl(vcpu, KVM_GET_ONE_REG, &reg);
-				reg = (struct kvm_one_reg){.id = ARM64_SYS_REG(3, 0, 6, 0, 0), .addr = (uintptr_t)&far};
-				ioctl(vcpu, KVM_GET_ONE_REG, &reg);
-				die("KVM_RUN vCPU %u: %s (pc %#" PRIx64 " elr %#" PRIx64 " esr %#" PRIx64 " far %#" PRIx64 ")", id, strerror(errno), pc, elr, esr, far);
-			}
-			alarm(0);
-			if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == c->report + 40) {
-				uint64_t esr;
+			run_payload(vcpu, id);
+			if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == c->report + TRAP_ESR) {
+				uint64_t esr, elr;
 				memcpy(&esr, run->mmio.data, 8);
-				ioctl(vcpu, KVM_RUN, NULL);
-				uint64_t elr;
+				run_payload(vcpu, id); /* the trap's second store: ELR_EL1 */
 				memcpy(&elr, run->mmio.data, 8);
-				die("vCPU %u: the payload took an exception: ESR_EL1 %#" PRIx64 " ELR_EL1 %#" PRIx64, id, esr, elr);
+				die("vCPU %u: the payload took an exception: ESR_EL1 %#" PRIx64
+				    " ELR_EL1 %#" PRIx64, id, esr, elr);
 			}
 			if (run->exit_reason != KVM_EXIT_MMIO || !run->mmio.is_write ||
 			    run->mmio.phys_addr != c->report + 8u * (unsigned)got)
