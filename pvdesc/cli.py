@@ -264,7 +264,8 @@ def make_parser() -> argparse.ArgumentParser:
         "what the guest made of each 64 KiB granule of the region (/proc/iomem, kernel log). "
         "With --kvm, instead give the build's hypervisor config to real KVM: boot an emulated "
         "arm64 KVM host (QEMU TCG with EL2) and run pvdesc's own VMM in it, which asks KVM "
-        "PV_TIME_ST on every possible vCPU; the verdict checks the addresses KVM reported. "
+        "PV_TIME_ST on every possible vCPU (the verdict checks the addresses KVM reported), "
+        "then boots Linux under that KVM with the outputs. "
         "Exit 0 pass, 1 fail, 2 unusable input or no result (missing QEMU, kernel or "
         "cross-compiler, timeout, a host without KVM). "
         "The guest parts come from scripts/fetch-guest.",
@@ -280,7 +281,9 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask real KVM: run pvdesc's VMM (vmm/pvdesc-vmm.c, cross-compiled with "
         "aarch64-linux-gnu-gcc) in an emulated arm64 KVM host, configured from the build's "
-        "hypervisor config (and C header), and judge the PV_TIME_ST answers",
+        "hypervisor config (and C header), and judge the PV_TIME_ST answers; then, for "
+        "linux-dt layouts up to 4 GiB, boot Linux as a KVM guest with the outputs and judge "
+        "its stolen time, /proc/iomem and RAM",
     )
     pr.add_argument(
         "--timeout",

@@ -336,7 +336,10 @@ def judge(
         m = _CONSOLE_TAGGED.match(line)
         if m is not None:
             tagged.setdefault(m["kind"], []).append(m["text"])
-    end = next((ln for ln in vmm_lines if ln.startswith("guest ")), "guest: no end line")
+    end = next(
+        (ln for ln in vmm_lines if ln.startswith(("guest ", "error: "))),
+        "the VMM printed no end line",
+    )
     stolen = next((ln for ln in console if STOLEN_TIME_LINE in ln), None)
     iomem = guest.parse_iomem("\n".join(tagged.get("iomem", [])))
     dt_text = "\n".join([guest.DT_BEGIN, *tagged.get("dt", []), guest.DT_END, ""])
@@ -382,8 +385,11 @@ def judge(
         )
     )
     expected = prove.EXPECTED[lay.describe]
+    # Without /proc/iomem (the guest never reached its init) there is nothing to judge a
+    # granule by: the crash or "finished" check above carries the verdict.
     results = tuple(
-        prove.judge_granule(g, expected, iomem, (), (), dt) for g in prove.granules(lay.region)
+        prove.judge_granule(g, expected, iomem, (), (), dt)
+        for g in (prove.granules(lay.region) if iomem else ())
     )
     if iomem:
         ram = [e.range for e in iomem if e.depth == 0 and e.name == "System RAM"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tools import EXAMPLES, run_cli
 
-from pvdesc import kvmprove, layout, proc
+from pvdesc import kvmguest, kvmprove, layout, proc
 from pvdesc.description import load
 from pvdesc.errors import ToolError
 from pvdesc.model import Range
@@ -160,3 +160,33 @@ def test_payload_words_are_the_assembly_beside_them(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         words = struct.unpack(f"<{len(rows)}I", raw.read_bytes())
         assert [f"{w:08x}" for w in words] == [word for word, _ in rows], name
+
+
+def _guest_plan() -> tuple[layout.Layout, kvmguest.Plan]:
+    lay = layout.allocate(load(EXAMPLES / "linux-carve-reserved.yaml").description)
+    plan = kvmguest.Plan(2, 0x40000000, 0x42000000, Range(0x42200000, 0x1000), b"dtb", b"", Path())
+    return lay, plan
+
+
+def test_guest_crash_is_a_fail_quoting_it() -> None:
+    lay, plan = _guest_plan()
+    console = [
+        "guest: [    0.060000] arm-pv: using stolen time PV",
+        "guest: [    2.100000] Unable to handle kernel paging request at virtual address ffff0",
+        "guest: [    2.100100] pc : xxh64+0x68/0x2a0",
+        "guest: [    2.300000] Kernel panic - not syncing: Attempted to kill init!",
+    ]
+    rep = kvmguest.judge(lay, plan, ["guest system-event reset"], console, True)
+    assert rep.verdict == "fail"
+    assert rep.crash == tuple(c[len("guest: ") :] for c in console[1:])
+    assert rep.failures[0].startswith("crash: the guest kernel crashed ([    2.100000] Unable")
+
+
+def test_guest_that_never_finishes_is_a_fail_naming_why() -> None:
+    lay, plan = _guest_plan()
+    rep = kvmguest.judge(lay, plan, ["error: KVM_RUN vCPU 1: Bad address"], [], True)
+    assert rep.verdict == "fail" and rep.stolen_time_line is None
+    assert rep.failures[0] == (
+        "finished: the guest did not complete its report and power off (error: KVM_RUN vCPU 1: "
+        "Bad address); last line: no console output"
+    )
