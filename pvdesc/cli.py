@@ -254,9 +254,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
+    if args.kvm:
+        from pvdesc import kvmprove
+
+        timeout = kvmprove.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        kreport = kvmprove.prove_file(args.description, args.kernel, timeout)
+        _write(kvmprove.to_json(kreport) if args.format == "json" else kvmprove.to_text(kreport))
+        return EXIT_OK if kreport.passed else EXIT_FINDINGS
     from pvdesc import prove
 
-    report = prove.prove_file(args.description, args.kernel, args.timeout)
+    timeout = prove.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    report = prove.prove_file(args.description, args.kernel, timeout)
     _write(prove.to_json(report) if args.format == "json" else prove.to_text(report))
     return EXIT_OK if report.passed else EXIT_FINDINGS
 
@@ -438,7 +446,12 @@ def _add_prove(sub: _Subcommands[_Parser]) -> None:
         description="Build the outputs in a temporary directory, boot Debian's arm64 kernel "
         "under qemu-system-aarch64 (TCG) with them the way the description boots, and report "
         "what the guest made of each 64 KiB granule of the region (/proc/iomem, kernel log). "
-        "Exit 0 pass, 1 fail, 2 unusable input or no result (missing QEMU or kernel, timeout). "
+        "With --kvm, instead give the build's hypervisor config to real KVM: boot an emulated "
+        "arm64 KVM host (QEMU TCG with EL2) and run pvdesc's own VMM in it, which asks KVM "
+        "PV_TIME_ST on every possible vCPU (the verdict checks the addresses KVM reported), "
+        "then boots Linux under that KVM with the outputs. "
+        "Exit 0 pass, 1 fail, 2 unusable input or no result (missing QEMU, kernel or "
+        "cross-compiler, timeout, a host without KVM). "
         "The guest parts come from scripts/fetch-guest.",
     )
     pr.add_argument("description", help="the VM description (YAML)")
@@ -448,11 +461,20 @@ def _add_prove(sub: _Subcommands[_Parser]) -> None:
         help="arm64 kernel image to boot (default: the one scripts/fetch-guest caches)",
     )
     pr.add_argument(
+        "--kvm",
+        action="store_true",
+        help="ask real KVM: run pvdesc's VMM (vmm/pvdesc-vmm.c, cross-compiled with "
+        "aarch64-linux-gnu-gcc) in an emulated arm64 KVM host, configured from the build's "
+        "hypervisor config (and C header), and judge the PV_TIME_ST answers; then, for "
+        "linux-dt layouts up to 4 GiB, boot Linux as a KVM guest with the outputs and judge "
+        "its stolen time, /proc/iomem and RAM",
+    )
+    pr.add_argument(
         "--timeout",
         type=float,
-        default=120.0,
+        default=None,
         metavar="SECONDS",
-        help="kill the guest (QEMU's process group) after this long (default 120)",
+        help="kill QEMU's process group after this long (default 120; with --kvm 300)",
     )
     pr.add_argument("--format", choices=["text", "json"], default="text")
     pr.set_defaults(func=cmd_prove)

@@ -281,10 +281,22 @@ def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
 def boot(m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIMEOUT) -> BootResult:
     """Boot ``parts.kernel`` with ``initrd``; return the serial output and its ``/proc/iomem``.
 
+    Raises :class:`ToolError` on timeout (:func:`run_machine`) or when the markers never appear.
+    """
+    res = run_machine(m, parts, initrd, timeout)
+    return BootResult(res.stdout, res.returncode, parse_iomem(iomem_text(res.stdout)), res.argv)
+
+
+def run_machine(
+    m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIMEOUT
+) -> proc.Result:
+    """Run QEMU with ``parts.kernel`` and ``initrd`` until the guest powers off.
+
     QEMU runs in its own process group with ``-no-reboot``; the guest's
     ``/init`` powers off.  UEFI boots copy ``QEMU_EFI.fd`` into a 64 MiB code
-    pflash and use an empty 64 MiB vars pflash in a temporary directory.
-    Raises :class:`ToolError` on timeout or when the markers never appear.
+    pflash and use an empty 64 MiB vars pflash in a temporary directory.  The
+    serial console is the result's ``stdout`` (stderr merged).  Raises
+    :class:`ToolError` when the guest does not power off within ``timeout``.
     """
     with tempfile.TemporaryDirectory(prefix="pvdesc-boot-") as tmp:
         work = Path(tmp)
@@ -314,7 +326,7 @@ def boot(m: Machine, parts: GuestParts, initrd: bytes, timeout: float = BOOT_TIM
             f"last line: {_last_line(res.stdout)}",
             QEMU,
         )
-    return BootResult(res.stdout, res.returncode, parse_iomem(iomem_text(res.stdout)), tuple(argv))
+    return res
 
 
 def section(serial: str, begin: str, end: str) -> str | None:

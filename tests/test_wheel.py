@@ -63,6 +63,7 @@ def test_wheel_runs_outside_the_repository(wheel: Path, tmp_path: Path) -> None:
         "pvdesc/py.typed",
         "pvdesc/__main__.py",
         "pvdesc/api.py",
+        "pvdesc/vmm/pvdesc-vmm.c",
     ):
         assert needed in names
     # the license file, in the dist-info, is the standard Apache-2.0 text pyproject names
