@@ -40,7 +40,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pvdesc", "templates"):  # pvdesc/templates is a link to ../templates
+    # pvdesc/templates and pvdesc/vmm are links to ../templates and ../vmm
+    for name in ("pvdesc", "templates", "vmm"):
         shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=skip)
     out = tmp_path_factory.mktemp("wheel")
     res = run(
