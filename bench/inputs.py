@@ -104,7 +104,7 @@ def nested_dtb(buses: int = 100, per_bus: int = 99) -> bytes:
 def hostile_yaml(limit: int) -> dict[str, bytes]:
     """Descriptions of at most ``limit`` bytes built to be slow to refuse: name -> bytes.
 
-    The first is issue 20's: a flow list left open (``x: [1,1,1,...`` without ``]``),
+    The first is a flow list left open (``x: [1,1,1,...`` without ``]``),
     which took 15.6 s and 340 MB to refuse when libyaml built all its 500,000 nodes
     and the pure-Python parser then read it again for a clearer message.
     """

@@ -2,20 +2,20 @@
 
 No ACPI table can take RAM away from an arm64 guest: it takes RAM only from the
 UEFI memory map, which EDK2 builds from the DT ``/memory`` nodes alone
-(acpi.md §0, §1.1, §2).  The layout therefore keeps the region outside every
+(docs/acpi.md §0, §1.1, §2).  The layout therefore keeps the region outside every
 ``/memory`` node, and the tables here only say what the region is:
 
 - **SSDT** (``templates/ssdt.asl.j2``): ``\\_SB.PVTM``, ``_HID`` ``PNP0C02``
   ("General ID for reserving resources", Linux ``drivers/acpi/acpi_pnp.c``),
   ``_UID`` ``"PVTIME"``, ``_STA`` 0x0F, and a ``_CRS`` claiming the region as a
   consumer: ``Memory32Fixed`` when it ends at or below 4 GiB, else
-  ``QWordMemory(ResourceConsumer, ...)`` (acpi.md §1.3, §6.2).  Linux's
+  ``QWordMemory(ResourceConsumer, ...)`` (docs/acpi.md §1.3, §6.2).  Linux's
   ``drivers/pnp/system.c`` then marks it busy in ``/proc/iomem`` (measured,
-  e2e-boot.md "UEFI + ACPI boot").  No ``OperationRegion`` (acpi.md §1.2).
-- **SRAT** (``templates/srat.asl.j2``, an iasl data table, acpi.md §4.2), only
+  docs/boot-evidence.md §5).  No ``OperationRegion`` (docs/acpi.md §1.2).
+- **SRAT** (``templates/srat.asl.j2``, an iasl data table, docs/acpi.md §4.2), only
   when the description has more than one NUMA node: one Memory Affinity per
   ``/memory`` range (a carved bank appears minus the region, so the region is
-  never covered, acpi.md §1.4) and one GICC Affinity per *possible* vCPU.
+  never covered, docs/acpi.md §1.4) and one GICC Affinity per *possible* vCPU.
 
 vCPU-to-node rule (:func:`vcpu_node`): contiguous blocks.  With ``N`` sorted
 node ids and ``M = max_vcpus``, vCPU ``i`` belongs to node ``ids[i * N // M]``:
@@ -39,7 +39,7 @@ from pvdesc.model import Range, VmDescription
 #: ``_STA``: present, enabled, shown in UI, functioning (ACPI 6.x §6.3.7).
 STA_PRESENT = 0x0F
 #: ``_UID`` of ``\\_SB.PVTM``: a string, so it cannot clash with another PNP0C02's
-#: integer ``_UID`` (Cloud Hypervisor's ``_SB_.MBRD`` uses 0, acpi.md §1.6).
+#: integer ``_UID`` (Cloud Hypervisor's ``_SB_.MBRD`` uses 0, docs/acpi.md §1.6).
 UID = "PVTIME"
 #: ``Memory32Fixed`` holds a 32-bit base and length: used when the region ends at or below 4 GiB.
 FOUR_GIB = 1 << 32
@@ -79,7 +79,7 @@ class Table:
 
 
 def needs_srat(desc: VmDescription) -> bool:
-    """True when the description has more than one NUMA node (issue 3)."""
+    """True when the description has more than one NUMA node."""
     return len(desc.numa_nodes) > 1
 
 

@@ -4,7 +4,7 @@ Every call runs the tool through :func:`pvdesc.proc.run` (an argument list, no
 shell, stdin closed, its own process group killed whole at the timeout, stderr
 captured into the error) in a fresh temporary directory; nothing is ever
 written next to the user's outputs.
-Behaviour relied on, all measured with acpica-tools 20200925 (acpi.md §4):
+Behaviour relied on, all measured with acpica-tools 20200925 (docs/acpi.md §4):
 
 - ``iasl -vs`` drops the banner, ``-we`` turns warnings into errors, ``-vi``
   prints ``file(line) : error NNNN - text`` on stderr, ``-p prefix`` names the
@@ -47,15 +47,15 @@ PACKAGE = "acpica-tools"
 #: Seconds any one iasl/acpiexec run may take; the tables pvdesc emits compile in milliseconds.
 TIMEOUT = 60.0
 
-#: ``-vi`` diagnostics: ``ssdt.asl(16) : error    6126 - syntax error`` (acpi.md §4.3).
+#: ``-vi`` diagnostics: ``ssdt.asl(16) : error    6126 - syntax error`` (docs/acpi.md §4.3).
 _DIAG_RE = re.compile(
     r"^(?P<file>[^()\s]+)\((?P<line>\d+)\)\s*:\s*(?P<level>error|warning|remark)\s+"
     r"(?P<code>\d+)\s*-\s*(?P<text>.*)$",
     re.IGNORECASE,
 )
-#: Markers of a failure in acpiexec's output (it exits 0 regardless, acpi.md §4.4).
+#: Markers of a failure in acpiexec's output (it exits 0 regardless, docs/acpi.md §4.4).
 ACPIEXEC_FAILURES = ("failed with status", "ACPI Error", "Firmware Error", "Firmware Warning")
-#: acpiexec's resource-conversion trace lines (noise on stdout, acpi.md §4.4).
+#: acpiexec's resource-conversion trace lines (noise on stdout, docs/acpi.md §4.4).
 _TRACE_RE = re.compile(r"^\s*(rscalc|rslist|rsdump|rsxface)-\d+", re.IGNORECASE)
 
 
@@ -348,7 +348,7 @@ def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
 
     The commands are acpiexec's standard input, one a line (see the module doc
     for why not ``-b``).  Raises :class:`AcpiError` when the output reports a
-    failure (acpiexec's exit status cannot be trusted, acpi.md §4.4).
+    failure (acpiexec's exit status cannot be trusted, docs/acpi.md §4.4).
     Resource-trace lines are dropped from the returned text.
     """
     exe = tool("acpiexec")

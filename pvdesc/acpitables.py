@@ -8,7 +8,7 @@ iasl/acpiexec wrapper lives elsewhere):
 - ``SRAT``: Memory Affinity structures (type 1, 40 bytes: proximity domain,
   base, length, flags bit 0 Enabled, bit 1 Hot Pluggable; ACPI §5.2.16.2).
   Linux skips entries without Enabled (``acpi_numa_memory_affinity_init``,
-  acpi.md §1.4), so :attr:`MemoryAffinity.enabled` is kept;
+  docs/acpi.md §1.4), so :attr:`MemoryAffinity.enabled` is kept;
 - ``SSDT``/``DSDT``: every static ``Name (_CRS, ResourceTemplate () {...})``
   (AML ``NameOp "_CRS" BufferOp``) is decoded, and attributed to the innermost
   enclosing ``Device`` (``DeviceOp`` 0x5B 0x82).  Memory descriptors read:
@@ -17,10 +17,10 @@ iasl/acpiexec wrapper lives elsewhere):
 
 Why decode ``_CRS`` ourselves instead of running ``acpiexec -b "resources
 \\_SB.PVTM"``: the claim pvdesc emits, and the ones VMMs emit (Cloud Hypervisor's
-``_SB_.MBRD``, acpi.md §1.6), are static ``Name`` buffers, which need no AML
+``_SB_.MBRD``, docs/acpi.md §1.6), are static ``Name`` buffers, which need no AML
 interpreter; decoding them in-process is pure, fast, has no subprocess or
 timeout to manage, and works where acpica-tools is not installed.  acpiexec
-also exits 0 on failed evaluations (acpi.md §4.4), so parsing its output would
+also exits 0 on failed evaluations (docs/acpi.md §4.4), so parsing its output would
 need the same care.  The tests cross-check this decoder against acpiexec.  A
 ``_CRS`` computed by a ``Method`` is not evaluated (the check says so).
 """

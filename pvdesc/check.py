@@ -13,11 +13,11 @@ config, the memslots), the boot mode and optional ACPI tables in, a tuple of
 Reading files is left to the callers (:mod:`pvdesc.dtb`, :mod:`pvdesc.acpitables`,
 the CLI).
 
-Finding codes (severity; rule and source):
+Finding codes (severity; rule and source; "ref" is ``docs/pvtime-and-dt.md``):
 
 - ``ipa-in-ram`` (error): a structure lies in a ``/memory`` range not covered by
   a ``no-map`` reservation: the guest allocates the page, KVM overwrites it
-  (kvm-pvtime-and-dt.md §3).
+  (docs/pvtime-and-dt.md §3).
 - ``ipa-in-mapped-reservation`` (error): inside a ``/reserved-memory`` child
   without ``no-map``, or with ``reusable`` or a ``compatible``: it stays in the
   linear map with conflicting attributes, is handed out again, or a driver takes
@@ -25,7 +25,7 @@ Finding codes (severity; rule and source):
 - ``ipa-in-memreserve`` (error): only a ``/memreserve/`` entry covers it:
   ``memblock_reserve`` keeps it mapped (ref §4 "drivers/of/fdt.c").
 - ``no-map-under-uefi`` (error): a ``no-map`` reservation is relied on with boot
-  uefi-dt/uefi-acpi; EDK2 ignores ``/reserved-memory`` (measured, e2e-boot.md).
+  uefi-dt/uefi-acpi; EDK2 ignores ``/reserved-memory`` (measured, docs/boot-evidence.md §4).
 - ``ipa-misaligned`` (error): KVM returns -EINVAL (vcpu.rst §3.1).
 - ``structure-crosses-page`` (error): a 64-byte structure straddles a 4 KiB page.
 - ``ipa-beyond-ipa-space`` (error): the structure ends above ``2**ipa_bits``.
@@ -40,9 +40,9 @@ Finding codes (severity; rule and source):
 - ``dedicated-memslot`` / ``region-in-ram-memslot`` (info): which memslot backs it.
 - ``memslots-not-checked`` (info): no hypervisor config, so memslots are unknown.
 - ``srat-covers-region`` (error): an enabled SRAT Memory Affinity entry covers
-  the region (acpi.md §1.4, §6.3: leave the region out of SRAT).
+  the region (docs/acpi.md §1.4, §6.3: leave the region out of SRAT).
 - ``ssdt-claim-mismatch`` (warning) / ``ssdt-claim-matches`` (info): an SSDT
-  ``_CRS`` claim that disagrees with / equals the region (acpi.md §6.2).
+  ``_CRS`` claim that disagrees with / equals the region (docs/acpi.md §6.2).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class Target:
 
 
 def target_from_region(text: str, vcpus: int, ipa_bits: int = kvm.IPA_BITS_DEFAULT) -> Target:
-    """``--region BASE:SIZE --vcpus N``: IPAs ``base + 64 * id`` (vmm-layouts.md §1-5)."""
+    """``--region BASE:SIZE --vcpus N``: IPAs ``base + 64 * id`` (docs/vmm-layouts.md §1-5)."""
     base_s, sep, size_s = text.partition(":")
     try:
         if not sep:
@@ -661,7 +661,8 @@ def _acpi_rules(tables: Sequence[AcpiTable], target: Target) -> list[Finding]:
                     Severity.ERROR,
                     "srat-covers-region",
                     f"SRAT Memory Affinity (domain {m.proximity_domain}) {m.range} covers the "
-                    f"region {region}: it says the region is RAM of a NUMA node (acpi.md §1.4); "
+                    f"region {region}: it says the region is RAM of a NUMA node "
+                    "(docs/acpi.md §1.4); "
                     "leave the region out of SRAT",
                     m.range,
                     table.source(f"entry[{m.index}] (Memory Affinity)"),
@@ -678,8 +679,8 @@ def _acpi_rules(tables: Sequence[AcpiTable], target: Target) -> list[Finding]:
                 Finding(
                     Severity.INFO,
                     "ssdt-claim-matches",
-                    f"the _CRS claim {region} matches the region (PNP0C02 marks it busy; acpi.md "
-                    "§6.2)",
+                    f"the _CRS claim {region} matches the region (PNP0C02 marks it busy; "
+                    "docs/acpi.md §6.2)",
                     region,
                     src,
                 )

@@ -3,7 +3,7 @@
 Pure functions: two :class:`Side` values in (each from a VM description or a
 ``pvdesc.hypervisor/1`` config), a tuple of :class:`Finding` out.  The guest
 keeps what it learnt at boot, so the destination must reproduce it exactly
-(kvm-pvtime-and-dt.md §6, ``shared/reference/``):
+(``docs/pvtime-and-dt.md`` §6):
 
 - the guest asks ``PV_TIME_ST`` for each vCPU's structure once, when the CPU
   comes up, maps that IPA and keeps reading it; the destination VMM sets
@@ -431,7 +431,7 @@ def _abi_findings(old: Side, new: Side) -> list[Finding]:
                     Severity.ERROR,
                     f"{side.source} says revision {side.revision}; KVM implements only revision "
                     f"{kvm.PVTIME_REVISION} (DEN0057A) and no revision attribute exists to "
-                    "negotiate another (kvm-pvtime-and-dt.md §6)",
+                    "negotiate another (docs/pvtime-and-dt.md §6)",
                 )
             )
     if old.revision != new.revision:

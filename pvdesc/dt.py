@@ -1,7 +1,7 @@
 """Write the guest devicetree (DTS and DTB) for a layout.
 
 This is the only module that imports the ``fdt`` package (pyFDT 0.3.3).  Its
-DTB output is byte-identical to dtc's for the same tree (python-dt-libs.md §1),
+DTB output is byte-identical to dtc's for the same tree (docs/dt-libraries.md §1),
 but it has bugs on exactly our paths, so this wrapper:
 
 - always passes ``entries=[]`` (bug 1: a shared mutable default);
@@ -14,7 +14,7 @@ but it has bugs on exactly our paths, so this wrapper:
 - never calls ``parse_dts``/``parse_dtb`` (bugs 2, 4, 12): DTBs are read with
   libfdt in :mod:`pvdesc.dtb`.
 
-Tree shape (DT spec §3; Linux reserved-memory binding; pvtime ref §4):
+Tree shape (DT spec §3; Linux reserved-memory binding; docs/pvtime-and-dt.md §4):
 
 - ``/``: ``#address-cells = <2>``, ``#size-cells = <2>``, ``compatible``, ``model``;
 - one ``memory@<base>`` per RAM range the guest may know of, with
@@ -44,15 +44,15 @@ from pvdesc.errors import DTError
 from pvdesc.layout import Layout
 from pvdesc.model import Range
 
-#: Root cells: 2/2, so any 64-bit address and size fits (the issue; QEMU does the same).
+#: Root cells: 2/2, so any 64-bit address and size fits (QEMU does the same).
 ADDRESS_CELLS = 2
 SIZE_CELLS = 2
-#: Write DTB version 17, last compatible 16 (python-dt-libs.md §3 "DTB version").
+#: Write DTB version 17, last compatible 16 (docs/dt-libraries.md §6.2).
 DTB_VERSION = 17
 #: The ``compatible`` of QEMU's virt root node, which pvdesc's tree is merged into.
 ROOT_COMPATIBLE = "linux,dummy-virt"
 #: Node name of the region's reserved-memory child.  The reserved-memory binding asks
-#: that names "reflect the purpose of the node" (pvtime ref §4).
+#: that names "reflect the purpose of the node" (docs/pvtime-and-dt.md §4).
 REGION_NODE = "stolen-time"
 
 _NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9,._+-]*(@(0|[1-9a-f][0-9a-f]*))?$")

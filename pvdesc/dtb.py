@@ -7,13 +7,13 @@
 2. the header is checked by hand (magic, ``totalsize`` within the file, version)
    so the common mistakes get a precise message;
 3. ``fdt_check_full`` (libfdt's complete structural check) runs before any
-   node is visited (python-dt-libs.md §2, "use pylibfdt ... robust reader");
+   node is visited (docs/dt-libraries.md §2);
 4. nodes are walked iteratively with ``fdt_next_node`` (libfdt skips FDT_NOP
-   tags itself, python-dt-libs.md §1 bug 2 is ``fdt``'s, not libfdt's), with a
+   tags itself, docs/dt-libraries.md §1 bug 2 is ``fdt``'s, not libfdt's), with a
    bound on the node count (:data:`MAX_NODES`) and on the depth
    (:data:`MAX_DEPTH`, Linux's ``FDT_MAX_DEPTH`` in ``drivers/of/fdt.c``).
 
-Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
+Addresses (DT spec §2.3.5; docs/dt-libraries.md §6.1):
 
 - a ``reg`` is decoded with the *direct parent's* ``#address-cells`` /
   ``#size-cells``, which default to 2/1 when absent and are not inherited;
@@ -22,7 +22,7 @@ Addresses (DT spec §2.3.5; python-dt-libs.md §3 "Cells"):
   the DT spec says 2, so ``/memory`` could not be read the way the guest reads it;
 - ``/reserved-memory`` is honoured only with ``#address-cells``, ``#size-cells``
   (both present and equal to the root's) and ``ranges`` (present):
-  ``__reserved_mem_check_root`` in drivers/of/fdt.c, kvm-pvtime-and-dt.md §4;
+  ``__reserved_mem_check_root`` in drivers/of/fdt.c, docs/pvtime-and-dt.md §4;
   its children's ``reg`` are root addresses whatever ``ranges`` holds (Linux
   never applies it), and a child whose ``status`` is not ``okay`` is skipped;
 - cell counts above :data:`MAX_CELLS` are refused: 3 address cells is the
@@ -235,7 +235,7 @@ class DeviceTree:
             ``reserved-memory@...``).
         reserved_ignored: why Linux ignores the whole ``/reserved-memory`` node
             (cells differ from the root's, or no ``ranges``:
-            ``__reserved_mem_check_root``, kvm-pvtime-and-dt.md §4), else ``None``.
+            ``__reserved_mem_check_root``, docs/pvtime-and-dt.md §4), else ``None``.
         memreserve: the ``/memreserve/`` entries.
         devices: every other translatable ``reg`` entry.
         skipped: nodes with a ``reg`` that is not a CPU-physical range.

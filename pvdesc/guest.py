@@ -9,15 +9,15 @@ The reusable machinery behind the boot tests (and a later ``pvdesc prove``):
   prints markers around ``cat /proc/iomem`` and around the ``/memory`` and
   ``/reserved-memory`` properties of the devicetree the kernel saw, then powers
   off; ACPI tables go in an uncompressed archive placed first, under ``kernel/firmware/acpi/``
-  (Linux ``initrd_table_override.rst``; e2e-boot.md "UEFI + ACPI boot");
+  (Linux ``initrd_table_override.rst``; docs/boot-evidence.md §5);
 - :func:`boot`: QEMU (TCG, ``virt``) in its own process group with a timeout;
   on timeout the whole group is killed.  Direct DT boot (``-dtb``) or UEFI
-  (EDK2 ``QEMU_EFI.fd`` in pflash, e2e-boot.md);
+  (EDK2 ``QEMU_EFI.fd`` in pflash, docs/boot-evidence.md §4);
 - :func:`dump_dtb`: the DTB QEMU itself builds for a given ``-m``/``-smp``
   (``-machine virt,dumpdtb=``), to check a description against QEMU's RAM;
 - :func:`parse_iomem`: ``/proc/iomem`` lines as ranges with nesting depth.
 
-Nothing here needs KVM: everything runs under TCG (e2e-boot.md "What this cannot show").
+Nothing here needs KVM: everything runs under TCG (docs/boot-evidence.md §6).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from pvdesc.errors import ToolError
 from pvdesc.model import Range
 
 QEMU = "qemu-system-aarch64"
-#: EDK2 for QEMU virt from Debian's qemu-efi-aarch64 (e2e-boot.md "UEFI + ACPI boot").
+#: EDK2 for QEMU virt from Debian's qemu-efi-aarch64 (docs/boot-evidence.md §4).
 UEFI_FIRMWARE = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
-#: QEMU virt's pflash devices are 64 MiB each; the images are padded to that (e2e-boot.md).
+#: QEMU virt's pflash devices are 64 MiB each; the images are padded to that
+#: (docs/boot-evidence.md §4).
 PFLASH_SIZE = 64 << 20
-#: QEMU virt puts RAM at 1 GiB (hw/arm/virt.c base_memmap, vmm-layouts.md).
+#: QEMU virt puts RAM at 1 GiB (hw/arm/virt.c base_memmap, docs/vmm-layouts.md §1).
 QEMU_VIRT_RAM_BASE = 0x40000000
 #: Printed by the guest's /init around ``cat /proc/iomem``.
 IOMEM_BEGIN = "PVDESC-IOMEM-BEGIN"
@@ -217,7 +218,7 @@ def acpi_table_archive(tables: Mapping[str, bytes]) -> bytes:
     """The uncompressed archive Linux scans for extra ACPI tables (place it first in the initrd).
 
     ``tables`` maps a file name (``ssdt.aml``) to the table bytes; they land in
-    ``kernel/firmware/acpi/`` (``initrd_table_override.rst``, acpi.md §3).
+    ``kernel/firmware/acpi/`` (``initrd_table_override.rst``, docs/acpi.md §3).
     """
     files = [
         CpioFile("kernel", mode=0o040755),

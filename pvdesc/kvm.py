@@ -1,7 +1,7 @@
 """KVM arm64 paravirtualised stolen-time ABI: the constants pvdesc relies on.
 
 Every value names where it comes from; the details are collected in
-``shared/reference/kvm-pvtime-and-dt.md`` (abbreviated "ref" below).
+``docs/pvtime-and-dt.md`` (abbreviated "ref" below).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ KVM_CAP_STEAL_TIME = 187
 KVM_MAX_VCPUS = 512
 
 #: arm64 stage-2 IPA sizes KVM accepts: 32 bits minimum (``KVM_VM_TYPE_ARM_IPA_SIZE``;
-#: QEMU requests at least 32, vmm-layouts.md §1), 52 bits at most (LPA2/LPA).
+#: QEMU requests at least 32, docs/vmm-layouts.md §1), 52 bits at most (LPA2/LPA).
 IPA_BITS_MIN = 32
 IPA_BITS_MAX = 52
 #: KVM's default when a VMM asks for no particular IPA size.
@@ -53,7 +53,7 @@ def pvtime_ipa(base: int, vcpu_id: int) -> int:
     """The IPA of vCPU ``vcpu_id``'s structure: ``base + 64 * id``.
 
     This is what QEMU (``hw/arm/virt.c``), kvmtool (``arm/aarch64/pvtime.c``),
-    crosvm and Firecracker all do (vmm-layouts.md §1-5).
+    crosvm and Firecracker all do (docs/vmm-layouts.md §1-5).
     """
     return base + PVTIME_STRUCT_SIZE * vcpu_id
 

@@ -6,8 +6,8 @@ ranges the firmware description states, ``/reserved-memory`` carve-outs, and the
 region with its per-vCPU IPAs.
 
 Each rule is a small function whose docstring cites its source.  References:
-``kvm-pvtime-and-dt.md`` ("pvtime ref"), ``vmm-layouts.md``, ``e2e-boot.md``,
-``acpi.md``, all in ``shared/reference/``.
+``docs/pvtime-and-dt.md``, ``docs/vmm-layouts.md``,
+``docs/boot-evidence.md`` and ``docs/acpi.md``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def occupied_granules(desc: VmDescription) -> list[Range]:
     """Every RAM bank and device, widened to 64 KiB granules, merged and sorted.
 
     The region may not share a 64 KiB granule with RAM or MMIO: Mark Rutland's
-    review of the pvtime series (pvtime ref §1).
+    review of the pvtime series (docs/pvtime-and-dt.md §1).
     """
     return merged(r.granules() for r in _all_ranges(desc))
 
@@ -138,7 +138,7 @@ def find_hole(
 
     ``occupied`` must be sorted, merged and granule-aligned (see
     :func:`occupied_granules`).  This is what QEMU, kvmtool and crosvm do by
-    hand: a slot of its own, outside RAM and MMIO (vmm-layouts.md §9).  One
+    hand: a slot of its own, outside RAM and MMIO (docs/vmm-layouts.md §9).  One
     sweep: O(n).
     """
     cursor = start
@@ -156,7 +156,7 @@ def carve_bank(desc: VmDescription) -> RamBank:
 
     Without NUMA every bank counts as node 0.  The region is taken from the
     top of that bank so the rest of the bank stays one contiguous range, as
-    Firecracker does for its system-memory area (vmm-layouts.md §5).
+    Firecracker does for its system-memory area (docs/vmm-layouts.md §5).
     """
     node0 = [b for b in desc.memory if (b.numa_node or 0) == 0]
     if not node0:
@@ -201,7 +201,7 @@ def choose_region(desc: VmDescription, size: int) -> tuple[Range, RamBank | None
 
 
 def _check_fixed(desc: VmDescription, region: Range) -> tuple[Range, RamBank | None]:
-    """Validate a user-chosen base (pvtime ref §1-2, vcpu.rst §3.1)."""
+    """Validate a user-chosen base (docs/pvtime-and-dt.md §1-2, vcpu.rst §3.1)."""
     where = ("stolen_time", "base")
     prof = profiles.for_description(desc)
     if region.base == 0:
@@ -254,18 +254,18 @@ def resolve_describe(desc: VmDescription, host_bank: RamBank | None) -> Describe
     - auto: ``acpi`` for boot uefi-acpi; otherwise ``none`` outside RAM (hole,
       or fixed outside RAM) and ``exclude`` inside.
     - none inside RAM: refused, the guest would be told the IPA is usable RAM
-      and hand the page out while KVM keeps writing it (pvtime ref §3).
+      and hand the page out while KVM keeps writing it (docs/pvtime-and-dt.md §3).
     - reserved-memory with uefi-dt/uefi-acpi: refused, EDK2 ignores
       ``/reserved-memory`` and the carve-out becomes System RAM (measured,
-      e2e-boot.md "UEFI + ACPI boot"; acpi.md §2.3).
+      docs/boot-evidence.md §4; docs/acpi.md §2.3).
     - reserved-memory or exclude outside RAM: refused, there is nothing to cut
       out, and a ``/reserved-memory`` node over a range absent from ``/memory``
       is silently accepted today but a pending 2026 patch would reject it
-      (pvtime ref §4, "Caveat for a no-map node outside /memory").
+      (docs/pvtime-and-dt.md §4, "Caveat for a no-map node outside /memory").
     - acpi: the region is kept out of every ``/memory`` node (cut out when
       inside a bank, like exclude) and an SSDT claims it; only meaningful for
       boot uefi-acpi, because no ACPI table can take RAM away from an arm64
-      guest, only the UEFI map can (acpi.md §0).
+      guest, only the UEFI map can (docs/acpi.md §0).
     """
     where = ("stolen_time", "describe")
     st = desc.stolen_time
@@ -300,7 +300,7 @@ def resolve_describe(desc: VmDescription, host_bank: RamBank | None) -> Describe
         raise LayoutError(
             f"describe reserved-memory with boot {desc.boot} is unsafe: EDK2 builds the UEFI "
             "memory map from /memory nodes only and ignores /reserved-memory, so the guest gets "
-            "the region as System RAM (measured, e2e-boot.md); use describe exclude",
+            "the region as System RAM (measured, docs/boot-evidence.md §4); use describe exclude",
             where,
         )
     return mode
@@ -312,7 +312,7 @@ def memslots(
     """RAM banks take slots 0..n-1 in description order; a region outside RAM gets slot n.
 
     KVM only accepts a PVTIME_IPA whose page lies in a memslot (``pvtime.c``
-    ``kvm_arm_pvtime_set_attr``, pvtime ref §2).  A carved region stays in its
+    ``kvm_arm_pvtime_set_attr``, docs/pvtime-and-dt.md §2).  A carved region stays in its
     bank's slot (one memslot fewer).
     """
     slots = [Memslot(b.index, b.range, Purpose.RAM, b) for b in desc.memory]
@@ -326,7 +326,7 @@ def excluded_range(desc: VmDescription, region: Range) -> Range:
     """What ``/memory`` leaves out around the region when it is excluded.
 
     The region itself, except under a VMM that keeps a whole area out of
-    ``/memory`` (Firecracker's system memory, vmm-layouts.md §5): then that area.
+    ``/memory`` (Firecracker's system memory, docs/vmm-layouts.md §5): then that area.
     """
     system = profiles.for_description(desc).system_memory
     return system if system is not None and system.contains(region) else region

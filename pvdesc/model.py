@@ -81,9 +81,9 @@ class Boot(enum.StrEnum):
     - ``linux-dt``: Linux reads the DTB directly; it honours ``/reserved-memory``.
     - ``uefi-dt``: EDK2 builds the UEFI memory map from the DT ``/memory`` nodes
       only, ignoring ``/reserved-memory`` and ``/memreserve/`` (measured,
-      e2e-boot.md and acpi.md §2.3), then boots Linux with the DT.
+      docs/boot-evidence.md §4, docs/acpi.md §2.3), then boots Linux with the DT.
     - ``uefi-acpi``: as uefi-dt, but the guest then uses ACPI; it still only
-      sees the UEFI memory map built from ``/memory`` (acpi.md §1.1).
+      sees the UEFI memory map built from ``/memory`` (docs/acpi.md §1.1).
     """
 
     LINUX_DT = "linux-dt"
@@ -347,7 +347,7 @@ def first_overlap(
 def validate(desc: VmDescription) -> None:
     """Apply the model-level rules; raise :class:`DescriptionError` on the first violation.
 
-    Rules (the issue's "Refuse bad input" list), in the order checked:
+    Rules, in the order checked:
 
     - ``name`` matches ``[a-z0-9][a-z0-9-]*`` (it names output files, so no paths);
     - ``1 <= vcpus <= max_vcpus <= KVM_MAX_VCPUS`` (512, ``include/kvm/arm_vgic.h``);

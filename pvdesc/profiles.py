@@ -7,9 +7,9 @@ profile's MMIO windows become devices (after the user's own), the region's
 placement becomes the VMM's, and any description value that contradicts a value
 the VMM fixes is refused with an error naming the VMM's value.
 
-Every constant cites ``shared/reference/vmm-layouts.md`` ("layouts") by section,
+Every constant cites ``docs/vmm-layouts.md`` ("layouts") by section,
 and the upstream file that section names.  Values marked UNCONFIRMED are not
-pinned down by the reference; where that matters (Firecracker's offset) the
+pinned down by the sources read; where that matters (Firecracker's offset) the
 profile makes the user state the value (``placement: fixed``).
 
 Pure data and pure functions; no I/O.
@@ -243,7 +243,7 @@ QEMU_VIRT = Profile(
         "numa_node: -object memory-backend-ram + -numa node (nodes 0.. in bank order)",
         "ipa_bits: the host KVM IPA limit (high regions that do not fit are disabled)",
     ),
-    source="vmm-layouts.md §1; QEMU hw/arm/virt.c base_memmap[], extended_memmap[], "
+    source="docs/vmm-layouts.md §1; QEMU hw/arm/virt.c base_memmap[], extended_memmap[], "
     "virt_set_memmap(), virt_post_cpus_gic_realized(); include/hw/arm/virt.h",
     version="v10.2.0",
     version_text="QEMU v10.2.0",
@@ -294,8 +294,8 @@ KVMTOOL = Profile(
         "memory: --mem SIZE[@ADDR] (one bank, base >= 0x80000000)",
         "vcpus: --cpus (no hotplug: max_vcpus = vcpus)",
     ),
-    source="vmm-layouts.md §2; kvmtool arm/include/arm-common/kvm-arch.h, arm/aarch64/pvtime.c, "
-    "arm/aarch64/kvm.c, builtin-run.c",
+    source="docs/vmm-layouts.md §2; kvmtool arm/include/arm-common/kvm-arch.h, "
+    "arm/aarch64/pvtime.c, arm/aarch64/kvm.c, builtin-run.c",
     version="b48735e5",
     version_text="kvmtool b48735e5 (2024-08-30)",
     upstream="arm/include/arm-common/kvm-arch.h",
@@ -315,8 +315,8 @@ CROSVM_MEMMAP: tuple[MemMapEntry, ...] = (
 )
 #: layouts §3: ``AARCH64_PVTIME_IPA_START: u64 = 0x1ff0000``, ``AARCH64_PVTIME_IPA_MAX_SIZE =
 #: 0x10000`` (crosvm aarch64/src/lib.rs:121-123; memory_layout.md:71 "1ff_0000-200_0000").
-#: Note: an older snapshot quoted in kvm-pvtime-and-dt.md gives 0x7FDF0000; the newer
-#: snapshot (vmm-layouts.md) is used here.
+#: Note: crosvm's constant has moved between versions (an older tree gives
+#: 0x7FDF0000, docs/vmm-layouts.md §3); the f1e797a6 value is used here.
 CROSVM_PVTIME = MemMapEntry("AARCH64_PVTIME_IPA_START", 0x01FF0000, 0x00010000)
 #: layouts §3: ``AARCH64_PHYS_MEM_START 0x80000000`` (lib.rs:114).
 CROSVM_RAM_BASE = 0x80000000
@@ -335,7 +335,8 @@ CROSVM = Profile(
     confirmed="confirmed: base 0x01ff0000 (newer snapshot), fixed 64 KiB, RAM at 0x80000000 "
     "(layouts §3); UNCONFIRMED: GIC CPU-interface size, vCPU bound, run-flag syntax",
     configurable=("memory: --mem (size only; base fixed)", "vcpus: --cpus (max_vcpus = vcpus)"),
-    source="vmm-layouts.md §3; crosvm aarch64/src/lib.rs, docs/book/src/appendix/memory_layout.md",
+    source="docs/vmm-layouts.md §3; crosvm aarch64/src/lib.rs, "
+    "docs/book/src/appendix/memory_layout.md",
     version="f1e797a6",
     version_text="crosvm f1e797a6 (2026-08-21); the map since 0465b61b (2022-05-04)",
     upstream="aarch64/src/lib.rs",
@@ -407,7 +408,7 @@ FIRECRACKER = Profile(
         "vcpus: vcpu_count (max_vcpus = vcpus, <= 32)",
         "stolen_time.base: must be given (read it from the running VMM)",
     ),
-    source="vmm-layouts.md §5; firecracker src/vmm/src/builder.rs, "
+    source="docs/vmm-layouts.md §5; firecracker src/vmm/src/builder.rs, "
     "src/vmm/src/arch/aarch64/{layout,fdt}.rs",
     version="81b38b9d",
     version_text="Firecracker 81b38b9d (>= 1.13)",
@@ -420,7 +421,7 @@ CLOUD_HYPERVISOR = Profile(
     # layouts §4: no pvtime anywhere; only x86 KVM_FEATURE_STEAL_TIME_BIT.
     unsupported="cloud-hypervisor has no arm64 stolen-time (KVM PV time) support, so there is no "
     "region to describe; upstream issue cloud-hypervisor/cloud-hypervisor#8262 tracks it",
-    source="vmm-layouts.md §4",
+    source="docs/vmm-layouts.md §4",
     version="ae44c297",
     version_text="Cloud Hypervisor ae44c297",
 )
@@ -430,7 +431,7 @@ GENERIC_KVM = Profile(
     title="generic KVM VMM (pvdesc chooses)",
     confirmed="pvdesc's own rules (pvdesc.layout)",
     configurable=("everything: pvdesc places the region (hole, carve or fixed)",),
-    source="kvm-pvtime-and-dt.md",
+    source="docs/pvtime-and-dt.md",
     version_text="pvdesc's own rules (no VMM's map)",
 )
 
@@ -611,7 +612,7 @@ def region_size(desc: VmDescription) -> int:
         return raw
     # 64 bytes per vCPU (pvclock-abi.h), in whole 64 KiB pages because pvtime.rst advises
     # "one or more 64k pages are set aside for the purpose of these structures and not
-    # used for other purposes" (pvtime ref §1); a 64 KiB multiple is also a whole number
+    # used for other purposes" (docs/pvtime-and-dt.md §1); a 64 KiB multiple is also a whole number
     # of host pages for 4K, 16K and 64K hosts, which a memslot needs.
     return _round_up(raw, kvm.GRANULE)
 

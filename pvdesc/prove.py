@@ -2,7 +2,7 @@
 
 The outputs are built (``pvdesc build --into``) in a temporary directory, then
 Debian's arm64 kernel boots under ``qemu-system-aarch64`` (TCG, ``-cpu max``,
-``virt``) the way the description says (e2e-boot.md):
+``virt``) the way the description says (docs/boot-evidence.md §3-5):
 
 - ``linux-dt``: QEMU loads the kernel and hands it the DTB directly;
 - ``uefi-dt``: EDK2 (``qemu-efi-aarch64``) boots it with the DT (``virt,acpi=off``);

@@ -31,7 +31,7 @@ def size_arg(size: int) -> str:
 def qemu_args(lay: Layout, dtb_path: str | None = None) -> list[str]:
     """The ``qemu-system-aarch64`` command line for a qemu-virt layout.
 
-    ``-cpu host,kvm-steal-time=on`` (target/arm/kvm.c, vmm-layouts.md §1) makes QEMU
+    ``-cpu host,kvm-steal-time=on`` (target/arm/kvm.c, docs/vmm-layouts.md §1) makes QEMU
     fail rather than silently run without stolen time; ``gic-version=3`` so the GIC
     windows are the profile's (GICv2 allows only 8 vCPUs).  ``-smp N,maxcpus=M``
     sizes QEMU's region (``max_cpus * 64``).  With NUMA each bank becomes a

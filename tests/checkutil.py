@@ -8,7 +8,7 @@ from pathlib import Path
 from tools import program, pvdesc
 
 QEMU = "qemu-system-aarch64"
-#: QEMU virt's own stolen-time slot (vmm-layouts.md §1: hw/arm/virt.c VIRT_PVTIME).
+#: QEMU virt's own stolen-time slot (docs/vmm-layouts.md §1: hw/arm/virt.c VIRT_PVTIME).
 QEMU_PVTIME = 0x090A0000
 QEMU_PVTIME_SIZE = 0x10000
 

@@ -86,7 +86,7 @@ def test_ssdt_below_4g_decodes_to_the_region() -> None:
     ]
     assert int(_field(crs, "Address"), 16) == region.base
     assert int(_field(crs, "Address Length"), 16) == region.size
-    # No OperationRegion in the compiled table (acpi.md s1.2), checked on the disassembly.
+    # No OperationRegion in the compiled table (docs/acpi.md s1.2), checked on the disassembly.
     assert "OperationRegion" not in acpica.disassemble(outputs(result)["uefi-acpi-hole.ssdt.aml"])
 
 

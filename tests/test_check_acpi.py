@@ -152,7 +152,7 @@ def test_ssdt_claim_decoded_like_acpiexec(tmp_path: Path) -> None:
         ("PVTM", 0, Range(0x48000000, 0x10000)),
         ("PVTM", 1, Range(0x50000000, 0x20000)),
     ]
-    # Independent oracle: ACPICA's own resource decoder (acpi.md §4.4).
+    # Independent oracle: ACPICA's own resource decoder (docs/acpi.md §4.4).
     out = subprocess.run(
         [program("acpiexec"), "-b", "resources \\_SB.PVTM", str(path)],
         capture_output=True,

@@ -230,7 +230,7 @@ def mib_of(head: bytes, unit: bytes, tail: bytes = b"") -> bytes:
 
 
 def test_unclosed_flow_list_is_refused_at_the_node_limit() -> None:
-    """Issue 20: ``x: [1,1,1,...`` without ``]``, 1 MiB, was refused only after 15.6 s and
+    """``x: [1,1,1,...`` without ``]``, 1 MiB, was once refused only after 15.6 s and
     340 MB, by the end of the file.  It is refused at its 100,001st node (speed: bench/)."""
     with pytest.raises(DescriptionError) as info:
         description.loads(mib_of(b"x: [", b"1,"), "x.yaml")

@@ -180,7 +180,7 @@ def test_uefi_acpi_ssdt_installed_and_claims_region(
     region = rep.layout.region
     ids = rep.layout.description.acpi
     serial = rep.boot.serial
-    # Linux's initrd table upgrade installed our table (e2e-boot.md).
+    # Linux's initrd table upgrade installed our table (docs/boot-evidence.md §5).
     assert re.search(
         rf"ACPI: Table Upgrade: install \[SSDT-{re.escape(ids.oem_id)}-\s*"
         rf"{re.escape(ids.oem_table_id)}\s*\]",

@@ -89,7 +89,7 @@ def test_examples_pass_every_validator() -> None:
     )
 
 
-def test_examples_cover_what_the_issue_asks() -> None:
+def test_examples_cover_every_placement_describe_and_boot() -> None:
     results = [build.plan(p) for p in EXAMPLES]
     lays = [r.layout for r in results]
     descs = [lay.description for lay in lays]
