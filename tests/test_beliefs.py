@@ -1,4 +1,4 @@
-"""pvdesc.beliefs: what Linux and EDK2 believe, one test per class of construct that once misled check.
+"""pvdesc.beliefs: what Linux and EDK2 believe, one test per construct that misled check.
 
 Every devicetree is written here (DTS compiled with dtc, or built with libfdt's
 FdtSw), and each test asserts the verdict and finding code in every boot mode

@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.templating).
 """
 # mypy: ignore-errors
 
-KEY = "1aacdb93759ec2d4620c1715e9a937b94e966afd6321492a8045c6a7473fd42e"
+KEY = "cb44a6f8effba72ac6a1347574f88278de3731409d4b057c534239374424c402"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'srat.asl.j2'
@@ -45,7 +45,7 @@ def root(context, missing=missing):
     yield str(t_2(environment.getattr((undefined(name='region') if l_0_region is missing else l_0_region), 'base')))
     yield '-'
     yield str(t_2(environment.getattr((undefined(name='region') if l_0_region is missing else l_0_region), 'last')))
-    yield ' where it was carved), never the region itself (acpi.md s1.4, s6.3).\n * GICC Affinity: every possible vCPU 0..'
+    yield ' where it was carved), never the region itself (docs/acpi.md s1.4, s6.3).\n * GICC Affinity: every possible vCPU 0..'
     yield str((environment.getattr((undefined(name='desc') if l_0_desc is missing else l_0_desc), 'max_vcpus') - 1))
     yield ', ACPI Processor UID = vCPU index,\n * node = contiguous blocks over the sorted node ids (pvdesc.acpi.vcpu_node).\n */\n[0004]                          Signature : "SRAT"    [System Resource Affinity Table]\n[0004]                       Table Length : 00000000\n[0001]                           Revision : 03\n[0001]                           Checksum : 00\n[0006]                             Oem ID : "'
     yield str(environment.getattr((undefined(name='ids') if l_0_ids is missing else l_0_ids), 'oem_id'))

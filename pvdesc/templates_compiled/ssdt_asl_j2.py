@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.templating).
 """
 # mypy: ignore-errors
 
-KEY = "a480a49fe9e8bf7e701ca3eecf31ecd733705a4c47a392e72b2f293c4bf41fd3"
+KEY = "730eaef2eda569f8f19c707813f76b01b34f3d5379137af9d8caae0809efbb1a"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'ssdt.asl.j2'
@@ -52,7 +52,7 @@ def root(context, missing=missing):
     yield str(environment.getattr((undefined(name='desc') if l_0_desc is missing else l_0_desc), 'max_vcpus'))
     yield ' possible vCPUs x 64 B, vCPU n at '
     yield str(t_1(environment.getattr((undefined(name='region') if l_0_region is missing else l_0_region), 'base')))
-    yield ' + 64*n (PV_TIME_ST).\n * The region lies outside every /memory node, so EDK2\'s UEFI memory map never makes it RAM\n * (acpi.md s0, s2); this PNP0C02 device only marks it busy so no driver is given it (acpi.md s1.3).\n * No OperationRegion: arm64 would map it Device-nGnRnE and alias the guest\'s WB mapping (acpi.md s1.2).\n */\nDefinitionBlock ("", "SSDT", 2, "'
+    yield ' + 64*n (PV_TIME_ST).\n * The region lies outside every /memory node, so EDK2\'s UEFI memory map never makes it RAM\n * (docs/acpi.md s0, s2); this PNP0C02 device only marks it busy so no driver is given it (docs/acpi.md s1.3).\n * No OperationRegion: arm64 would map it Device-nGnRnE and alias the guest\'s WB mapping (docs/acpi.md s1.2).\n */\nDefinitionBlock ("", "SSDT", 2, "'
     yield str(environment.getattr((undefined(name='ids') if l_0_ids is missing else l_0_ids), 'oem_id'))
     yield '", "'
     yield str(environment.getattr((undefined(name='ids') if l_0_ids is missing else l_0_ids), 'oem_table_id'))
