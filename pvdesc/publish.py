@@ -110,9 +110,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create ``path`` (it must not exist), write ``data``, fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+def _fill(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the new file ``fd``, fsync it, close it."""
     try:
         view = memoryview(data)
         while view:
@@ -120,6 +119,11 @@ def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` (it must not exist), write ``data``, fsync it."""
+    _fill(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), data)
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
@@ -228,19 +232,8 @@ def _read_plain(parent: int, name: str) -> bytes | None:
 
 def _write_in(parent: int, name: str, data: bytes, mode: int) -> None:
     """Create ``name`` in ``parent`` (it must not exist; never through a link), write, fsync."""
-    fd = os.open(
-        name,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        mode,
-        dir_fd=parent,
-    )
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    _fill(os.open(name, flags, mode, dir_fd=parent), data)
 
 
 def _link_target(vm: str, name: str) -> str:
