@@ -200,18 +200,18 @@ def init_script() -> str:
     )
 
 
-def initramfs(busybox: bytes) -> bytes:
-    """An uncompressed newc initramfs: ``/bin/busybox`` and the ``/init`` script."""
-    return newc_archive(
-        [
-            CpioFile("bin", mode=0o040755),
-            CpioFile("dev", mode=0o040755),
-            CpioFile("proc", mode=0o040755),
-            CpioFile("sys", mode=0o040755),
-            CpioFile("bin/busybox", busybox, 0o100755),
-            CpioFile("init", init_script().encode(), 0o100755),
-        ]
-    )
+def initramfs(busybox: bytes, init: str | None = None, extra: Sequence[CpioFile] = ()) -> bytes:
+    """An uncompressed newc initramfs: ``/bin/busybox``, ``extra`` files, and ``/init``.
+
+    ``init`` is the ``/init`` script (default: :func:`init_script`, the TCG guest's).
+    The KVM host and the Linux guest under KVM use the same skeleton with their own.
+    """
+    files = [CpioFile(d, mode=0o040755) for d in ("bin", "dev", "proc", "sys")]
+    files.append(CpioFile("bin/busybox", busybox, 0o100755))
+    files += extra
+    script = init_script() if init is None else init
+    files.append(CpioFile("init", script.encode(), 0o100755))
+    return newc_archive(files)
 
 
 def acpi_table_archive(tables: Mapping[str, bytes]) -> bytes:

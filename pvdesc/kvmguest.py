@@ -167,17 +167,7 @@ def _cells(value: int) -> str:
 
 def initramfs(busybox: bytes) -> bytes:
     """The guest's initramfs: busybox and ``templates/kvm-guest-init.sh.j2`` as ``/init``."""
-    init = templating.render("kvm-guest-init.sh.j2", tag=TAG)
-    return guest.newc_archive(
-        [
-            guest.CpioFile("bin", mode=0o040755),
-            guest.CpioFile("dev", mode=0o040755),
-            guest.CpioFile("proc", mode=0o040755),
-            guest.CpioFile("sys", mode=0o040755),
-            guest.CpioFile("bin/busybox", busybox, 0o100755),
-            guest.CpioFile("init", init.encode(), 0o100755),
-        ]
-    )
+    return guest.initramfs(busybox, templating.render("kvm-guest-init.sh.j2", tag=TAG))
 
 
 def base_dtb(online: int, initrd: Range) -> bytes:

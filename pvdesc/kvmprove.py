@@ -347,8 +347,7 @@ def host_machine() -> guest.Machine:
 
 def host_initramfs(busybox: bytes, jobs: Sequence[Job]) -> bytes:
     """The host's initramfs: busybox, each distinct VMM binary, each job's config, ``/init``."""
-    files = [guest.CpioFile(d, mode=0o040755) for d in ("bin", "dev", "proc", "sys", "vmm", "jobs")]
-    files.append(guest.CpioFile("bin/busybox", busybox, 0o100755))
+    files = [guest.CpioFile(d, mode=0o040755) for d in ("vmm", "jobs")]
     vmms: dict[Path, str] = {}
     for job in jobs:
         if job.vmm not in vmms:
@@ -379,8 +378,7 @@ def host_initramfs(busybox: bytes, jobs: Sequence[Job]) -> bytes:
         begin=JOB_BEGIN,
         end=JOB_END,
     )
-    files.append(guest.CpioFile("init", init.encode(), 0o100755))
-    return guest.newc_archive(files)
+    return guest.initramfs(busybox, init, files)
 
 
 def run_host(
