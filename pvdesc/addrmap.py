@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from pvdesc import beliefs, kvm
 from pvdesc.check import Finding as CheckFinding
-from pvdesc.check import RangeIndex, Severity, Target
+from pvdesc.check import Severity, Target
 from pvdesc.dtb import DeviceTree
 from pvdesc.errors import LayoutError, PvdescError
 from pvdesc.layout import Layout, verify
-from pvdesc.model import Boot, Describe, Range
+from pvdesc.model import Boot, Describe, Range, RangeIndex
 
 
 class Kind(enum.StrEnum):

@@ -79,7 +79,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pvdesc.model import Boot, Range, merged
+from pvdesc.model import Boot, Range, RangeIndex, merged
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
 TYPE_CHECKING = False
@@ -257,18 +257,6 @@ def initrd_memory(tree: DeviceTree, ram: Sequence[Area]) -> Area | None:
     return None
 
 
-class _Disjoint:
-    """Merged, sorted ranges answering "does anything overlap this?" in O(log n)."""
-
-    def __init__(self, ranges: Iterable[Range]) -> None:
-        self.ranges = merged(r for r in ranges if r.size > 0)
-        self.bases = [r.base for r in self.ranges]
-
-    def overlaps(self, q: Range) -> bool:
-        k = bisect.bisect_left(self.bases, q.end) - 1
-        return q.size > 0 and k >= 0 and self.ranges[k].end > q.base
-
-
 def _earliest_overlap(
     queries: Sequence[tuple[int, Range]], items: Sequence[tuple[int, Range]]
 ) -> dict[int, int]:
@@ -324,9 +312,9 @@ def _linux_reservations(
     """
     if tree.reserved_ignored is not None:
         return [], [], []
-    memory = _Disjoint(a.range for a in ram)
+    memory = RangeIndex([a.range for a in ram])
     before = [m.range for m in tree.memreserve] + ([initrd.range] if initrd else [])
-    memreserve = _Disjoint(before)
+    memreserve = RangeIndex(before)
     children = [(i, r) for i, r in enumerate(tree.reserved) if r.range.size > 0]
     earlier = _earliest_overlap(
         [(i, r.range) for i, r in children if r.no_map],
@@ -339,7 +327,9 @@ def _linux_reservations(
         area = Area(r.range, r.source)
         if not r.withheld:
             mapped.append(area)
-        elif memory.overlaps(r.range) and (memreserve.overlaps(r.range) or earlier[i] < i):
+        elif memory.overlapping(r.range) is not None and (
+            memreserve.overlapping(r.range) is not None or earlier[i] < i
+        ):
             refused.append(area)
         else:
             no_map.append(area)

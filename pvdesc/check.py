@@ -57,7 +57,7 @@ from pvdesc import beliefs, kvm
 from pvdesc.beliefs import Area, Belief
 from pvdesc.errors import PvdescError
 from pvdesc.inputs import too_big
-from pvdesc.model import Boot, Range, merged, parse_quantity
+from pvdesc.model import Boot, Range, RangeIndex, merged, parse_quantity
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true):
 #: ``pvdesc check`` starts without typing, json or acpitables (names in annotations only).
@@ -295,50 +295,6 @@ def sweep_overlaps(queries: Sequence[Range], ranges: Sequence[Range]) -> Iterato
         for _end, ri in active:
             if ranges[ri].base < q.end:
                 yield qi, ri
-
-
-class RangeIndex:
-    """Ranges sorted by base with a running maximum of their ends: O(log n) stabbing queries.
-
-    Answers "which range overlaps (or contains) this query" with one witness per
-    query, so a check over v structures and n ranges is O((n + v) log n) however
-    much the ranges overlap each other (a hostile DTB can stack thousands of
-    identical ``/memory`` nodes).  Empty ranges are left out.
-
-    Attributes:
-        order: indexes into the caller's sequence, by (base, end).
-        bases: the bases in that order.
-        reach: ``reach[k]`` = (largest end, its index) among ``order[0..k]``.
-    """
-
-    def __init__(self, ranges: Sequence[Range]) -> None:
-        self.order = sorted(
-            (i for i, r in enumerate(ranges) if r.size > 0),
-            key=lambda i: (ranges[i].base, ranges[i].end),
-        )
-        self.bases = [ranges[i].base for i in self.order]
-        self.reach: list[tuple[int, int]] = []
-        best = (-1, -1)
-        for i in self.order:
-            if ranges[i].end > best[0]:
-                best = (ranges[i].end, i)
-            self.reach.append(best)
-
-    def overlapping(self, q: Range) -> int | None:
-        """The index of a range overlapping ``q`` (the one reaching furthest), or ``None``."""
-        k = bisect.bisect_left(self.bases, q.end)
-        if k == 0 or q.size <= 0:
-            return None
-        end, i = self.reach[k - 1]
-        return i if end > q.base else None
-
-    def containing(self, q: Range) -> int | None:
-        """The index of a range containing ``q`` wholly, or ``None``."""
-        k = bisect.bisect_right(self.bases, q.base)
-        if k == 0:
-            return None
-        end, i = self.reach[k - 1]
-        return i if end >= q.end else None
 
 
 # --------------------------------------------------------------------------- rules

@@ -11,6 +11,7 @@ loader's source map.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import re
 import reprlib
@@ -178,6 +179,50 @@ class Range:
 
     def __str__(self) -> str:
         return f"{self.base:#x}-{self.last:#x}"
+
+
+class RangeIndex:
+    """Ranges sorted by base with a running maximum of their ends: O(log n) stabbing queries.
+
+    Answers "which range overlaps (or contains) this query" with one witness per
+    query, so a check over v structures and n ranges is O((n + v) log n) however
+    much the ranges overlap each other (a hostile DTB can stack thousands of
+    identical ``/memory`` nodes).  Empty ranges are left out.
+
+    Attributes:
+        order: indexes into the caller's sequence, by (base, end).
+        bases: the bases in that order.
+        reach: ``reach[k]`` = (largest end, its index) among ``order[0..k]``.
+    """
+
+    def __init__(self, ranges: Sequence[Range]) -> None:
+        self.order = sorted(
+            (i for i, r in enumerate(ranges) if r.size > 0),
+            key=lambda i: (ranges[i].base, ranges[i].end),
+        )
+        self.bases = [ranges[i].base for i in self.order]
+        self.reach: list[tuple[int, int]] = []
+        best = (-1, -1)
+        for i in self.order:
+            if ranges[i].end > best[0]:
+                best = (ranges[i].end, i)
+            self.reach.append(best)
+
+    def overlapping(self, q: Range) -> int | None:
+        """The index of a range overlapping ``q`` (the one reaching furthest), or ``None``."""
+        k = bisect.bisect_left(self.bases, q.end)
+        if k == 0 or q.size <= 0:
+            return None
+        end, i = self.reach[k - 1]
+        return i if end > q.base else None
+
+    def containing(self, q: Range) -> int | None:
+        """The index of a range containing ``q`` wholly, or ``None``."""
+        k = bisect.bisect_right(self.bases, q.base)
+        if k == 0:
+            return None
+        end, i = self.reach[k - 1]
+        return i if end >= q.end else None
 
 
 def merged(ranges: Iterable[Range]) -> list[Range]:
