@@ -72,7 +72,10 @@ def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
     yield d
     for f in (tmp_path / "pids").glob("*"):  # never leave a stray sleep behind
-        pid = int(f.read_text())
+        text = f.read_text()
+        if not text:  # killed between the shell's `>` and its echo: it never ran on
+            continue
+        pid = int(text)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
 
