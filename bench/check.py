@@ -15,8 +15,9 @@ from pathlib import Path
 
 from inputs import nested_dtb
 
-from pvdesc import check, dtb
-from pvdesc.model import Range
+from pvdesc.audit import check
+from pvdesc.core.model import Range
+from pvdesc.read import dtb
 
 
 def best(fn: Callable[[], object], runs: int = 5) -> float:
@@ -42,7 +43,7 @@ def main() -> None:
                 "pvdesc check CLI (subprocess, incl. startup)",
                 best(
                     lambda: subprocess.run(
-                        [sys.executable, "-m", "pvdesc.cli", "check", "--dtb", str(path),
+                        [sys.executable, "-m", "pvdesc", "check", "--dtb", str(path),
                          "--region", "0x090a0000:64K", "--vcpus", "512"],
                         check=True, capture_output=True,
                     )

@@ -3,7 +3,7 @@
 Run::
 
     .venv/bin/python bench/fuzz.py --seconds 3600                # atheris, every target
-    .venv/bin/python bench/fuzz.py --engine hypothesis --scale 50  # tests/test_fuzz.py x50
+    .venv/bin/python bench/fuzz.py --engine hypothesis --scale 50  # test_fuzz.py x50
 
 atheris (libFuzzer, coverage-guided over pvdesc's bytecode) runs each target in
 its own process for an equal share of the time, from a seed corpus of real
@@ -13,7 +13,7 @@ targets also get pvdesc's libfdt structure mutations as a custom mutator.  A
 target's failure (any exception but a clean refusal, or a wrong answer) is
 recorded, not fatal: the input goes to ``--crashes`` (one file per distinct
 failure site) and fuzzing goes on.  The hypothesis engine runs
-tests/test_fuzz.py with ``PVDESC_FUZZ_EXAMPLES`` scaled.
+tests/integration/test_fuzz.py with ``PVDESC_FUZZ_EXAMPLES`` scaled.
 
 Prints, per target, the inputs tried, the failures and the distinct failure
 sites, then the totals.
@@ -194,10 +194,18 @@ def run_atheris(targets: list[str], seconds: int, runs: int, seed: int, crashes:
 
 def run_hypothesis(scale: float, crashes: Path) -> int:
     env = dict(os.environ, PVDESC_FUZZ_EXAMPLES=str(scale))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/integration/test_fuzz.py",
+    ]
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
-    # tests/test_fuzz.py's example counts, scaled (each example is one input).
+    # tests/integration/test_fuzz.py's example counts, scaled (each example is one input).
     counts = [
         int(n)
         for n in re.findall(

@@ -9,7 +9,7 @@ installed ``pvdesc`` entry point, interpreter start included.
    banks, 200 devices, boot uefi-acpi: DTS/DTB, SSDT + SRAT compiled by iasl,
    hypervisor config, C and Rust): the command's wall time; in-process, split into
    the time pvdesc works and the time it then waits for iasl, which it starts
-   before rendering the rest (:func:`pvdesc.acpica.timing`); and, as the
+   before rendering the rest (:func:`pvdesc.tools.acpica.timing`); and, as the
    baseline, ``dtc -I dts -O dtb`` plus ``iasl`` on the very files it wrote.
    Figure: pvdesc / (dtc + iasl), target <= 1.5 for the library call (the
    command adds the interpreter's start and imports, shown beside it).
@@ -65,9 +65,12 @@ from typing import Any
 import inputs
 
 import pvdesc
-from pvdesc import acpica, build, check, dtb
-from pvdesc.model import Range
-from pvdesc.proc import find_program
+from pvdesc.audit import check
+from pvdesc.core.model import Range
+from pvdesc.emit import build
+from pvdesc.read import dtb
+from pvdesc.tools import acpica
+from pvdesc.tools.proc import find_program
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = "pvdesc.bench/1"
@@ -75,7 +78,15 @@ DEFAULT_JSON = ROOT / "bench" / "results.json"
 #: Any one external command may take this long before the benchmark gives up.
 TIMEOUT = 300.0
 #: Modules ``pvdesc --version`` must not import (each costs tens of milliseconds).
-HEAVY_MODULES = ("yaml", "jinja2", "jsonschema", "libfdt", "fdt", "pvdesc.build", "pvdesc.check")
+HEAVY_MODULES = (
+    "yaml",
+    "jinja2",
+    "jsonschema",
+    "libfdt",
+    "fdt",
+    "pvdesc.emit.build",
+    "pvdesc.audit.check",
+)
 #: The region and vCPU count ``pvdesc check`` audits (QEMU's VIRT_PVTIME).
 REGION = "0x090a0000:64K"
 #: The parts ``--only`` selects from, in the order they run.
@@ -296,7 +307,7 @@ def pvdesc_cmd() -> list[str]:
     script = Path(sys.executable).parent / "pvdesc"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "pvdesc.cli"]
+    return [sys.executable, "-m", "pvdesc"]
 
 
 # --------------------------------------------------------------------------- machine
@@ -371,7 +382,9 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
 
     # What every fresh 'pvdesc build' pays before doing any work.
     interpreter = timed_command([sys.executable, "-c", "pass"], cfg.repeats)
-    imports = timed_command([sys.executable, "-c", "import pvdesc.cli, pvdesc.build"], cfg.repeats)
+    imports = timed_command(
+        [sys.executable, "-c", "import pvdesc.commands.cli, pvdesc.emit.build"], cfg.repeats
+    )
 
     out = work / "build"
     total, own, iasl_in = Timing(), Timing(), Timing()
@@ -441,7 +454,7 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
         row("build.interpreter", "  floor: python -c pass", interpreter),
         row(
             "build.imports",
-            "  floor: python -c 'import pvdesc.cli, pvdesc.build'",
+            "  floor: python -c 'import pvdesc.commands.cli, pvdesc.emit.build'",
             imports,
         ),
         row("build.inprocess", "pvdesc build, in-process (imports done)", total),
@@ -625,7 +638,7 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
 
 def bench_version(cfg: Config) -> list[Result]:
     t = timed_command([*pvdesc_cmd(), "--version"], cfg.repeats)
-    text = run([sys.executable, "-X", "importtime", "-m", "pvdesc.cli", "--version"])
+    text = run([sys.executable, "-X", "importtime", "-m", "pvdesc", "--version"])
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", text, re.M))
     heavy = sorted(m for m in HEAVY_MODULES if m in imported)
     return [
@@ -709,8 +722,8 @@ def bench_fleet(cfg: Config, work: Path) -> list[Result]:
 
 
 def bench_yaml(cfg: Config) -> list[Result]:
-    """In-process :func:`pvdesc.description.loads` of hostile inputs (imports done)."""
-    from pvdesc import description
+    """In-process :func:`pvdesc.description.load.loads` of hostile inputs (imports done)."""
+    from pvdesc.description import load as description
     from pvdesc.errors import PvdescError
 
     def answer(text: bytes) -> str:

@@ -11,25 +11,29 @@ RAM the guest was told it may use.
 Layers, each with its own error class (see :mod:`pvdesc.errors`):
 
 - :mod:`pvdesc.kvm`: the KVM/SMCCC ABI facts (constants, with sources).
-- :mod:`pvdesc.model`: the immutable description of a VM.
-- :mod:`pvdesc.description`: YAML -> model, with file:line:column errors.
-- :mod:`pvdesc.layout`: the pure allocation rules -> :class:`pvdesc.layout.Layout`.
-- :mod:`pvdesc.dt`: Layout -> DTS/DTB (the only module that touches ``fdt``).
-- :mod:`pvdesc.dtb`: reading untrusted DTBs with libfdt.
-- :mod:`pvdesc.hypervisor`: Layout -> hypervisor config JSON.
-- :mod:`pvdesc.profiles`, :mod:`pvdesc.vmmconfig`: VMM memory maps as data; their command lines.
-- :mod:`pvdesc.patch`: ``build --into``, patching a VMM's own DTB.
-- :mod:`pvdesc.acpi`, :mod:`pvdesc.acpica`: SSDT/SRAT, and the iasl/acpiexec wrapper.
-- :mod:`pvdesc.acpitables`: decoding SRAT and ``_CRS`` claims from AML.
-- :mod:`pvdesc.check`: findings for any DTB + region (``pvdesc check``).
-- :mod:`pvdesc.diff`: migration compatibility of two layouts (``pvdesc diff``).
-- :mod:`pvdesc.guest`: booting a real arm64 guest under QEMU.
-- :mod:`pvdesc.proc`: the one way tools are run (process groups, timeouts, stderr).
-- :mod:`pvdesc.inputs`: reading untrusted files within a size limit.
-- :mod:`pvdesc.build`: all outputs; :mod:`pvdesc.publish` switches them in as one generation.
-- :mod:`pvdesc.validate`, :mod:`pvdesc.validators`, :mod:`pvdesc.reports`: ``pvdesc validate``
+- :mod:`pvdesc.core.model`: the immutable description of a VM.
+- :mod:`pvdesc.description.load`: YAML -> model, with file:line:column errors.
+- :mod:`pvdesc.layout.allocate`: the pure allocation rules ->
+  :class:`pvdesc.layout.allocate.Layout`.
+- :mod:`pvdesc.emit.devicetree`: Layout -> DTS/DTB (the only module that touches ``fdt``).
+- :mod:`pvdesc.read.dtb`: reading untrusted DTBs with libfdt.
+- :mod:`pvdesc.emit.hypervisor`: Layout -> hypervisor config JSON.
+- :mod:`pvdesc.layout.profiles`, :mod:`pvdesc.emit.vmmconfig`: VMM memory maps as data; their
+  command lines.
+- :mod:`pvdesc.emit.patch`: ``build --into``, patching a VMM's own DTB.
+- :mod:`pvdesc.emit.acpi`, :mod:`pvdesc.tools.acpica`: SSDT/SRAT, and the iasl/acpiexec wrapper.
+- :mod:`pvdesc.read.acpitables`: decoding SRAT and ``_CRS`` claims from AML.
+- :mod:`pvdesc.audit.check`: findings for any DTB + region (``pvdesc check``).
+- :mod:`pvdesc.audit.diff`: migration compatibility of two layouts (``pvdesc diff``).
+- :mod:`pvdesc.commands.prove.guest`: booting a real arm64 guest under QEMU.
+- :mod:`pvdesc.tools.proc`: the one way tools are run (process groups, timeouts, stderr).
+- :mod:`pvdesc.tools.inputs`: reading untrusted files within a size limit.
+- :mod:`pvdesc.emit.build`: all outputs; :mod:`pvdesc.emit.publish` switches them in as one
+  generation.
+- :mod:`pvdesc.commands.validate.fleet`, :mod:`pvdesc.tools.validators`,
+  :mod:`pvdesc.commands.validate.reports`: ``pvdesc validate``
   (CI: every description built, checked and run through dtc, dt-validate and ACPICA).
-- :mod:`pvdesc.cli`: the ``pvdesc`` command (also ``python -m pvdesc``).
+- :mod:`pvdesc.commands.cli`: the ``pvdesc`` command (also ``python -m pvdesc``).
 - :mod:`pvdesc.api`: the stable Python API for build scripts (imported only when asked for).
 """
 

@@ -1,10 +1,10 @@
-"""``python -m pvdesc``: the ``pvdesc`` command (:mod:`pvdesc.cli`)."""
+"""``python -m pvdesc``: the ``pvdesc`` command (:mod:`pvdesc.commands.cli`)."""
 
 from __future__ import annotations
 
 import sys
 
-from pvdesc.cli import main
+from pvdesc.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

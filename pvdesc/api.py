@@ -28,14 +28,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc import __version__, acpitables
-from pvdesc import build as _build
-from pvdesc import check as _check
-from pvdesc import dtb as _dtb
-from pvdesc.description import load, loads
+from pvdesc import __version__
+from pvdesc.audit import check as _check
+from pvdesc.core.model import Boot, Range
+from pvdesc.description.load import load, loads
+from pvdesc.emit import build as _build
 from pvdesc.errors import PvdescError
-from pvdesc.inputs import display_name, read_bounded
-from pvdesc.model import Boot, Range
+from pvdesc.read import acpitables
+from pvdesc.read import dtb as _dtb
+from pvdesc.tools.inputs import display_name, read_bounded
 
 __all__ = [
     "Build",

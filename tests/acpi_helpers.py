@@ -6,8 +6,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvdesc import build, layout
-from pvdesc.description import load
+from pvdesc.description.load import load
+from pvdesc.emit import build
+from pvdesc.layout import allocate as layout
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

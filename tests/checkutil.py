@@ -38,7 +38,7 @@ def qemu_dtb(tmp: Path, name: str, *args: str) -> Path:
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m pvdesc.cli`` in a subprocess and capture its output."""
+    """Run ``python -m pvdesc`` in a subprocess and capture its output."""
     return pvdesc(*args, timeout=timeout)
 
 

@@ -1,4 +1,4 @@
-"""Fuzz targets, seeds and mutators, shared by tests/test_fuzz.py (short runs) and bench/fuzz.py.
+"""Fuzz targets, seeds and mutators, shared by test_fuzz.py (short runs) and bench/fuzz.py.
 
 A *target* takes bytes and runs one untrusted-input path of pvdesc the way the
 CLI does.  The only acceptable outcomes are:
@@ -28,21 +28,16 @@ import libfdt
 import yaml
 from hypothesis import strategies as st
 
-from pvdesc import (
-    acpitables,
-    addrmap,
-    build,
-    check,
-    dtb,
-    hypervisor,
-    layout,
-    mapview,
-    patch,
-    proc,
-)
-from pvdesc.description import loads
+from pvdesc.audit import check
+from pvdesc.commands.map import draw as mapview
+from pvdesc.commands.map import model as addrmap
+from pvdesc.core.model import Boot, Range
+from pvdesc.description.load import loads
+from pvdesc.emit import build, hypervisor, patch
 from pvdesc.errors import MAX_MESSAGE_CHARS, PvdescError
-from pvdesc.model import Boot, Range
+from pvdesc.layout import allocate as layout
+from pvdesc.read import acpitables, dtb
+from pvdesc.tools import proc
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -198,7 +193,8 @@ def target_diff(data: bytes) -> None:
     Every side that loads must be compatible with itself, unless it states a
     revision or stride KVM does not implement (then nothing is compatible with it).
     """
-    from pvdesc import diff, kvm
+    from pvdesc import kvm
+    from pvdesc.audit import diff
 
     old_bytes, _, new_bytes = data.partition(DIFF_SEPARATOR)
     sides = []

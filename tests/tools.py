@@ -17,8 +17,9 @@ from pathlib import Path
 import libfdt
 import pytest
 
-from pvdesc import cli, proc
-from pvdesc.validators import DTC_CHECKS
+from pvdesc.commands import cli
+from pvdesc.tools import proc
+from pvdesc.tools.validators import DTC_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -32,7 +33,7 @@ SLOW = 300
 
 def program(name: str) -> str:
     """The path of an external program the tests use, found as pvdesc finds its own
-    (:func:`pvdesc.proc.find_program`: beside this Python, then ``PATH``).  A missing
+    (:func:`pvdesc.tools.proc.find_program`: beside this Python, then ``PATH``).  A missing
     program fails the test with the way to install it; it is never skipped."""
     return proc.program(name, "scripts/setup --test installs it")
 
@@ -51,7 +52,10 @@ def pvdesc(
 ) -> subprocess.CompletedProcess[str]:
     """Run the pvdesc CLI in a fresh interpreter."""
     return run(
-        [sys.executable, "-m", "pvdesc.cli", *args], cwd=cwd or ROOT, env=env, timeout=timeout
+        [sys.executable, "-m", "pvdesc", *args],
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -130,7 +134,7 @@ def libfdt_check(blob: bytes) -> libfdt.Fdt:
 
 
 class DtValidate:
-    """dt-validate with the dtschema core schemas plus pvdesc/dtschema (compiled once)."""
+    """dt-validate with the dtschema core schemas plus pvdesc/tools/dtschema (compiled once)."""
 
     def __init__(self, workdir: Path) -> None:
         self.schema = workdir / "processed-schema.json"
@@ -140,7 +144,7 @@ class DtValidate:
                 "-j",
                 "-o",
                 str(self.schema),
-                str(ROOT / "pvdesc" / "dtschema"),
+                str(ROOT / "pvdesc" / "tools" / "dtschema"),
             ],
             timeout=300,
         )

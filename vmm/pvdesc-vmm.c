@@ -13,7 +13,7 @@
  *                             an in-kernel vGICv3, the arch timer and a transmit-only 8250
  *                             UART; at the guest's power-off, print each vCPU's structure.
  *
- * CONFIG is a text file written by pvdesc (pvdesc/kvmprove.py) from NAME.hypervisor.json, one
+ * CONFIG is a text file written by pvdesc (pvdesc/commands/prove/kvm.py) from NAME.hypervisor.json, one
  * "key value..." line each (numbers in C syntax):
  *
  *   ipa_bits N                       the guest's IPA size (KVM_VM_TYPE_ARM_IPA_SIZE)

@@ -1,0 +1,1 @@
+"""Judging layouts: ``pvdesc check`` and ``pvdesc diff``, and the findings they report."""

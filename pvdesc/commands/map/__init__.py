@@ -1,0 +1,1 @@
+"""``pvdesc map``: the guest physical address map, as a model and drawn."""

@@ -1,0 +1,1 @@
+"""``pvdesc validate``: build, check and externally validate a fleet of descriptions."""

@@ -1,0 +1,1 @@
+"""The core types every layer shares: address ranges, sizes, and the VM model."""

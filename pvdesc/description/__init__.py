@@ -1,0 +1,1 @@
+"""Reading a VM description: YAML with marks, the schema check, the model it builds."""

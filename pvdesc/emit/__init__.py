@@ -1,0 +1,1 @@
+"""Writing the matched pair: devicetree, ACPI, hypervisor config, VMM arguments; publishing."""

@@ -1,0 +1,278 @@
+"""``pvdesc build``: every output for a description, rendered in memory, written atomically.
+
+All outputs are rendered before anything touches the output directory, so any
+error leaves it untouched.  They are then published as one generation
+(:mod:`pvdesc.emit.publish`): whatever instant a build is killed at, the directory
+holds the old complete outputs or the new complete outputs, never a mix, and
+the manifest (which pairs the files and records their hashes) lets a consumer
+check that what it read belongs together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvdesc import __version__
+from pvdesc.core.model import Describe
+from pvdesc.description.load import LoadedDescription, load
+from pvdesc.emit import acpi, hypervisor, publish, templating, vmmconfig
+from pvdesc.emit import devicetree as dt
+from pvdesc.errors import DTError, OutputError, PvdescError
+from pvdesc.layout import allocate as layout
+from pvdesc.layout import profiles
+from pvdesc.layout.allocate import Layout
+from pvdesc.tools.inputs import display_name, read_bounded
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output file.
+
+    Attributes:
+        name: file name inside the output directory.
+        kind: what it is (dts, dtb, hypervisor-config, ...).
+        data: its exact bytes.
+    """
+
+    name: str
+    kind: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced.
+
+    Attributes:
+        loaded: the parsed description.
+        layout: the allocated layout.
+        outputs: every file, manifest last.
+    """
+
+    loaded: LoadedDescription
+    layout: Layout
+    outputs: tuple[Output, ...]
+
+
+def describe_text(lay: Layout) -> str:
+    """How the firmware description keeps the guest off the region, in words."""
+    region = lay.region
+    if lay.describe is Describe.NONE:
+        return "nothing: the region is outside every /memory node (deliberate omission)"
+    if lay.describe is Describe.EXCLUDE:
+        return (
+            f"its absence: /memory is split around {layout.excluded_range(lay.description, region)}"
+        )
+    if lay.describe is Describe.RESERVED_MEMORY:
+        return f"/reserved-memory/{dt.REGION_NODE}@{dt.unit_address(region.base)} (no-map)"
+    return "SSDT device \\_SB.PVTM (PNP0C02) claiming it; outside every /memory node"
+
+
+def render_outputs(
+    loaded: LoadedDescription, lay: Layout, into: bytes | None = None, outdir: str = "out"
+) -> tuple[Output, ...]:
+    """Render every output for a layout, manifest last.
+
+    Nothing touches the output directory (iasl, for describe acpi, runs in a
+    temporary directory).
+
+    With ``into`` (a VMM's own DTB), the DTB output is that blob patched for the layout
+    (:mod:`pvdesc.emit.patch`) instead of pvdesc's own tree, and no DTS is written.
+    """
+    desc = lay.description
+    source = Path(loaded.source.file).name
+    header = templating.render(
+        "dts-header.j2",
+        desc=desc,
+        layout=lay,
+        version=__version__,
+        source=source,
+        describe_text=describe_text(lay),
+    )
+    with contextlib.ExitStack() as stack:
+        # iasl (describe acpi) compiles while the rest renders; its outputs keep their place.
+        acpi_tables = (
+            stack.enter_context(acpi.compiling(lay)) if lay.describe is Describe.ACPI else None
+        )
+        if into is None:
+            tree = dt.render(lay, header)
+            outputs = [
+                Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
+                Output(f"{desc.name}.dtb", "dtb", tree.dtb),
+            ]
+        else:
+            from pvdesc.emit import patch  # libfdt: only for --into
+
+            outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+        overlay = dt.render_overlay(
+            lay, header + templating.render("dtso-note.j2", desc=desc, layout=lay)
+        )
+        outputs += [
+            Output(f"{desc.name}.dtso", "dtso", overlay.dts.encode()),
+            Output(f"{desc.name}.dtbo", "dtbo", overlay.dtb),
+        ]
+        config = Output(
+            f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
+        )
+        dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
+        vmm = [Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path)]
+        if acpi_tables is not None:
+            outputs.extend(_table_outputs(desc.name, acpi_tables()))
+    outputs.append(config)
+    outputs.extend(vmm)
+    outputs.append(manifest(loaded, lay, outputs))
+    return tuple(outputs)
+
+
+def _table_outputs(name: str, tables: Sequence[acpi.Table]) -> list[Output]:
+    """``<name>.ssdt.dsl/.aml`` and, with NUMA, ``<name>.srat.dsl/.aml`` (:mod:`.acpi`)."""
+    out: list[Output] = []
+    for table in tables:
+        out.append(Output(f"{name}.{table.kind}.dsl", f"{table.kind}-asl", table.source.encode()))
+        out.append(Output(f"{name}.{table.kind}.aml", f"{table.kind}-aml", table.aml))
+    return out
+
+
+def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) -> Output:
+    """The manifest: which files belong together, their hashes, and what they pair with."""
+    desc = lay.description
+    data: dict[str, Any] = {
+        "format": publish.MANIFEST_FORMAT,
+        "generator": f"pvdesc {__version__}",
+        "vm": desc.name,
+        "description": {
+            "path": loaded.source.file,
+            "sha256": hashlib.sha256(loaded.text).hexdigest(),
+        },
+        "vmm": str(desc.vmm),
+        "vmm_version": profiles.for_description(desc).version,
+        "boot": str(desc.boot),
+        "placement": str(lay.placement),
+        "describe": str(lay.describe),
+        "region": {"base": lay.region.base, "size": lay.region.size},
+        "files": [
+            {"path": o.name, "kind": o.kind, "bytes": len(o.data), "sha256": o.sha256}
+            for o in outputs
+        ],
+    }
+    text = json.dumps(data, indent=2) + "\n"
+    return Output(f"{desc.name}.manifest.json", "manifest", text.encode())
+
+
+def write_outputs(outdir: Path, outputs: Sequence[Output]) -> None:
+    """Write independent files (each one atomically: temp file, fsync, rename, fsync the directory).
+
+    For files the user names one by one (``pvdesc map --svg FILE``).  A build's
+    set of files goes through :func:`publish_outputs` instead, which switches
+    them all at once.
+    """
+    for out in outputs:
+        if out.name in ("", ".", "..") or out.name != Path(out.name).name or "\0" in out.name:
+            raise OutputError(f"refusing to write {out.name!r}: not a file name", str(outdir))
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory: {exc.strerror}", str(outdir)) from None
+    try:
+        for out in outputs:
+            publish.write_file_atomic(outdir / out.name, out.data)
+    except OSError as exc:
+        raise OutputError(f"cannot write outputs: {exc.strerror}", str(outdir)) from None
+
+
+def publish_outputs(
+    outdir: Path, vm: str, outputs: Sequence[Output], *, force: bool = False
+) -> None:
+    """Publish a build's files as one generation (:func:`pvdesc.emit.publish.publish`)."""
+    publish.publish(outdir, vm, {o.name: o.data for o in outputs}, force=force)
+
+
+def read_base_dtb(path: str | Path) -> bytes:
+    """The bytes of a VMM's DTB given to ``--into`` (refused by size before it is read)."""
+    from pvdesc.read import dtb  # libfdt: only for --into
+
+    return read_bounded(path, dtb.MAX_DTB_BYTES, DTError, "base DTBs", reading="base DTB")
+
+
+def plan(
+    path: str | Path, into: str | Path | None = None, outdir: str | Path = "out"
+) -> BuildResult:
+    """Load, allocate and render (no writing).  Errors name file:line:column."""
+    loaded = load(path)
+    base = read_base_dtb(into) if into is not None else None
+    return plan_loaded(loaded, base, display_name(into) if into is not None else "", outdir)
+
+
+def plan_loaded(
+    loaded: LoadedDescription,
+    base: bytes | None = None,
+    base_name: str = "base DTB",
+    outdir: str | Path = "out",
+) -> BuildResult:
+    """:func:`plan` for a description already read (``base``: the ``--into`` DTB's bytes).
+
+    A :class:`~pvdesc.errors.DTError` about the base without a place is named ``base_name``.
+    """
+    try:
+        lay = layout.allocate(loaded.description)
+        if base is not None:
+            try:
+                outputs = render_outputs(loaded, lay, base, str(outdir))
+            except DTError as err:
+                if err.where is None:
+                    err.where = base_name
+                raise
+        else:
+            outputs = render_outputs(loaded, lay)
+    except PvdescError as err:
+        raise loaded.source.resolve(err) from None
+    return BuildResult(loaded, lay, outputs)
+
+
+def build(
+    path: str | Path,
+    outdir: str | Path,
+    into: str | Path | None = None,
+    *,
+    force: bool = False,
+) -> BuildResult:
+    """Plan, then publish every output into ``outdir`` (``into``: patch that VMM DTB).
+
+    ``force`` lets the build replace files in the way that pvdesc did not write.
+    """
+    result = plan(path, into, outdir)
+    publish_outputs(Path(outdir), result.layout.description.name, result.outputs, force=force)
+    return result
+
+
+def only(result: BuildResult, suffix: str) -> Output:
+    """The output ``NAME.<suffix>`` (``build --only SUFFIX -o -``); an error lists the others."""
+    name = result.layout.description.name
+    for out in result.outputs:
+        if out.name == f"{name}.{suffix}":
+            return out
+    there = ", ".join(o.name[len(name) + 1 :] for o in result.outputs)
+    raise OutputError(f"{name} has no output {name}.{suffix}; it has: {there}", "--only")
+
+
+def summary(result: BuildResult, outdir: str | Path) -> str:
+    """The short human summary ``pvdesc build`` prints."""
+    lay = result.layout
+    return templating.render(
+        "summary.txt.j2",
+        desc=lay.description,
+        layout=lay,
+        describe_text=describe_text(lay),
+        rationale=layout.rationale(lay),
+        files=[str(Path(outdir) / o.name) for o in result.outputs],
+    )

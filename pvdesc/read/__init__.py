@@ -1,0 +1,1 @@
+"""Reading what others wrote: DTBs and ACPI tables, untrusted."""

@@ -1,0 +1,1 @@
+"""Running external programs: processes, signals, bounded input, ACPICA, validators."""

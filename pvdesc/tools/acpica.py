@@ -1,0 +1,377 @@
+"""The one wrapper for ACPICA's ``iasl`` (compiler/disassembler) and ``acpiexec`` (AML interpreter).
+
+Every call runs the tool through :func:`pvdesc.tools.proc.run` (an argument list, no
+shell, stdin closed, its own process group killed whole at the timeout, stderr
+captured into the error) in a fresh temporary directory; nothing is ever
+written next to the user's outputs.
+Behaviour relied on, all measured with acpica-tools 20200925 (docs/acpi.md §4):
+
+- ``iasl -vs`` drops the banner, ``-we`` turns warnings into errors, ``-vi``
+  prints ``file(line) : error NNNN - text`` on stderr, ``-p prefix`` names the
+  output file (the DefinitionBlock's first argument is ``""``);
+- iasl exits 0 on success (even with remarks) and **255** on any error (§4.3);
+- ``iasl -d`` disassembles AML and data tables; ``-z`` would keep a data
+  table's compiler ID, which pvdesc does not need (§4.2);
+- ``acpiexec t.aml`` supplies its own RSDP/XSDT/FACP/DSDT and **exits 0 even
+  when an evaluation fails**, so its output is searched for ``failed with
+  status``, ``ACPI Error``, ``Firmware Error`` and ``Firmware Warning`` (§4.4).
+  Its commands are read from stdin, one a line, ending with ``quit``: the batch
+  option ``-b "cmd; cmd"`` runs the same commands but then waits for its
+  debugger threads in 100 ms sleeps (``AcpiTerminateDebugger`` in ACPICA's
+  ``dbxface.c``), a whole second per run, with the same output otherwise (the
+  interactive prompt echoes each command as ``- cmd``).
+
+A compiler error in generated ASL is reported against the template line it
+came from (:func:`template_line`), never as a raw dump.
+
+Every run's wall time can be observed with :func:`timing` (``bench/run`` uses it
+to split ``pvdesc build`` into pvdesc's own time and ACPICA's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvdesc.emit import templating
+from pvdesc.errors import AcpiError, ToolError
+from pvdesc.tools import proc, signals
+
+#: The Debian package that ships iasl and acpiexec.
+PACKAGE = "acpica-tools"
+#: Seconds any one iasl/acpiexec run may take; the tables pvdesc emits compile in milliseconds.
+TIMEOUT = 60.0
+
+#: ``-vi`` diagnostics: ``ssdt.asl(16) : error    6126 - syntax error`` (docs/acpi.md §4.3).
+_DIAG_RE = re.compile(
+    r"^(?P<file>[^()\s]+)\((?P<line>\d+)\)\s*:\s*(?P<level>error|warning|remark)\s+"
+    r"(?P<code>\d+)\s*-\s*(?P<text>.*)$",
+    re.IGNORECASE,
+)
+#: Markers of a failure in acpiexec's output (it exits 0 regardless, docs/acpi.md §4.4).
+ACPIEXEC_FAILURES = ("failed with status", "ACPI Error", "Firmware Error", "Firmware Warning")
+#: acpiexec's resource-conversion trace lines (noise on stdout, docs/acpi.md §4.4).
+_TRACE_RE = re.compile(r"^\s*(rscalc|rslist|rsdump|rsxface)-\d+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One iasl message.
+
+    Attributes:
+        line: the ASL source line (1-based).
+        level: ``error``, ``warning`` or ``remark``.
+        code: iasl's message number (e.g. 6126).
+        text: the message text.
+    """
+
+    line: int
+    level: str
+    code: int
+    text: str
+
+
+@dataclass
+class ToolTimes:
+    """How long pvdesc waited for the ACPICA runs made inside one :func:`timing` block.
+
+    For a run pvdesc waits through (:func:`compile_asl`, :func:`disassemble`) that
+    is its wall time; for a :class:`Compilation` started early, only the time the
+    caller was blocked in :meth:`Compilation.aml`, so ``build time - total`` is
+    the time pvdesc spent working, whatever ran alongside.
+
+    Attributes:
+        runs: ``(tool name, seconds)`` per subprocess, in the order waited for.
+    """
+
+    runs: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        """Seconds spent waiting for ACPICA subprocesses altogether."""
+        return sum(secs for _, secs in self.runs)
+
+
+#: The active :func:`timing` recorders (a context variable: threads do not share them).
+_recorders: contextvars.ContextVar[tuple[ToolTimes, ...]] = contextvars.ContextVar(
+    "pvdesc_acpica_recorders", default=()
+)
+
+
+@contextlib.contextmanager
+def timing() -> Iterator[ToolTimes]:
+    """Record the time spent waiting for every iasl/acpiexec run inside the ``with`` block.
+
+    Blocks nest (each sees every run inside it).  Measuring costs two clock reads
+    per run; nothing is recorded outside a block.
+    """
+    times = ToolTimes()
+    token = _recorders.set((*_recorders.get(), times))
+    try:
+        yield times
+    finally:
+        _recorders.reset(token)
+
+
+def tool(name: str) -> str:
+    """The path of an ACPICA tool; :class:`ToolError` naming the package when missing."""
+    how = f"install the Debian package {PACKAGE} (apt-get install {PACKAGE}), or run scripts/setup"
+    return proc.program(name, how)
+
+
+def _scratch(tool_name: str, files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:
+    """A new temporary directory holding ``files`` for one tool run (the caller removes it).
+
+    A temporary directory that cannot be made or written (``TMPDIR`` missing,
+    a full disk) is a one-line :class:`ToolError`, not a traceback.  Any other
+    interruption while it is written (SIGTERM: :mod:`pvdesc.tools.signals`) removes it.
+    """
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=f"pvdesc-{tool_name}-")
+    except OSError as exc:
+        raise ToolError(
+            f"cannot create a temporary directory for its files: {exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "")
+            + " (set TMPDIR to a writable directory)",
+            tool_name,
+        ) from None
+    try:
+        for name, data in files.items():
+            (Path(tmp.name) / name).write_bytes(data)
+    except OSError as exc:
+        tmp.cleanup()
+        raise ToolError(
+            f"cannot write its input in {tmp.name}: {exc.strerror or exc}", tool_name
+        ) from None
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return tmp
+
+
+def _record(argv: Sequence[str], seconds: float) -> None:
+    """Add one run to every active :func:`timing` recorder."""
+    for rec in _recorders.get():
+        rec.runs.append((Path(argv[0]).name, seconds))
+
+
+def _run(argv: Sequence[str], cwd: Path, stdin: Path | None = None) -> proc.Result:
+    start = time.perf_counter()
+    try:
+        return proc.run_checked(argv, timeout=TIMEOUT, cwd=cwd, stdin=stdin)
+    finally:
+        _record(argv, time.perf_counter() - start)
+
+
+def parse_diagnostics(text: str) -> list[Diagnostic]:
+    """The ``-vi`` style messages in iasl's output, in order."""
+    out = []
+    for raw in text.splitlines():
+        m = _DIAG_RE.match(raw.strip())
+        if m:
+            out.append(
+                Diagnostic(int(m["line"]), m["level"].lower(), int(m["code"]), m["text"].strip())
+            )
+    return out
+
+
+_TAG_RE = re.compile(r"(\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\})")
+
+
+def _line_pattern(template_line: str) -> re.Pattern[str] | None:
+    """A regex matching what one template line renders to; ``None`` for pure tag lines."""
+    stripped = template_line.strip()
+    if not stripped or re.fullmatch(r"(\{%.*?%\}|\{#.*?#\})+", stripped):
+        return None
+    parts = _TAG_RE.split(stripped)
+    body = "".join(".*" if _TAG_RE.fullmatch(p) else re.escape(p) for p in parts)
+    return re.compile(rf"^\s*{body}\s*$")
+
+
+def template_line(template: str, rendered: str, line: int) -> int | None:
+    """The line of ``templates/<template>`` that produced line ``line`` of ``rendered``.
+
+    Template lines are turned into patterns (static text literal, every
+    ``{{ ... }}`` a wildcard) and matched against the rendered lines in order:
+    each rendered line is matched to the first template line after the
+    previous match, wrapping back for loops.  A line that matches nothing (its
+    static text was damaged) is attributed to the template line after the
+    previous match.  ``None`` when nothing can be attributed.
+    """
+    env = templating.environment()
+    source = env.loader.get_source(env, template)[0].splitlines() if env.loader else []
+    usable = [(i + 1, p) for i, t in enumerate(source) if (p := _line_pattern(t)) is not None]
+    if not usable:
+        return None
+    cursor = -1
+    found: int | None = None
+    for text in rendered.splitlines()[:line]:
+        order = [*range(cursor + 1 if cursor >= 0 else 0, len(usable)), *range(0, cursor + 1)]
+        hit = next((k for k in order if usable[k][1].match(text)), None)
+        if hit is None:
+            nxt = min(cursor + 1, len(usable) - 1)
+            found = usable[nxt][0]
+            continue
+        cursor = hit
+        found = usable[hit][0]
+    return found
+
+
+def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
+    """Compile ASL (or data-table) text rendered from ``templates/<template>`` to AML bytes.
+
+    Runs ``iasl -vs -vi -we -p <tmp>/<name> <tmp>/<name>.asl``.  Any error or
+    warning raises :class:`AcpiError` at ``templates/<template>:<line>`` (the
+    template line the first message's ASL line came from).
+    """
+    with Compilation(source, template=template, name=name) as job:
+        return job.aml()
+
+
+class Compilation:
+    """:func:`compile_asl` started, not yet waited for: iasl runs while the caller works.
+
+    Errors are raised by :meth:`aml` (a non-ASCII source, before iasl starts, by
+    the constructor).  Use it as a context manager: leaving the block stops an
+    iasl nobody waited for and removes its temporary directory.
+
+    Attributes:
+        source: the ASL text.
+        template: the template it was rendered from (errors point into it).
+        name: the table's name (``ssdt``, ``srat``), used for the file names.
+    """
+
+    def __init__(self, source: str, *, template: str, name: str = "table") -> None:
+        self.source = source
+        self.template = template
+        self.name = name
+        iasl = tool("iasl")
+        if not source.isascii():
+            bad = next(i for i, ch in enumerate(source) if not ch.isascii())
+            line = source.count("\n", 0, bad) + 1
+            tline = template_line(template, source, line)
+            raise AcpiError(
+                f"generated ASL line {line} holds a non-ASCII character {source[bad]!r}; "
+                "iasl reads ASCII only",
+                f"templates/{template}:{tline}" if tline else f"templates/{template}",
+            )
+        # A stopping signal is held back until the folder is ours to remove (pvdesc.tools.signals).
+        with signals.deferred():
+            self._tmp = _scratch("iasl", {f"{name}.asl": source.encode("ascii")})
+        try:
+            signals.raise_pending()
+            self._work = Path(self._tmp.name)
+            argv = [iasl, "-vs", "-vi", "-we", "-p", str(self._work / name), f"{name}.asl"]
+            self._job = proc.start(argv, timeout=TIMEOUT, cwd=self._work)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def aml(self) -> bytes:
+        """Wait for iasl; the AML bytes, or :class:`AcpiError` / :class:`ToolError`."""
+        try:
+            res = self._job.wait()
+        finally:
+            _record(self._job.argv, self._job.waited)
+        if res.timed_out:
+            raise proc.timeout_error(res, TIMEOUT)
+        aml_path = self._work / f"{self.name}.aml"
+        if res.returncode == 0 and aml_path.is_file():
+            return aml_path.read_bytes()
+        source, template = self.source, self.template
+        diags = parse_diagnostics(res.stderr + "\n" + res.stdout)
+        first = next((d for d in diags if d.level == "error" and d.code != 6154), None)
+        first = first or (diags[0] if diags else None)
+        if first is None:
+            raise ToolError(
+                f"failed (exit {res.returncode}) on {template}: {proc.summary(res)}", "iasl"
+            )
+        asl_lines = source.splitlines()
+        text = asl_lines[first.line - 1].strip() if 0 < first.line <= len(asl_lines) else ""
+        tline = template_line(template, source, first.line)
+        where = f"templates/{template}:{tline}" if tline else f"templates/{template}"
+        raise AcpiError(
+            f"iasl {first.level} {first.code} - {first.text} "
+            f"(generated ASL line {first.line}: {text!r})",
+            where,
+        )
+
+    def close(self) -> None:
+        """Stop iasl if nobody waited for it; remove the temporary directory."""
+        try:
+            self._job.close()
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Compilation:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def disassemble(aml: bytes, name: str = "table") -> str:
+    """``iasl -d``: the disassembled ASL (or data-table) text of one table."""
+    iasl = tool("iasl")
+    with _scratch("iasl", {f"{name}.aml": aml}) as tmp:
+        work = Path(tmp)
+        res = _run([iasl, "-vs", "-p", str(work / "dis"), "-d", f"{name}.aml"], work)
+        out = work / "dis.dsl"
+        if res.returncode != 0 or not out.is_file():
+            raise AcpiError(f"iasl -d failed (exit {res.returncode}): {proc.summary(res)}", name)
+        text = out.read_text(encoding="ascii", errors="replace")
+        problems = _failures(res.stdout + res.stderr)
+        if problems:
+            raise AcpiError(f"iasl -d: {problems[0]}", name)
+        return text
+
+
+def recompile(dsl: str, name: str = "table") -> bytes:
+    """Compile disassembler output (no template to map errors to) with the same flags."""
+    iasl = tool("iasl")
+    with _scratch("iasl", {f"{name}.dsl": dsl.encode("ascii")}) as tmp:
+        work = Path(tmp)
+        res = _run([iasl, "-vs", "-vi", "-we", "-p", str(work / name), f"{name}.dsl"], work)
+        out = work / f"{name}.aml"
+        if res.returncode != 0 or not out.is_file():
+            raise AcpiError(f"iasl failed (exit {res.returncode}): {proc.summary(res)}", name)
+        return out.read_bytes()
+
+
+def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
+    """Load ``tables`` into ``acpiexec`` and run ``commands``, then ``quit``; return its output.
+
+    The commands are acpiexec's standard input, one a line (see the module doc
+    for why not ``-b``).  Raises :class:`AcpiError` when the output reports a
+    failure (acpiexec's exit status cannot be trusted, docs/acpi.md §4.4).
+    Resource-trace lines are dropped from the returned text.
+    """
+    exe = tool("acpiexec")
+    if not tables:
+        raise AcpiError("acpiexec needs at least one table", "acpiexec")
+    if any("\n" in c or "\r" in c for c in commands):
+        raise AcpiError("an acpiexec command is one line", "acpiexec")
+    files = {f"t{i}.aml": data for i, data in enumerate(tables)}
+    script = "".join(f"{c}\n" for c in [*commands, "quit"]).encode()
+    with _scratch("acpiexec", {**files, "commands.txt": script}) as tmp:
+        work = Path(tmp)
+        result = _run([exe, *files], work, stdin=work / "commands.txt")
+    output = "\n".join(
+        ln for ln in (result.stdout + "\n" + result.stderr).splitlines() if not _TRACE_RE.match(ln)
+    )
+    if result.returncode != 0:
+        raise AcpiError(f"acpiexec exited {result.returncode}: {proc.summary(result)}", "acpiexec")
+    problems = _failures(output)
+    if problems:
+        raise AcpiError(problems[0], "acpiexec")
+    return output
+
+
+def _failures(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if any(m in ln for m in ACPIEXEC_FAILURES)]

@@ -1,0 +1,159 @@
+"""Import discipline: what each command's process imports, read from ``python -X importtime``.
+
+A command that starts like a C tool imports only what it needs (bench/run times the
+commands against ``python -c pass`` and dtc + iasl): every module listed here costs
+milliseconds at every start.  ``pvdesc check`` on a DTB renders nothing and reads no
+YAML; ``pvdesc build`` runs no check, audit, map, boot or external validator, and
+reads the schema through the generated fast path (not jsonschema).  A test failing
+here names the module and the import chain that brought it (``-X importtime`` lists
+each module under the one that imported it): import it inside the function that
+needs it instead.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from tools import EXAMPLES, ROOT, run
+
+from pvdesc.emit import build
+
+#: Never imported by ``pvdesc check --dtb`` (no --acpi): the text renderer and its parser,
+#: YAML and the description, the schema checkers, the DT writer, every other command's
+#: modules, and what ``check`` was made to start without (typing, json, shutil).
+CHECK_FORBIDDEN = (
+    "jinja2",
+    "yaml",
+    "jsonschema",
+    "fastjsonschema",
+    "fdt",
+    "pvdesc.read.acpitables",
+    "pvdesc.emit.build",
+    "pvdesc.description.load",
+    "pvdesc.audit.diff",
+    "pvdesc.layout.allocate",
+    "pvdesc.commands.map.draw",
+    "pvdesc.commands.prove.tcg",
+    "pvdesc.emit.templating",
+    "pvdesc.commands.validate.fleet",
+    "pvdesc.tools.validators",
+    "typing",
+    "json",
+    "shutil",
+)
+#: With a hypervisor config (JSON), json comes in; with --acpi, the tables' decoder too.
+CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m != "json")
+CHECK_ACPI_FORBIDDEN = tuple(m for m in CHECK_CONFIG_FORBIDDEN if m != "pvdesc.read.acpitables")
+#: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
+#: DTB reader (only --into), the schema validators of the slow path, and every other
+#: command's modules.  (``pvdesc.audit.check`` is imported: ``layout.verify`` judges every layout
+#: with check's one rule set, :func:`pvdesc.audit.check.judge`.)
+BUILD_FORBIDDEN = (
+    "jsonschema",
+    "fastjsonschema",
+    "libfdt",
+    "pvdesc.read.acpitables",
+    "pvdesc.audit.diff",
+    "pvdesc.read.dtb",
+    "pvdesc.commands.prove.guest",
+    "pvdesc.commands.map.draw",
+    "pvdesc.emit.patch",
+    "pvdesc.commands.prove.tcg",
+    "pvdesc.commands.validate.fleet",
+    "pvdesc.tools.validators",
+)
+_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)\s*$")
+
+
+def imported(*args: str) -> list[tuple[int, str]]:
+    """``(depth, module)`` for every module a fresh ``pvdesc ARGS`` imports, in order."""
+    proc = run([sys.executable, "-X", "importtime", "-m", "pvdesc", *args], cwd=ROOT)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    out = []
+    for line in proc.stderr.splitlines():
+        m = _LINE.match(line)
+        if m:
+            out.append((len(m.group(1)) // 2, m.group(2)))
+    assert out, "no -X importtime output"
+    return out
+
+
+def offenders(modules: list[tuple[int, str]], forbidden: tuple[str, ...]) -> list[str]:
+    """Each forbidden module imported, with the chain of modules that imported it."""
+    found = []
+    for i, (depth, name) in enumerate(modules):
+        if not any(name == f or name.startswith(f + ".") for f in forbidden):
+            continue
+        # importtime prints a module after its imports: its importer is the next line
+        # with a smaller depth.
+        chain, want = [name], depth
+        for d, parent in modules[i + 1 :]:
+            if d < want:
+                chain.append(parent)
+                want = d
+        found.append(" <- ".join(chain))
+    return found
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A uefi-acpi VM's outputs (DTB, SSDT and SRAT AML), built in this process."""
+    out = tmp_path_factory.mktemp("imports")
+    result = build.build(EXAMPLES / "numa-4node-acpi.yaml", out)
+    assert any(o.name.endswith(".srat.aml") for o in result.outputs)
+    return out
+
+
+def _name(outputs: Path, suffix: str) -> str:
+    return str(next(outputs.glob(f"*{suffix}")))
+
+
+def test_check_imports_nothing_it_does_not_need(outputs: Path) -> None:
+    dtb = _name(outputs, ".dtb")
+    modules = imported("check", "--dtb", dtb, "--region", "0x090a0000:64K", "--vcpus", "8")
+    assert offenders(modules, CHECK_FORBIDDEN) == []
+    modules = imported(
+        "check", "--dtb", dtb, "--hypervisor-config", _name(outputs, ".hypervisor.json")
+    )
+    assert offenders(modules, CHECK_CONFIG_FORBIDDEN) == []
+
+
+def test_check_acpi_imports_the_table_decoder_only(outputs: Path) -> None:
+    modules = imported(
+        "check",
+        "--dtb",
+        _name(outputs, ".dtb"),
+        "--hypervisor-config",
+        _name(outputs, ".hypervisor.json"),
+        "--boot",
+        "uefi-acpi",
+        "--acpi",
+        _name(outputs, ".ssdt.aml"),
+        _name(outputs, ".srat.aml"),
+    )
+    assert "pvdesc.read.acpitables" in {name for _, name in modules}
+    assert offenders(modules, CHECK_ACPI_FORBIDDEN) == []
+
+
+def test_build_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
+    modules = imported("build", str(EXAMPLES / "numa-4node-acpi.yaml"), "-o", str(tmp_path), "-q")
+    names = {name for _, name in modules}
+    assert {"pvdesc.emit.build", "pvdesc.tools.acpica", "yaml", "jinja2"} <= names
+    assert offenders(modules, BUILD_FORBIDDEN) == []
+
+
+def test_offenders_names_the_chain() -> None:
+    modules = [
+        (2, "shutil"),
+        (1, "argparse"),
+        (2, "json"),
+        (1, "pvdesc.errors"),
+        (0, "pvdesc.commands.cli"),
+    ]
+    assert offenders(modules, ("shutil", "json")) == [
+        "shutil <- argparse <- pvdesc.commands.cli",
+        "json <- pvdesc.errors <- pvdesc.commands.cli",
+    ]

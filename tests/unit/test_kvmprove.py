@@ -1,0 +1,196 @@
+"""prove --kvm without booting: the VMM config, the probe's addresses, the judge, the VMM build.
+
+The judge is fed VMM output lines written here (the real ones come from
+tests/integration/test_prove_kvm.py),
+so each rule is shown to fire on exactly the answer it is about.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from tools import EXAMPLES, run_cli
+
+from pvdesc.commands.prove import kvm as kvmprove
+from pvdesc.commands.prove import kvm_guest as kvmguest
+from pvdesc.core.model import Range
+from pvdesc.description.load import load
+from pvdesc.errors import ToolError
+from pvdesc.layout import allocate as layout
+from pvdesc.tools import proc
+
+HOST = kvmprove.HostInfo("6.1.0", "kvm [1]: VHE mode initialized successfully", (), 1.0)
+MINUS_ONE = (1 << 64) - 1
+
+
+def job(name: str = "kvmtool", unset: tuple[int, ...] = ()) -> kvmprove.Job:
+    loaded = load(EXAMPLES / f"{name}.yaml")
+    return kvmprove.make_job(loaded, layout.allocate(loaded.description), unset)
+
+
+def line(vid: int, ipa: int, st: int, features: int = 0, revision: int = 0) -> str:
+    return (
+        f"vcpu {vid} ipa {ipa:#x} smccc_version 0x10001 arch_features 0 pv_features {features:#x} "
+        f"pv_time_st {st:#x} revision {revision:#x} attributes 0 stolen_time 0"
+    )
+
+
+def answers(j: kvmprove.Job, **change: int) -> kvmprove.JobOutput:
+    """A probe run in which every vCPU reports its configured IPA, except ``vN=ipa`` changes."""
+    lines = ["kvm api 12 steal_time 1 ipa_size 48 max_vcpus 512"]
+    for vid, ipa in enumerate(j.layout.vcpu_ipas):
+        st = change.get(f"v{vid}", ipa)
+        lines.append(line(vid, ipa, st, 0 if st != MINUS_ONE else MINUS_ONE))
+    return kvmprove.JobOutput((*lines, f"done {len(j.layout.vcpu_ipas)}"), (), 0)
+
+
+def test_config_is_the_hypervisor_json() -> None:
+    j = job("qemu-virt-8cpu")
+    text = j.config.splitlines()
+    hyp = j.hypervisor
+    assert text[1] == f"ipa_bits {hyp['ipa_bits']}"
+    assert [t for t in text if t.startswith("memslot ")] == [
+        f"memslot {s['slot']} {s['guest_phys_addr']:#x} {s['memory_size']:#x} {s['purpose']}"
+        for s in hyp["memslots"]
+    ]
+    assert f"vcpus {len(hyp['vcpus'])}" in text
+    assert [t for t in text if t.startswith("ipa ")] == [
+        f"ipa {v['id']} {v['pvtime_ipa']:#x}" for v in hyp["vcpus"]
+    ]
+    # The payload sits at the start of RAM, the report window in no memslot.
+    assert "payload 0x40000000" in text and "report 0x0" in text
+    assert j.header == "qemu-virt-8cpu.h"
+    unset = job("qemu-virt-8cpu", (3,))
+    assert "ipa 3 " not in unset.config and "ipa 4 " in unset.config
+    assert unset.header is None
+
+
+def test_probe_addresses_avoid_the_region_and_the_memslots() -> None:
+    ram = (Range(0x0, 0x20000), "ram")
+    region = Range(0x0, 0x10000)
+    assert kvmprove.payload_page([ram], region) == 0x10000
+    slots = [ram, (Range(0x30000, 0x1000), "stolen-time")]
+    assert kvmprove.report_window(slots, 40) == 0x20000
+    assert kvmprove.report_window([(Range(0x10000, 0x1000), "ram")], 40) == 0
+
+
+def test_judge_passes_what_kvm_reported_as_configured() -> None:
+    j = job()
+    rep = kvmprove.judge(j, HOST, answers(j))
+    assert rep.passed, rep.failures
+    assert [a.reported_ipa for a in rep.vcpus] == list(j.layout.vcpu_ipas)
+
+
+def test_judge_fails_a_reported_ipa_other_than_the_config() -> None:
+    j = job()
+    ipa = j.layout.vcpu_ipas[2]
+    rep = kvmprove.judge(j, HOST, answers(j, v2=ipa + 64))
+    assert not rep.passed
+    assert [f.code for f in rep.findings if f.severity == "error"] == ["ipa-mismatch"]
+    assert rep.failures[0].startswith("ipa-mismatch: vCPU 2: PV_TIME_ST reported")
+
+
+def test_judge_runs_check_on_the_reported_address() -> None:
+    j = job()
+    rep = kvmprove.judge(j, HOST, answers(j, v0=0x80000000))  # inside kvmtool's RAM
+    codes = {f.code for f in rep.findings if f.severity == "error"}
+    assert {"ipa-mismatch", "ipa-in-ram", "ipa-outside-region"} <= codes
+    (ram,) = [f for f in rep.findings if f.code == "ipa-in-ram"]
+    assert ram.message.startswith("vCPU 0:") and ram.source.startswith("/memory@80000000")
+
+
+def test_judge_fails_an_unwritten_structure_and_not_supported() -> None:
+    j = job()
+    out = answers(j, v1=MINUS_ONE)
+    lines = [ln.replace("revision 0x0", "revision 0xa5a5a5a5") if ln.startswith("vcpu 3 ")
+             else ln for ln in out.lines]  # fmt: skip
+    rep = kvmprove.judge(j, HOST, kvmprove.JobOutput(tuple(lines), (), 0))
+    codes = [f.code for f in rep.findings if f.severity == "error"]
+    assert sorted(codes) == ["pv-time-not-supported", "structure-not-written"]
+
+
+def test_no_kvm_and_no_answer_are_no_result() -> None:
+    j = job()
+    out = kvmprove.JobOutput(("no-kvm: /dev/kvm: No such file or directory",), (), 3)
+    rep = kvmprove.judge(j, HOST, out)
+    assert rep.no_result is not None and "kvm [1]: VHE" in rep.no_result and not rep.passed
+    rep = kvmprove.judge(j, HOST, kvmprove.JobOutput((), (), None))
+    assert rep.no_result is not None and not rep.passed
+    rep = kvmprove.judge(j, HOST, kvmprove.JobOutput((), ("Segmentation fault",), 139))
+    assert rep.no_result is not None and "Segmentation fault" in rep.no_result
+
+
+def test_vmm_refusal_is_a_failure() -> None:
+    j = job()
+    out = kvmprove.JobOutput(("error: KVM_SET_DEVICE_ATTR(PVTIME_IPA 0x1) vCPU 0: Invalid",), (), 1)
+    rep = kvmprove.judge(j, HOST, out)
+    assert not rep.passed and rep.no_result is None
+    assert rep.findings[0].code == "vmm-refused"
+
+
+def test_vmm_build_is_cached_and_a_bad_header_is_one_error() -> None:
+    first = kvmprove.vmm_binary()
+    assert first.is_file() and kvmprove.vmm_cache_dir() in first.parents
+    assert kvmprove.vmm_binary() == first
+    bad = kvmprove.Header("broken.h", b"#error this header is broken\n", "broken")
+    with pytest.raises(ToolError, match="this header is broken"):
+        kvmprove.vmm_binary(bad)
+
+
+def test_help_names_kvm(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_cli(["prove", "--help"], capsys)
+    out = capsys.readouterr().out
+    assert "--kvm" in out and "PV_TIME_ST" in out
+
+
+def test_payload_words_are_the_assembly_beside_them(tmp_path: Path) -> None:
+    """The VMM's payload and trap are encoded by hand; the assembler must agree with each word."""
+    source = kvmprove.VMM_SOURCE.read_text()
+    gas = proc.program("aarch64-linux-gnu-as", kvmprove.CROSS_INSTALL)
+    objcopy = proc.program("aarch64-linux-gnu-objcopy", kvmprove.CROSS_INSTALL)
+    for name in ("payload", "trap"):
+        body = source.split(f"static const uint32_t {name}[] = {{", 1)[1].split("};", 1)[0]
+        rows = re.findall(r"0x([0-9a-f]{8}), /\* (.*?) \*/", body)
+        assert len(rows) == len(re.findall(r"^\s+0x", body, re.M)), name
+        asm, obj, raw = (tmp_path / f"{name}.{ext}" for ext in ("s", "o", "bin"))
+        asm.write_text("".join(f"{text}\n" for _, text in rows))
+        res = proc.run([gas, "-o", str(obj), str(asm)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        res = proc.run([objcopy, "-O", "binary", "-j", ".text", str(obj), str(raw)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        words = struct.unpack(f"<{len(rows)}I", raw.read_bytes())
+        assert [f"{w:08x}" for w in words] == [word for word, _ in rows], name
+
+
+def _guest_plan() -> tuple[layout.Layout, kvmguest.Plan]:
+    lay = layout.allocate(load(EXAMPLES / "linux-carve-reserved.yaml").description)
+    plan = kvmguest.Plan(2, 0x40000000, 0x42000000, Range(0x42200000, 0x1000), b"dtb", b"", Path())
+    return lay, plan
+
+
+def test_guest_crash_is_a_fail_quoting_it() -> None:
+    lay, plan = _guest_plan()
+    console = [
+        "guest: [    0.060000] arm-pv: using stolen time PV",
+        "guest: [    2.100000] Unable to handle kernel paging request at virtual address ffff0",
+        "guest: [    2.100100] pc : xxh64+0x68/0x2a0",
+        "guest: [    2.300000] Kernel panic - not syncing: Attempted to kill init!",
+    ]
+    rep = kvmguest.judge(lay, plan, ["guest system-event reset"], console, True)
+    assert rep.verdict == "fail"
+    assert rep.crash == tuple(c[len("guest: ") :] for c in console[1:])
+    assert rep.failures[0].startswith("crash: the guest kernel crashed ([    2.100000] Unable")
+
+
+def test_guest_that_never_finishes_is_a_fail_naming_why() -> None:
+    lay, plan = _guest_plan()
+    rep = kvmguest.judge(lay, plan, ["error: KVM_RUN vCPU 1: Bad address"], [], True)
+    assert rep.verdict == "fail" and rep.stolen_time_line is None
+    assert rep.failures[0] == (
+        "finished: the guest did not complete its report and power off (error: KVM_RUN vCPU 1: "
+        "Bad address); last line: no console output"
+    )
