@@ -16,7 +16,7 @@ from pathlib import Path
 from inputs import nested_dtb
 
 from pvdesc.audit import check
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range, sweep_overlaps
 from pvdesc.read import dtb
 
 
@@ -56,13 +56,13 @@ def main() -> None:
     rows.append(
         (
             "sweep_overlaps 512 x 100k ranges",
-            best(lambda: list(check.sweep_overlaps(structs, ranges))),
+            best(lambda: list(sweep_overlaps(structs, ranges))),
         )
     )
     rows.append(
         (
             "sweep_overlaps 100k x 100k ranges",
-            best(lambda: list(check.sweep_overlaps(ranges, ranges)), 3),
+            best(lambda: list(sweep_overlaps(ranges, ranges)), 3),
         )
     )
     width = max(len(r[0]) for r in rows)

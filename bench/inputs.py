@@ -13,7 +13,7 @@ from pathlib import Path
 
 import libfdt
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 
 LARGE_VM = Path(__file__).resolve().parent / "data" / "large-vm.yaml"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

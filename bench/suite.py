@@ -65,8 +65,7 @@ from typing import Any
 import inputs
 
 import pvdesc
-from pvdesc.audit import check
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range, sweep_overlaps
 from pvdesc.emit import build
 from pvdesc.read import dtb
 from pvdesc.tools import acpica
@@ -526,7 +525,7 @@ def _check_argv(path: Path, vcpus: int) -> list[str]:
 
 def _sweep_all(ranges: Sequence[Range]) -> int:
     """Every overlapping pair of ``ranges`` with itself (each range overlaps itself)."""
-    return sum(1 for _ in check.sweep_overlaps(ranges, ranges))
+    return sum(1 for _ in sweep_overlaps(ranges, ranges))
 
 
 def bench_check(cfg: Config, work: Path) -> list[Result]:

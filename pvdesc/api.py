@@ -30,7 +30,8 @@ from pathlib import Path
 
 from pvdesc import __version__
 from pvdesc.audit import check as _check
-from pvdesc.core.model import Boot, Range
+from pvdesc.core.model import Boot
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import load, loads
 from pvdesc.emit import build as _build
 from pvdesc.errors import PvdescError

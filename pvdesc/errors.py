@@ -10,6 +10,7 @@ line and exits with status 2.
 from __future__ import annotations
 
 import re
+import reprlib
 
 KeyPath = tuple[str | int, ...]
 
@@ -106,3 +107,16 @@ class OutputError(PvdescError):
 
 class ProveError(PvdescError):
     """A description ``pvdesc prove`` cannot boot truthfully (QEMU virt cannot represent it)."""
+
+
+#: How untrusted values are quoted in messages: bounded, whatever the input.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def short(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters, for quoting untrusted values in messages."""
+    return _SHORT.repr(value)

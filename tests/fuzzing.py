@@ -29,9 +29,11 @@ import yaml
 from hypothesis import strategies as st
 
 from pvdesc.audit import check
+from pvdesc.audit.findings import Severity
 from pvdesc.commands.map import draw as mapview
 from pvdesc.commands.map import model as addrmap
-from pvdesc.core.model import Boot, Range
+from pvdesc.core.model import Boot
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.emit import build, hypervisor, patch
 from pvdesc.errors import MAX_MESSAGE_CHARS, PvdescError
@@ -130,7 +132,7 @@ def target_into(data: bytes) -> None:
         except PvdescError as err:
             raise WrongAnswer(f"--into produced a DTB pvdesc cannot read: {err}") from None
         findings = check.check(tree, _target_of(lay), lay.description.boot)
-        errors = [f for f in findings if f.severity is check.Severity.ERROR]
+        errors = [f for f in findings if f.severity is Severity.ERROR]
         if errors:
             raise WrongAnswer(f"--into accepted a base that check finds unsafe: {errors[0]}")
 
@@ -154,7 +156,7 @@ def target_yaml(data: bytes) -> None:
     tables = [acpitables.parse(by_kind[k], k) for k in ("ssdt-aml", "srat-aml") if k in by_kind]
     findings = check.check(tree, target, lay.description.boot, tables)
     if check.unsafe(findings):
-        bad = next(f for f in findings if f.severity is check.Severity.ERROR)
+        bad = next(f for f in findings if f.severity is Severity.ERROR)
         raise WrongAnswer(f"build accepted a description whose outputs check unsafe: {bad}")
     mapview.render_text(addrmap.build(addrmap.from_layout(lay)))
 

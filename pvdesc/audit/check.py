@@ -48,13 +48,14 @@ Finding codes (severity; rule and source; "ref" is ``docs/pvtime-and-dt.md``):
 from __future__ import annotations
 
 import bisect
-import enum
-import heapq
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pvdesc import kvm
-from pvdesc.core.model import Boot, Range, RangeIndex, merged, parse_quantity
+from pvdesc.audit.findings import Severity
+from pvdesc.core.model import Boot
+from pvdesc.core.ranges import Range, RangeIndex, merged, sweep_overlaps
+from pvdesc.core.units import parse_quantity
 from pvdesc.errors import PvdescError
 from pvdesc.layout import beliefs
 from pvdesc.layout.beliefs import Area, Belief
@@ -81,22 +82,6 @@ MAX_CONFIG_MEMSLOTS = 1 << 15
 
 class CheckInputError(PvdescError):
     """``--hypervisor-config`` or ``--region``/``--vcpus`` cannot be used."""
-
-
-class Severity(enum.StrEnum):
-    """How bad a finding is; any error makes the verdict unsafe."""
-
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        """Sort key of reports: errors first, then warnings, then information."""
-        return _SEVERITY_RANK[self]
-
-
-_SEVERITY_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
 @dataclass(frozen=True)
@@ -197,7 +182,7 @@ def config_int(data: Any, key: str, file: str, where: str) -> int:
     return value
 
 
-#: What a memslot of a hypervisor config may back (pvdesc.layout.allocate.Purpose).
+#: What a memslot of a hypervisor config may back (pvdesc.layout.Purpose).
 PURPOSES = ("ram", "stolen-time")
 
 
@@ -269,33 +254,6 @@ def target_from_data(data: dict[str, Any], file: str) -> Target:
 
 
 # --------------------------------------------------------------------------- sweep
-
-
-def sweep_overlaps(queries: Sequence[Range], ranges: Sequence[Range]) -> Iterator[tuple[int, int]]:
-    """Every ``(query index, range index)`` pair that overlaps.
-
-    Both lists are sorted by base once and swept together with a heap of the
-    ranges still open: O((n + m) log(n + m) + k) for k pairs, never pairwise.
-    Empty ranges never overlap anything.
-    """
-    q_order = sorted(range(len(queries)), key=lambda i: queries[i].base)
-    r_order = sorted(range(len(ranges)), key=lambda i: ranges[i].base)
-    active: list[tuple[int, int]] = []  # (end, range index), a min-heap on end
-    j = 0
-    for qi in q_order:
-        q = queries[qi]
-        if q.size <= 0:
-            continue
-        while j < len(r_order) and ranges[r_order[j]].base < q.end:
-            ri = r_order[j]
-            if ranges[ri].size > 0:
-                heapq.heappush(active, (ranges[ri].end, ri))
-            j += 1
-        while active and active[0][0] <= q.base:
-            heapq.heappop(active)
-        for _end, ri in active:
-            if ranges[ri].base < q.end:
-                yield qi, ri
 
 
 # --------------------------------------------------------------------------- rules

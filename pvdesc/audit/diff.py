@@ -49,8 +49,9 @@ import yaml
 
 from pvdesc import kvm
 from pvdesc.audit import check
-from pvdesc.audit.check import Memslot, Severity, vcpus_text
-from pvdesc.core.model import Range
+from pvdesc.audit.check import Memslot, vcpus_text
+from pvdesc.audit.findings import Severity
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import FAST_LOADER, loads
 from pvdesc.emit import hypervisor
 from pvdesc.errors import PvdescError

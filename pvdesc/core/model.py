@@ -2,7 +2,7 @@
 
 Everything here is a frozen dataclass or an enum; nothing does I/O.  The YAML
 loader (:mod:`pvdesc.description.load`) builds a :class:`VmDescription` and calls
-:func:`validate`; the allocator (:mod:`pvdesc.layout.allocate`) turns it into a layout.
+:func:`check_consistent`; the allocator (:mod:`pvdesc.layout.allocate`) turns it into a layout.
 
 Errors raised here are :class:`~pvdesc.errors.DescriptionError` whose ``where``
 is a key path (``("memory", 1, "size")``), resolved to file:line:column by the
@@ -11,71 +11,21 @@ loader's source map.
 
 from __future__ import annotations
 
-import bisect
 import enum
 import re
-import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from pvdesc import kvm
+from pvdesc.core.ranges import Range
 from pvdesc.errors import DescriptionError, KeyPath
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 NAME_MAX = 64
 
 
-def human(size: int) -> str:
-    """A byte count in the largest binary unit that divides it exactly (``64 KiB``)."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift} {unit}"
-    return f"{size} B"
-
-
-_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-#: Every number in a description (address, size, count, id) is below 2**64.
-MAX_QUANTITY_BITS = 64
-# Anchored with fullmatch: "$" would also accept a trailing newline.  At most 20
-# significant decimal or 16 hex digits (after leading zeros): 2**64 needs 20.
-_QUANTITY_RE = re.compile(r"0[xX]0*[0-9a-fA-F]{1,16}|0*[0-9]{1,20}[KMGT]?")
 #: How untrusted values are quoted in messages: bounded, whatever the input.
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = 60
-_SHORT.maxother = 60
-_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
-_SHORT.maxlevel = 2
-
-
-def short(value: object) -> str:
-    """``repr(value)``, cut to a few dozen characters, for quoting untrusted values in messages."""
-    return _SHORT.repr(value)
-
-
-def parse_quantity(value: int | str) -> int:
-    """An integer, or ``"0x.."``/decimal text with an optional binary K/M/G/T suffix.
-
-    Raises ``ValueError`` for anything else, and for values of 2**64 or more.
-    """
-    if isinstance(value, int):
-        result = value
-    elif not _QUANTITY_RE.fullmatch(value):
-        raise ValueError(
-            f'not a size or address: {short(value)} (an integer below 2^64, "0x...", or '
-            "digits with K/M/G/T)"
-        )
-    elif value[:2].lower() == "0x":
-        result = int(value, 16)
-    elif value[-1] in _SUFFIX:
-        result = int(value[:-1]) * _SUFFIX[value[-1]]
-    else:
-        result = int(value)
-    if result >= 1 << MAX_QUANTITY_BITS:
-        raise ValueError(f"{short(value)} is 2^64 or more: addresses and sizes are 64-bit")
-    return result
-
-
 class Boot(enum.StrEnum):
     """How the guest learns its memory map.
 
@@ -126,125 +76,6 @@ class Vmm(enum.StrEnum):
     CLOUD_HYPERVISOR = "cloud-hypervisor"
 
 
-@dataclass(frozen=True, order=True)
-class Range:
-    """A half-open guest-physical address range ``[base, base + size)``.
-
-    Attributes:
-        base: first address.
-        size: length in bytes (> 0 for every range pvdesc builds).
-    """
-
-    base: int
-    size: int
-
-    @property
-    def end(self) -> int:
-        """One past the last address."""
-        return self.base + self.size
-
-    @property
-    def last(self) -> int:
-        """The last address (inclusive), as ``/proc/iomem`` and ACPI print it."""
-        return self.base + self.size - 1
-
-    def overlaps(self, other: Range) -> bool:
-        """True if the two ranges share at least one byte."""
-        return self.base < other.end and other.base < self.end
-
-    def contains(self, other: Range) -> bool:
-        """True if ``other`` lies entirely inside this range."""
-        return self.base <= other.base and other.end <= self.end
-
-    def contains_addr(self, addr: int) -> bool:
-        """True if ``addr`` lies inside this range."""
-        return self.base <= addr < self.end
-
-    def granules(self, granule: int = kvm.GRANULE) -> Range:
-        """The smallest granule-aligned range covering this one."""
-        lo = self.base - self.base % granule
-        hi = -(-self.end // granule) * granule
-        return Range(lo, hi - lo)
-
-    def minus(self, hole: Range) -> tuple[Range, ...]:
-        """This range with ``hole`` removed: zero, one or two pieces, in order."""
-        if not self.overlaps(hole):
-            return (self,)
-        pieces = []
-        if hole.base > self.base:
-            pieces.append(Range(self.base, hole.base - self.base))
-        if hole.end < self.end:
-            pieces.append(Range(hole.end, self.end - hole.end))
-        return tuple(pieces)
-
-    def __str__(self) -> str:
-        return f"{self.base:#x}-{self.last:#x}"
-
-
-class RangeIndex:
-    """Ranges sorted by base with a running maximum of their ends: O(log n) stabbing queries.
-
-    Answers "which range overlaps (or contains) this query" with one witness per
-    query, so a check over v structures and n ranges is O((n + v) log n) however
-    much the ranges overlap each other (a hostile DTB can stack thousands of
-    identical ``/memory`` nodes).  Empty ranges are left out.
-
-    Attributes:
-        order: indexes into the caller's sequence, by (base, end).
-        bases: the bases in that order.
-        reach: ``reach[k]`` = (largest end, its index) among ``order[0..k]``.
-    """
-
-    def __init__(self, ranges: Sequence[Range]) -> None:
-        self.order = sorted(
-            (i for i, r in enumerate(ranges) if r.size > 0),
-            key=lambda i: (ranges[i].base, ranges[i].end),
-        )
-        self.bases = [ranges[i].base for i in self.order]
-        self.reach: list[tuple[int, int]] = []
-        best = (-1, -1)
-        for i in self.order:
-            if ranges[i].end > best[0]:
-                best = (ranges[i].end, i)
-            self.reach.append(best)
-
-    def overlapping(self, q: Range) -> int | None:
-        """The index of a range overlapping ``q`` (the one reaching furthest), or ``None``."""
-        k = bisect.bisect_left(self.bases, q.end)
-        if k == 0 or q.size <= 0:
-            return None
-        end, i = self.reach[k - 1]
-        return i if end > q.base else None
-
-    def containing(self, q: Range) -> int | None:
-        """The index of a range containing ``q`` wholly, or ``None``."""
-        k = bisect.bisect_right(self.bases, q.base)
-        if k == 0:
-            return None
-        end, i = self.reach[k - 1]
-        return i if end >= q.end else None
-
-
-def merged(ranges: Iterable[Range]) -> list[Range]:
-    """``ranges`` sorted, with overlapping or touching ones joined into one."""
-    out: list[Range] = []
-    for r in sorted(ranges):
-        if out and r.base <= out[-1].end:
-            last = out[-1]
-            out[-1] = Range(last.base, max(last.end, r.end) - last.base)
-        else:
-            out.append(r)
-    return out
-
-
-def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
-    """``ranges`` with every hole removed (:meth:`Range.minus`), pieces in order."""
-    pieces = list(ranges)
-    for hole in holes:
-        pieces = [p for piece in pieces for p in piece.minus(hole)]
-    return pieces
-
-
 @dataclass(frozen=True)
 class RamBank:
     """One bank of guest RAM; each bank is one KVM memslot.
@@ -262,6 +93,31 @@ class RamBank:
     @property
     def path(self) -> KeyPath:
         return ("memory", self.index)
+
+
+class Purpose(enum.StrEnum):
+    """What a memslot backs (the ``purpose`` of ``pvdesc.hypervisor/1``)."""
+
+    RAM = "ram"
+    STOLEN_TIME = "stolen-time"
+
+
+@dataclass(frozen=True)
+class Memslot:
+    """One ``KVM_SET_USER_MEMORY_REGION`` slot.
+
+    Attributes:
+        slot: the slot number.
+        range: guest_phys_addr and memory_size.
+        purpose: ram or stolen-time.
+        bank: the RAM bank it backs (``None`` for a stolen-time slot, or for a slot
+            read back from a hypervisor config).
+    """
+
+    slot: int
+    range: Range
+    purpose: Purpose
+    bank: RamBank | None = None
 
 
 @dataclass(frozen=True)
@@ -389,7 +245,7 @@ def first_overlap(
     return None
 
 
-def validate(desc: VmDescription) -> None:
+def check_consistent(desc: VmDescription) -> None:
     """Apply the model-level rules; raise :class:`DescriptionError` on the first violation.
 
     Rules, in the order checked:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pvdesc import kvm
-from pvdesc.core import model
 
 # parse_quantity lives in the model (``pvdesc check`` parses --region without YAML);
 # it is imported here too, where descriptions are read.
@@ -35,15 +34,14 @@ from pvdesc.core.model import (
     Device,
     Placement,
     RamBank,
-    Range,
     StolenTimeSpec,
     VmDescription,
     Vmm,
-    parse_quantity,
-    short,
-    validate,
+    check_consistent,
 )
-from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath, one_line
+from pvdesc.core.ranges import Range
+from pvdesc.core.units import MAX_QUANTITY_BITS, parse_quantity
+from pvdesc.errors import DescriptionError, KeyPath, PvdescError, format_keypath, one_line, short
 from pvdesc.layout import profiles
 from pvdesc.tools.inputs import display_name, read_bounded, too_big
 
@@ -54,10 +52,10 @@ MAX_FILE_BYTES = 1 << 20
 #: Refuse documents with more YAML nodes than this (also stops alias bombs,
 #: which would otherwise expand exponentially when walked).
 MAX_NODES = 100_000
-#: Every number in a description is below 2**64 (model.MAX_QUANTITY_BITS): a larger
+#: Every number in a description is below 2**64 (MAX_QUANTITY_BITS): a larger
 #: one is refused where it is written, before it reaches any message (Python refuses
 #: to print integers of more than 4300 decimal digits).
-MAX_QUANTITY_BITS = model.MAX_QUANTITY_BITS
+MAX_QUANTITY_BITS = MAX_QUANTITY_BITS
 
 if TYPE_CHECKING:  # yaml.CSafeLoader exists only when PyYAML was built with libyaml
     _Loader = yaml.SafeLoader | yaml.CSafeLoader
@@ -724,7 +722,7 @@ def loads(text: bytes, file: str = "<description>") -> LoadedDescription:
     try:
         desc = _build(data)
         desc = profiles.apply(desc, frozenset(smap.values))
-        validate(desc)
+        check_consistent(desc)
     except DescriptionError as err:
         raise smap.resolve(err) from None
     return LoadedDescription(desc, smap, text)

@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pvdesc import __version__
-from pvdesc.core.model import Range, VmDescription
+from pvdesc.core.model import VmDescription
+from pvdesc.core.ranges import Range
 from pvdesc.emit import templating
 from pvdesc.errors import AcpiError
 from pvdesc.layout.allocate import Layout, MemoryNode

@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
 from pvdesc.layout.allocate import Layout
 

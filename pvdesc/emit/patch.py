@@ -29,7 +29,9 @@ from collections.abc import Iterator
 import libfdt
 
 from pvdesc.audit import check
-from pvdesc.core.model import Boot, Range
+from pvdesc.audit.findings import Severity
+from pvdesc.core.model import Boot
+from pvdesc.core.ranges import Range
 from pvdesc.emit.devicetree import REGION_NODE, unit_address
 from pvdesc.errors import DTError
 from pvdesc.layout import beliefs, profiles
@@ -119,7 +121,7 @@ def check_patched(blob: bytes, lay: Layout) -> None:
     goal = target(lay)
     own = {f.code for f in check.judge(layout_belief(lay), goal)}
     for f in check.judge(beliefs.believe(tree, lay.description.boot), goal):
-        if f.severity is check.Severity.ERROR and f.code not in own:
+        if f.severity is Severity.ERROR and f.code not in own:
             raise DTError(
                 f"base DTB: the patched tree is unsafe: {f.code}: {f.source}: {f.message}"
             )

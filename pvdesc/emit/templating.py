@@ -25,7 +25,7 @@ from typing import Any
 
 import jinja2
 
-from pvdesc.core.model import human
+from pvdesc.core.units import human
 from pvdesc.layout import profiles
 
 #: The package of compiled templates, and the script that writes it.

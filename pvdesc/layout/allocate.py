@@ -12,48 +12,17 @@ Each rule is a small function whose docstring cites its source.  References:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pvdesc import kvm
 from pvdesc.audit import check
-from pvdesc.core.model import (
-    Boot,
-    Describe,
-    Placement,
-    RamBank,
-    Range,
-    VmDescription,
-    human,
-    merged,
-)
+from pvdesc.audit.findings import Severity
+from pvdesc.core.model import Boot, Describe, Memslot, Placement, Purpose, RamBank, VmDescription
+from pvdesc.core.ranges import Range, merged
+from pvdesc.core.units import human
 from pvdesc.errors import LayoutError
 from pvdesc.layout import beliefs, profiles
-
-
-class Purpose(enum.StrEnum):
-    """What a memslot backs."""
-
-    RAM = "ram"
-    STOLEN_TIME = "stolen-time"
-
-
-@dataclass(frozen=True)
-class Memslot:
-    """One ``KVM_SET_USER_MEMORY_REGION`` slot.
-
-    Attributes:
-        slot: the slot number.
-        range: guest_phys_addr and memory_size.
-        purpose: ram or stolen-time.
-        bank: the RAM bank it backs (``None`` for a stolen-time slot).
-    """
-
-    slot: int
-    range: Range
-    purpose: Purpose
-    bank: RamBank | None
 
 
 @dataclass(frozen=True)
@@ -416,7 +385,7 @@ def verify(layout: Layout) -> None:
     if region.base == 0:
         raise LayoutError(f"internal: region {region} gives vCPU 0 the IPA 0")
     for f in check.judge(belief(layout), target(layout)):
-        if f.severity is not check.Severity.INFO:
+        if f.severity is not Severity.INFO:
             raise LayoutError(f"internal: {f.code}: {f.source}: {f.message}")
 
 

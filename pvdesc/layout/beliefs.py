@@ -79,7 +79,8 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pvdesc.core.model import Boot, Range, RangeIndex, merged
+from pvdesc.core.model import Boot
+from pvdesc.core.ranges import Range, RangeIndex, merged
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
 TYPE_CHECKING = False

@@ -22,16 +22,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from pvdesc import kvm
-from pvdesc.core.model import (
-    Describe,
-    Device,
-    Placement,
-    Range,
-    StolenTimeSpec,
-    VmDescription,
-    Vmm,
-    human,
-)
+from pvdesc.core.model import Describe, Device, Placement, StolenTimeSpec, VmDescription, Vmm
+from pvdesc.core.ranges import Range
+from pvdesc.core.units import human
 from pvdesc.errors import DescriptionError, KeyPath
 
 KiB = 1 << 10
@@ -561,7 +554,7 @@ def to_json() -> str:
 
 
 def _size(size: int | None) -> str:
-    from pvdesc.core.model import human
+    from pvdesc.core.units import human
 
     return "(size from the description)" if size is None else f"{size:#010x}  {human(size)}"
 

@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.errors import AcpiError
 from pvdesc.tools.inputs import display_name, read_bounded, too_big
 

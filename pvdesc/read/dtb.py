@@ -59,7 +59,7 @@ from pathlib import Path
 
 import libfdt
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
 from pvdesc.tools.inputs import display_name, read_bounded, too_big
 

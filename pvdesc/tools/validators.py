@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.errors import PvdescError, ToolError
 from pvdesc.tools import acpica, proc
 

@@ -12,7 +12,7 @@ import subprocess
 from tools import program
 
 from pvdesc.commands.prove import guest
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.tools import proc
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from acpi_helpers import EXAMPLES, REPO, checksum_valid, header, outputs, parse_srat, plan_example
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.emit import acpi, build
 from pvdesc.errors import AcpiError

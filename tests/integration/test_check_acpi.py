@@ -11,7 +11,8 @@ from checkutil import dtc, memory, root, run_cli
 from tools import program
 
 from pvdesc.audit import check
-from pvdesc.core.model import Range
+from pvdesc.audit.findings import Severity
+from pvdesc.core.ranges import Range
 from pvdesc.errors import AcpiError
 from pvdesc.read import acpitables, dtb
 
@@ -138,7 +139,7 @@ def test_srat_covers_region(tmp_path: Path, ram_dtb: dtb.DeviceTree) -> None:
     assert [(f.code, f.severity, f.source) for f in found] == [
         (
             "srat-covers-region",
-            check.Severity.ERROR,
+            Severity.ERROR,
             f"{tmp_path / 'srat.aml'} SRAT entry[2] (Memory Affinity)",
         )
     ]
@@ -169,12 +170,12 @@ def test_ssdt_claim_matches_and_mismatch(tmp_path: Path, ram_dtb: dtb.DeviceTree
     good = acpitables.load(ssdt(tmp_path, qword(REGION.base, REGION.size)))
     found = check.check(ram_dtb, target(), acpi=[good])
     (ok,) = [f for f in found if f.code.startswith("ssdt")]
-    assert ok.code == "ssdt-claim-matches" and ok.severity is check.Severity.INFO
+    assert ok.code == "ssdt-claim-matches" and ok.severity is Severity.INFO
     assert ok.source.endswith("SSDT PVTM._CRS")
     bad = acpitables.load(ssdt(tmp_path, qword(0x48000000, 0x10000)))
     found = check.check(ram_dtb, target(), acpi=[bad])
     (warn,) = [f for f in found if f.code.startswith("ssdt")]
-    assert warn.code == "ssdt-claim-mismatch" and warn.severity is check.Severity.WARNING
+    assert warn.code == "ssdt-claim-mismatch" and warn.severity is Severity.WARNING
     assert warn.range == Range(0x48000000, 0x10000)
     assert check.verdict(found) == "safe"
 

@@ -16,7 +16,7 @@ from tools import ROOT, pvdesc, run
 from pvdesc.commands.map import draw as mapview
 from pvdesc.commands.map import model as addrmap
 from pvdesc.commands.map.model import Describer, Kind, Scaling
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.layout import allocate as layout
 from pvdesc.tools import proc

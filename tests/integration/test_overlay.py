@@ -20,7 +20,7 @@ import libfdt
 import pytest
 from tools import EXAMPLES, decompile, qemu_dump, qemu_tcg_argv, run, run_cli
 
-from pvdesc.core.model import parse_quantity
+from pvdesc.core.units import parse_quantity
 from pvdesc.emit import build, vmmconfig
 from pvdesc.layout.allocate import Layout
 from pvdesc.tools import proc

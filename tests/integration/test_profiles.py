@@ -10,7 +10,8 @@ import libfdt
 import pytest
 from tools import EXAMPLES, SLOW, dtc_check, qemu_dump, qemu_tcg_argv, run, run_cli
 
-from pvdesc.core.model import Range, Vmm
+from pvdesc.core.model import Vmm
+from pvdesc.core.ranges import Range
 from pvdesc.emit import build
 from pvdesc.layout import profiles
 

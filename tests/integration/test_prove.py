@@ -16,7 +16,8 @@ from tools import EXAMPLES, ROOT, run_cli
 
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import tcg as prove
-from pvdesc.core.model import Boot, Describe, Range, merged
+from pvdesc.core.model import Boot, Describe
+from pvdesc.core.ranges import Range, merged
 from pvdesc.description.load import load, loads
 from pvdesc.layout import allocate as layout
 from pvdesc.read import dtb

@@ -23,7 +23,8 @@ from tools import EXAMPLES, ROOT, run_cli
 
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import tcg as prove
-from pvdesc.core.model import Boot, Describe, Range
+from pvdesc.core.model import Boot, Describe
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.layout import allocate as layout
 

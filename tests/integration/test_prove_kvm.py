@@ -21,7 +21,8 @@ from tools import EXAMPLES, ROOT, run
 from pvdesc import kvm
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import tcg as prove
-from pvdesc.core.model import Describe, Range
+from pvdesc.core.model import Describe
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout, MemoryNode

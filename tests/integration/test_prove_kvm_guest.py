@@ -20,7 +20,7 @@ from tools import EXAMPLES, ROOT
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.commands.prove import tcg as prove
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.errors import ToolError
 from pvdesc.layout import allocate as layout

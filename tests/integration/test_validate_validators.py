@@ -20,7 +20,7 @@ from pvdesc.commands import cli
 from pvdesc.commands.validate import fleet as validate
 from pvdesc.commands.validate import reports
 from pvdesc.commands.validate.fleet import Externals, Failure, FileReport, Report
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.emit import build
 from pvdesc.errors import DescriptionError, ToolError
 from pvdesc.tools import validators

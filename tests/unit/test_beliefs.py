@@ -22,7 +22,9 @@ from tools import qemu_dump
 
 from pvdesc.audit import check
 from pvdesc.audit.check import Finding, Target
-from pvdesc.core.model import Boot, Describe, Range
+from pvdesc.audit.findings import Severity
+from pvdesc.core.model import Boot, Describe
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.emit import devicetree as dt
 from pvdesc.emit import patch
@@ -46,7 +48,7 @@ def region(text: str, vcpus: int = 4) -> Target:
 def errors(blob: bytes, target: Target, boot: Boot) -> dict[str, list[Finding]]:
     out: dict[str, list[Finding]] = {}
     for f in check.check(dtb.parse(blob, "t.dtb"), target, boot):
-        if f.severity is check.Severity.ERROR:
+        if f.severity is Severity.ERROR:
             out.setdefault(f.code, []).append(f)
     return out
 
@@ -448,7 +450,7 @@ def test_check_ipas_judges_reported_ipas(tmp_path: Path) -> None:
     blob = tree(tmp_path, RAM)
     dt = dtb.parse(blob)
     found = check.check_ipas(dt, [(0, 0x50000000), (1, 0x090A0040)])
-    assert {f.code for f in found if f.severity is check.Severity.ERROR} == {"ipa-in-ram"}
+    assert {f.code for f in found if f.severity is Severity.ERROR} == {"ipa-in-ram"}
     assert check.verdict(check.check_ipas(dt, [(0, 0x090A0000), (1, 0x090A0040)])) == "safe"
 
 
@@ -469,7 +471,7 @@ def test_verify_and_check_give_the_same_codes(boot: Boot) -> None:
         judged = check.judge(layout.belief(lay), layout.target(lay))
         on_dtb = check.check(dtb.parse(dt.render(lay).dtb), layout.target(lay), boot)
         for found in (judged, on_dtb):
-            assert {f.code for f in found if f.severity is check.Severity.ERROR} == codes
+            assert {f.code for f in found if f.severity is Severity.ERROR} == codes
     with pytest.raises(LayoutError, match="ipa-in-ram"):
         layout.verify(bad)
 
@@ -551,7 +553,7 @@ def test_into_and_check_agree_on_every_base(tmp_path: Path, boot: Boot, qemu_bas
             replaced = dtb.parse(_replaced(blob, ram), name)
             found = check.check(replaced, layout.target(lay), boot)
             # check's errors, and its 64 KiB warnings (pvdesc's own policy refuses those).
-            expect = any(f.severity is not check.Severity.INFO for f in found)
+            expect = any(f.severity is not Severity.INFO for f in found)
             try:
                 out = patch.patch_dtb(blob, lay)
             except DTError as err:

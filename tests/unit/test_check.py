@@ -9,8 +9,10 @@ import pytest
 from checkutil import dtc, memory, root, run_cli
 
 from pvdesc.audit import check
-from pvdesc.audit.check import Finding, Severity, Target
-from pvdesc.core.model import Boot, Range
+from pvdesc.audit.check import Finding, Target
+from pvdesc.audit.findings import Severity
+from pvdesc.core.model import Boot
+from pvdesc.core.ranges import Range, sweep_overlaps
 from pvdesc.read import dtb
 
 RAM = memory(0x40000000, 0x40000000)  # 0x40000000-0x7fffffff
@@ -285,7 +287,7 @@ def test_sweep_overlaps_matches_brute_force() -> None:
     rng = random.Random(7)
     qs = [Range(rng.randrange(10_000), rng.randrange(0, 300)) for _ in range(300)]
     rs = [Range(rng.randrange(10_000), rng.randrange(0, 300)) for _ in range(300)]
-    got = sorted(check.sweep_overlaps(qs, rs))
+    got = sorted(sweep_overlaps(qs, rs))
     want = sorted(
         (i, j)
         for i, q in enumerate(qs)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from pvdesc.audit import check
+from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.description import load as description
 from pvdesc.emit import build
@@ -80,10 +81,10 @@ def test_build_output_passes_check(text: bytes) -> None:
     target = check.target_from_config(cfg.data, "prop.hypervisor.json")
     boot = Boot(loaded.description.boot)
     findings = check.check(tree, target, boot)
-    errors = [f for f in findings if f.severity is check.Severity.ERROR]
+    errors = [f for f in findings if f.severity is Severity.ERROR]
     assert not errors, (text.decode(), findings)
     assert check.verdict(findings) == "safe"
-    # pvdesc never shares a 64 KiB granule with RAM (model.validate, layout.verify).
+    # pvdesc never shares a 64 KiB granule with RAM (model.check_consistent, layout.verify).
     assert not [f for f in findings if f.code == "granule-shared-with-ram"]
     slot_info = {"dedicated-memslot", "region-in-ram-memslot"} & {f.code for f in findings}
     assert len(slot_info) == 1

@@ -11,7 +11,7 @@ import yaml
 from tools import EXAMPLES, run_cli
 
 from pvdesc.audit import diff
-from pvdesc.audit.check import Severity
+from pvdesc.audit.findings import Severity
 from pvdesc.emit import build
 
 CARVE = """name: g

@@ -9,7 +9,7 @@ import libfdt
 import pytest
 from checkutil import dtc, memory, root, run_cli
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
 from pvdesc.read import dtb
 

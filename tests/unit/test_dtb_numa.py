@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tools import ROOT, pvdesc, run
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
 from pvdesc.read import dtb
 

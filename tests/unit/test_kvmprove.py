@@ -16,7 +16,7 @@ from tools import EXAMPLES, run_cli
 
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.errors import ToolError
 from pvdesc.layout import allocate as layout

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from pvdesc import kvm
-from pvdesc.core.model import Describe, Range
+from pvdesc.core.model import Describe
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout

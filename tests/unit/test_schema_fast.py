@@ -54,7 +54,7 @@ def test_fast_path_is_compiled_for_the_shipped_schema() -> None:
 
 def test_the_generated_module_is_what_the_generator_makes_of_the_schema() -> None:
     """Else run scripts/generate-compiled (after any change to the schema)."""
-    module = ROOT / "pvdesc" / f"{description.FAST_MODULE}.py"
+    module = ROOT / "pvdesc" / "description" / f"{description.FAST_MODULE}.py"
     assert module.read_text(encoding="utf-8") == description.fast_check_source()
     from pvdesc.description import schema_fast
 

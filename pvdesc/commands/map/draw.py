@@ -27,7 +27,7 @@ from pvdesc.commands.map.model import (
     Structure,
     scale,
 )
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.emit import templating
 from pvdesc.emit.build import Output, write_outputs
 

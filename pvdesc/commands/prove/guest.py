@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc.core.model import Range
+from pvdesc.core.ranges import Range
 from pvdesc.emit import templating
 from pvdesc.errors import ToolError
 from pvdesc.tools import proc

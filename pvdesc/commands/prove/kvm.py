@@ -41,14 +41,16 @@ from typing import Any
 
 from pvdesc import kvm
 from pvdesc.audit import check
+from pvdesc.audit.findings import Severity
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.core.model import Range
+from pvdesc.core.model import Purpose
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.emit import build, templating
 from pvdesc.errors import ProveError, PvdescError, ToolError
 from pvdesc.layout import allocate as layout
-from pvdesc.layout.allocate import Layout, Purpose
+from pvdesc.layout.allocate import Layout
 from pvdesc.read import acpitables, dtb
 from pvdesc.tools import proc
 
@@ -554,9 +556,7 @@ class KvmReport:
     @property
     def failures(self) -> tuple[str, ...]:
         """One phrase per error finding, then the guest's failures."""
-        out = [
-            f"{f.code}: {f.message}" for f in self.findings if f.severity is check.Severity.ERROR
-        ]
+        out = [f"{f.code}: {f.message}" for f in self.findings if f.severity is Severity.ERROR]
         if self.guest is not None and self.guest.verdict == "fail":
             out += [f"guest: {x}" for x in self.guest.failures if not x.startswith("stage-1")]
         return tuple(out)
@@ -578,7 +578,7 @@ def check_reported(job: Job, reported: Sequence[tuple[int, int]]) -> tuple[check
 
 
 def _finding(code: str, message: str, r: Range, source: str) -> check.Finding:
-    return check.Finding(check.Severity.ERROR, code, message, r, source)
+    return check.Finding(Severity.ERROR, code, message, r, source)
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:

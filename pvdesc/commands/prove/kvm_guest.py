@@ -36,11 +36,12 @@ from typing import Any
 
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import tcg as prove
-from pvdesc.core.model import Boot, Range, merged, subtract
+from pvdesc.core.model import Boot, Purpose
+from pvdesc.core.ranges import Range, merged, subtract
 from pvdesc.description.load import LoadedDescription
 from pvdesc.emit import build, templating
 from pvdesc.errors import DTError, ProveError, ToolError
-from pvdesc.layout.allocate import Layout, Purpose
+from pvdesc.layout.allocate import Layout
 from pvdesc.tools import proc
 
 #: The VMM's devices, where QEMU virt has them (hw/arm/virt.c base_memmap).

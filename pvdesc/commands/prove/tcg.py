@@ -44,7 +44,8 @@ from typing import Any
 
 from pvdesc import kvm
 from pvdesc.commands.prove import guest
-from pvdesc.core.model import Boot, Describe, Range, Vmm, merged, subtract
+from pvdesc.core.model import Boot, Describe, Vmm
+from pvdesc.core.ranges import Range, merged, subtract
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.emit import acpi, build, templating
 from pvdesc.errors import DTError, ProveError, PvdescError, ToolError

@@ -42,6 +42,7 @@ from itertools import repeat
 from pathlib import Path
 
 from pvdesc.audit import check
+from pvdesc.audit.findings import Severity
 from pvdesc.emit import build
 from pvdesc.errors import (
     AcpiError,
@@ -297,7 +298,7 @@ def _check_findings(result: build.BuildResult) -> list[tuple[str, str]]:
             f"check {f.code} ({f.severity}) at {f.source} [{f.range}]: {f.message}",
         )
         for f in findings
-        if f.severity is not check.Severity.INFO
+        if f.severity is not Severity.INFO
     ]
 
 
