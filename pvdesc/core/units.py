@@ -49,3 +49,48 @@ def parse_quantity(value: int | str) -> int:
     if result >= 1 << MAX_QUANTITY_BITS:
         raise ValueError(f"{short(value)} is 2^64 or more: addresses and sizes are 64-bit")
     return result
+
+
+_UNITS = (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10), ("B", 0))
+#: A count stays short below this (``15744 KiB`` is not: ``15 MiB + 384 KiB`` is).
+_SHORT_COUNT = 10000
+
+
+def _exact(size: int) -> str | None:
+    """``N unit`` in the largest unit that divides ``size`` with a short ``N``, if any."""
+    for unit, shift in _UNITS:
+        if size >= 1 << shift and size % (1 << shift) == 0 and size >> shift < _SHORT_COUNT:
+            return f"{size >> shift} {unit}"
+    return None
+
+
+def size_text(size: int) -> str:
+    """A size, exactly: ``64 KiB``; else ``8 GiB - 64 KiB`` (a whole unit and an exact rest,
+    the smaller rest of the two around it); else hex (``0x1fffefff1 B``).
+
+    A short count in the largest unit that divides the size exactly wins (``1536 MiB``).
+    """
+    if size <= 0:
+        return f"{size} B"
+    exact = _exact(size)
+    if exact is not None:
+        return exact
+    for unit, shift in _UNITS[:-1]:
+        step = 1 << shift
+        if size < step:
+            continue
+        if size % step == 0:  # exact, with a long count (beyond 10000 TiB)
+            return f"{size >> shift} {unit}"
+        below = size - size % step
+        found = []
+        for rest, head in (
+            (size - below, f"{below >> shift} {unit} + "),
+            (below + step - size, f"{(below + step) >> shift} {unit} - "),
+        ):
+            text = _exact(rest)
+            if text is not None:
+                found.append((rest, "+" in head, head + text))
+        if found:  # the smaller rest; on a tie, from above (``64 KiB - 512 B``)
+            return min(found)[2]
+        break
+    return f"{size:#x} B"

@@ -16,6 +16,7 @@ from tools import ROOT, pvdesc, run
 from pvdesc.commands.map import draw as mapview
 from pvdesc.commands.map import model as addrmap
 from pvdesc.commands.map.model import Describer, Kind, Scaling
+from pvdesc.core import units
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.layout import allocate as layout
@@ -125,15 +126,15 @@ def test_scale_compresses_and_enlarges_but_keeps_order() -> None:
 
 
 def test_size_text() -> None:
-    assert mapview.size_text(64 << 10) == "64 KiB"
-    assert mapview.size_text(24) == "24 B"
-    assert mapview.size_text(1536 << 20) == "1536 MiB"
-    assert mapview.size_text(0xFFE8) == "64 KiB - 24 B"
-    assert mapview.size_text((2 << 30) - (64 << 10)) == "2 GiB - 64 KiB"
-    assert mapview.size_text((8 << 30) - (64 << 10)) == "8 GiB - 64 KiB"
-    assert mapview.size_text(0xF60000) == "15 MiB + 384 KiB"
-    assert mapview.size_text(0xFE00) == "64 KiB - 512 B"  # a tie: from above
-    assert mapview.size_text(0x1FFFEFFF1) == "0x1fffefff1 B"
+    assert units.size_text(64 << 10) == "64 KiB"
+    assert units.size_text(24) == "24 B"
+    assert units.size_text(1536 << 20) == "1536 MiB"
+    assert units.size_text(0xFFE8) == "64 KiB - 24 B"
+    assert units.size_text((2 << 30) - (64 << 10)) == "2 GiB - 64 KiB"
+    assert units.size_text((8 << 30) - (64 << 10)) == "8 GiB - 64 KiB"
+    assert units.size_text(0xF60000) == "15 MiB + 384 KiB"
+    assert units.size_text(0xFE00) == "64 KiB - 512 B"  # a tie: from above
+    assert units.size_text(0x1FFFEFFF1) == "0x1fffefff1 B"
 
 
 _UNIT = {"B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40}
@@ -158,7 +159,7 @@ def _parse_size(text: str) -> int:
 @given(st.integers(min_value=1, max_value=(1 << 64) - 1))
 @settings(max_examples=2000, deadline=None)
 def test_size_text_is_exact(size: int) -> None:
-    assert _parse_size(mapview.size_text(size)) == size
+    assert _parse_size(units.size_text(size)) == size
 
 
 @pytest.mark.parametrize("shift", [10, 20, 30, 40])
@@ -167,7 +168,7 @@ def test_size_text_near_units_is_exact(shift: int) -> None:
         for delta in (-(1 << 16), -4096, -64, -1, 1, 64, 4096, 1 << 16):
             size = (n << shift) + delta
             if size > 0:
-                assert _parse_size(mapview.size_text(size)) == size, size
+                assert _parse_size(units.size_text(size)) == size, size
 
 
 def test_color_decision() -> None:
