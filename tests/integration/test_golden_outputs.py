@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -64,8 +65,10 @@ def _example(example: Path, work: Path) -> dict[str, str]:
     name = example.stem
     out = work / name
     out.mkdir()
-    # Relative paths, so the recorded standard output does not depend on the folder.
-    desc = os.path.relpath(example, out)
+    # The description is copied in and named by its bare name: what is recorded (the
+    # manifest's path, messages naming the file) must not depend on where the checkout is.
+    desc = example.name
+    shutil.copyfile(example, out / desc)
     got: dict[str, str] = {}
 
     def record(what: str, code: int, data: bytes) -> None:
