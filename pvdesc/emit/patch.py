@@ -28,13 +28,12 @@ from collections.abc import Iterator
 
 import libfdt
 
-from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Range
 from pvdesc.emit.devicetree import REGION_NODE, unit_address
 from pvdesc.errors import DTError
-from pvdesc.layout import beliefs, profiles
+from pvdesc.layout import beliefs, profiles, rules
 from pvdesc.layout.allocate import Layout, target
 from pvdesc.layout.allocate import belief as layout_belief
 from pvdesc.read import dtb
@@ -119,8 +118,8 @@ def check_patched(blob: bytes, lay: Layout) -> None:
     """
     tree = dtb.parse(blob, "patched DTB")
     goal = target(lay)
-    own = {f.code for f in check.judge(layout_belief(lay), goal)}
-    for f in check.judge(beliefs.believe(tree, lay.description.boot), goal):
+    own = {f.code for f in rules.judge(layout_belief(lay), goal)}
+    for f in rules.judge(beliefs.believe(tree, lay.description.boot), goal):
         if f.severity is Severity.ERROR and f.code not in own:
             raise DTError(
                 f"base DTB: the patched tree is unsafe: {f.code}: {f.source}: {f.message}"

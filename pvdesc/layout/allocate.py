@@ -22,7 +22,7 @@ from pvdesc.core.model import Boot, Describe, Memslot, Placement, Purpose, RamBa
 from pvdesc.core.ranges import Range, merged
 from pvdesc.core.units import human
 from pvdesc.errors import LayoutError
-from pvdesc.layout import beliefs, profiles
+from pvdesc.layout import beliefs, profiles, rules
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def verify(layout: Layout) -> None:
     """Check the safety invariants of a layout, independently of how it was made.
 
     The region must be whole 64-byte structures on the VMM's alignment, inside
-    the IPA space; then :func:`pvdesc.audit.check.judge`, the rules ``pvdesc check``
+    the IPA space; then :func:`pvdesc.layout.rules.judge`, the rules ``pvdesc check``
     applies to any DTB, judges what the boot consumer believes about the layout
     (:func:`belief`): pvdesc's own layouts must give no error *and* no warning
     (no 64 KiB granule shared with RAM or a device).  Raises :class:`LayoutError`
@@ -384,7 +384,7 @@ def verify(layout: Layout) -> None:
         raise LayoutError(f"internal: region {region} exceeds the IPA space")
     if region.base == 0:
         raise LayoutError(f"internal: region {region} gives vCPU 0 the IPA 0")
-    for f in check.judge(belief(layout), target(layout)):
+    for f in rules.judge(belief(layout), target(layout)):
         if f.severity is not Severity.INFO:
             raise LayoutError(f"internal: {f.code}: {f.source}: {f.message}")
 
