@@ -55,7 +55,7 @@ def device_windows(tree: dtb.DeviceTree, boot: Boot = Boot.LINUX_DT) -> Iterator
     ``pvdesc check`` judges.
     """
     for area in beliefs.believe(tree, boot).devices:
-        yield area.source, area.range
+        yield area.label, area.range
 
 
 def open_base(blob: bytes, file: str = "base DTB") -> tuple[libfdt.Fdt, dtb.DeviceTree]:
@@ -98,9 +98,9 @@ def check_collisions(tree: dtb.DeviceTree, lay: Layout) -> None:
             verb = "overlaps" if r.overlaps(region) else "shares a 64 KiB granule with"
             raise DTError(f"base DTB node {source} {r} {verb} the stolen-time region {region}")
     for mem in beliefs.believe(tree, boot).ram:
-        if mem.source.count("/") > 1 and mem.range.overlaps(zone):
+        if mem.label.count("/") > 1 and mem.range.overlaps(zone):
             raise DTError(
-                f"base DTB memory node {mem.source} {mem.range} is not under the root, so pvdesc "
+                f"base DTB memory node {mem.label} {mem.range} is not under the root, so pvdesc "
                 f"cannot replace it, and with boot {boot} it is RAM to "
                 f"{beliefs.EDK2 if boot.uefi else beliefs.LINUX} and touches the stolen-time "
                 f"region {region}"

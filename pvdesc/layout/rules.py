@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pvdesc import kvm
 from pvdesc.audit.check import Finding, Target, vcpus_text
 from pvdesc.audit.findings import Severity
-from pvdesc.core.ranges import Range, RangeIndex, merged, sweep_overlaps
-from pvdesc.layout.beliefs import PAGE_MIN, Area, Belief
+from pvdesc.core.ranges import Labelled, Range, RangeIndex, merged, sweep_overlaps
+from pvdesc.layout.beliefs import Belief
+from pvdesc.layout.linux_memory import PAGE_MIN
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
 TYPE_CHECKING = False
@@ -174,7 +175,7 @@ def _abi_rules(target: Target) -> list[Finding]:
     return out
 
 
-def _witness(areas: Sequence[Area], index: RangeIndex, s: Range) -> Area | None:
+def _witness(areas: Sequence[Labelled], index: RangeIndex, s: Range) -> Labelled | None:
     """An area overlapping ``s`` (``index`` is a :class:`RangeIndex` of ``areas``), or ``None``."""
     i = index.overlapping(s)
     return None if i is None else areas[i]
@@ -208,13 +209,13 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
         ri = memreserve.overlapping(s)
         ignored_by = _witness(belief.ignored, ignored_by_index, s)
         if ignored_index.containing(s) is not None and ignored_by is not None:
-            key = ("no-map-under-uefi", ignored_by.source)
+            key = ("no-map-under-uefi", ignored_by.label)
         elif pi is not None:
-            key = ("ipa-in-mapped-reservation", belief.mapped[pi].source)
+            key = ("ipa-in-mapped-reservation", belief.mapped[pi].label)
         elif ri is not None:
-            key = ("ipa-in-memreserve", belief.memreserve[ri].source)
+            key = ("ipa-in-memreserve", belief.memreserve[ri].label)
         else:
-            key = ("ipa-in-ram", ram[mi].source)
+            key = ("ipa-in-ram", ram[mi].label)
         groups.setdefault(key, []).append((si, 0))
     out = []
     for (code, src), hits in groups.items():
@@ -226,7 +227,7 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
     return out
 
 
-def _ram_message(code: str, who: str, belief: Belief, refused: Area | None) -> str:
+def _ram_message(code: str, who: str, belief: Belief, refused: Labelled | None) -> str:
     boot = belief.boot
     if code == "no-map-under-uefi":
         return (
@@ -258,7 +259,7 @@ def _ram_message(code: str, who: str, belief: Belief, refused: Area | None) -> s
         notes.append(f"/reserved-memory is ignored by Linux: {belief.reserved_ignored}")
     if refused is not None:
         notes.append(
-            f"Linux refuses the no-map child {refused.source} (-EBUSY in "
+            f"Linux refuses the no-map child {refused.label} (-EBUSY in "
             "early_init_dt_reserve_memory: it overlaps a range already reserved)"
         )
     note = f" ({'; '.join(notes)})" if notes else ""
@@ -282,11 +283,11 @@ def _granule_rules(belief: Belief, target: Target, ram_flagged: set[str]) -> lis
                 Finding(
                     Severity.ERROR,
                     "region-overlaps-device",
-                    f"the region {region} overlaps device {dev.source} {dev.range}: guest "
+                    f"the region {region} overlaps device {dev.label} {dev.range}: guest "
                     "accesses reach the wrong thing (a bus ranges window is where the OS places "
                     "device BARs); move the region to a free 64 KiB granule",
                     dev.range,
-                    dev.source,
+                    dev.label,
                 )
             )
         else:
@@ -294,11 +295,11 @@ def _granule_rules(belief: Belief, target: Target, ram_flagged: set[str]) -> lis
                 Finding(
                     Severity.WARNING,
                     "granule-shared-with-device",
-                    f"device {dev.source} {dev.range} shares a 64 KiB granule with the region "
+                    f"device {dev.label} {dev.range} shares a 64 KiB granule with the region "
                     f"{region}; a 64K-page guest cannot map one without the other (pvtime.rst: "
                     "set aside whole 64k pages): move the region to its own granule",
                     dev.range,
-                    dev.source,
+                    dev.label,
                 )
             )
     memory = belief.ram
@@ -308,7 +309,7 @@ def _granule_rules(belief: Belief, target: Target, ram_flagged: set[str]) -> lis
     hole_index = RangeIndex(holes)
     for _, mi in sweep_overlaps([grains], [m.range for m in memory]):
         mem = memory[mi]
-        if mem.source in ram_flagged:
+        if mem.label in ram_flagged:
             continue
         lo, hi = max(mem.range.base, grains.base), min(mem.range.end, grains.end)
         if hole_index.containing(Range(lo, hi - lo)) is None:
@@ -316,11 +317,11 @@ def _granule_rules(belief: Belief, target: Target, ram_flagged: set[str]) -> lis
                 Finding(
                     Severity.WARNING,
                     "granule-shared-with-ram",
-                    f"usable RAM {mem.source} {mem.range} shares a 64 KiB granule with the "
+                    f"usable RAM {mem.label} {mem.range} shares a 64 KiB granule with the "
                     f"region {region}; a 64K-page guest maps both with one attribute (pvtime.rst "
                     "64k advice): place the region in whole 64 KiB granules away from RAM",
                     mem.range,
-                    mem.source,
+                    mem.label,
                 )
             )
     return out

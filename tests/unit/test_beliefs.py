@@ -95,7 +95,7 @@ BUS = """bus@9000000 { compatible = "simple-bus"; #address-cells = <1>; #size-ce
 def test_class2_reg_straddling_a_window_still_exists(tmp_path: Path) -> None:
     """of_translate_address translates the start: the device ends beyond the window."""
     blob = tree(tmp_path, RAM + BUS)
-    devs = {a.source: a.range for a in beliefs.believe(dtb.parse(blob), LINUX).devices}
+    devs = {a.label: a.range for a in beliefs.believe(dtb.parse(blob), LINUX).devices}
     assert devs["/bus@9000000/dev@8000 reg[0]"] == Range(0x09008000, 0x20000)
     target = region("0x09010000:64K")
     for boot in (LINUX, UEFI_DT, UEFI_ACPI):
