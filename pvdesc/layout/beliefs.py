@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Labelled, Range, merged
@@ -79,12 +80,12 @@ class Belief:
     reserved_ignored: str | None = None
     acpi: tuple[AcpiTable, ...] = ()
 
-    @property
+    @cached_property
     def usable_ram(self) -> tuple[Range, ...]:
         """RAM the guest may map and allocate: ``ram`` minus the no-map ranges, merged."""
         return tuple(difference(self.ram_ranges, (a.range for a in self.no_map)))
 
-    @property
+    @cached_property
     def ram_ranges(self) -> tuple[Range, ...]:
         """``ram`` merged into disjoint ranges."""
         return tuple(merged(a.range for a in self.ram if a.range.size > 0))
@@ -158,9 +159,9 @@ def _withheld(reserved: Iterable[Reservation]) -> tuple[Labelled, ...]:
 
 def of_parts(
     boot: Boot,
-    memory: Iterable[tuple[Range, str, int | None]],
-    reserved: Iterable[tuple[Range, str]],
-    devices: Iterable[tuple[Range, str]],
+    memory: Iterable[Labelled],
+    reserved: Iterable[Labelled],
+    devices: Iterable[Labelled],
 ) -> Belief:
     """A belief from what pvdesc itself states: root ``/memory`` ranges, no-map children, devices.
 
@@ -168,15 +169,15 @@ def of_parts(
     ``/reserved-memory`` with the root's cells and ``ranges``, no-map children), so
     both consumers read it the same way; only the no-map children differ by boot.
     """
-    ram = tuple(Labelled(r, s, n) for r, s, n in memory if r.size > 0)
-    holes = tuple(Labelled(r, s) for r, s in reserved if r.size > 0)
+    ram = tuple(m for m in memory if m.range.size > 0)
+    holes = tuple(r for r in reserved if r.range.size > 0)
     return Belief(
         boot=boot,
         consumer=EDK2 if boot.uefi else LINUX,
         ram=ram,
         no_map=() if boot.uefi else holes,
         ignored=holes if boot.uefi else (),
-        devices=tuple(Labelled(r, s) for r, s in devices),
+        devices=tuple(devices),
     )
 
 
