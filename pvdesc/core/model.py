@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from pvdesc import kvm
-from pvdesc.core.ranges import Range
+from pvdesc.core.ranges import Labelled, Range, RangeIndex
 from pvdesc.errors import DescriptionError, KeyPath
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -220,28 +220,27 @@ class VmDescription:
         return tuple(sorted({b.numa_node for b in self.memory if b.numa_node is not None}))
 
 
-def _labelled(desc: VmDescription) -> Iterator[tuple[str, Range, KeyPath]]:
-    for bank in desc.memory:
-        yield f"memory[{bank.index}]", bank.range, bank.path
-    for dev in desc.devices:
-        yield f"devices[{dev.index}] ({dev.name})", dev.range, dev.path
+def _labelled(desc: VmDescription) -> list[tuple[Labelled, KeyPath]]:
+    """Every RAM bank and device, named as messages name it, with its key path."""
+    out = [(Labelled(b.range, f"memory[{b.index}]"), b.path) for b in desc.memory]
+    out += [(Labelled(d.range, f"devices[{d.index}] ({d.name})"), d.path) for d in desc.devices]
+    return out
 
 
-def first_overlap(
-    items: Iterable[tuple[str, Range, KeyPath]],
-) -> tuple[tuple[str, Range, KeyPath], tuple[str, Range, KeyPath]] | None:
-    """The first pair of overlapping ranges, by address, or ``None``.
+def first_overlap(ranges: Sequence[Range]) -> tuple[int, int] | None:
+    """The first pair of overlapping ranges by address, as indexes ``(earlier, later)``.
 
-    A sort and one sweep: O(n log n).  Touching ranges (one ends where the next
-    begins) do not overlap.
+    In :class:`~pvdesc.core.ranges.RangeIndex` order (by base, then end), each range is
+    tested against the one reaching furthest before it (the index's running reach):
+    O(n log n).  ``None`` when no two overlap.  Touching ranges (one ends where the next
+    begins) do not overlap; empty ranges are left out.
     """
-    ordered = sorted(items, key=lambda t: (t[1].base, t[1].end))
-    reach: tuple[str, Range, KeyPath] | None = None
-    for item in ordered:
-        if reach is not None and item[1].base < reach[1].end:
-            return reach, item
-        if reach is None or item[1].end > reach[1].end:
-            reach = item
+    index = RangeIndex(ranges)
+    for k in range(1, len(index.order)):
+        end, earlier = index.reach[k - 1]
+        later = index.order[k]
+        if ranges[later].base < end:
+            return earlier, later
     return None
 
 
@@ -304,17 +303,19 @@ def check_consistent(desc: VmDescription) -> None:
     for dev in desc.devices:
         if dev.range.size <= 0:
             raise DescriptionError("device size must be positive", (*dev.path, "size"))
-    for label, r, path in _labelled(desc):
+    items = _labelled(desc)
+    for item, path in items:
+        label, r = item.label, item.range
         if r.end > desc.ipa_limit:
             raise DescriptionError(
                 f"{label} {r} ends beyond the {desc.ipa_bits}-bit IPA space "
                 f"(limit {desc.ipa_limit:#x}); raise ipa_bits or move it",
                 (*path, "base"),
             )
-    clash = first_overlap(_labelled(desc))
+    clash = first_overlap([item.range for item, _ in items])
     if clash is not None:
-        (la, ra, _), (lb, rb, pb) = clash
-        raise DescriptionError(f"{lb} {rb} overlaps {la} {ra}", (*pb, "base"))
+        (a, _), (b, pb) = items[clash[0]], items[clash[1]]
+        raise DescriptionError(f"{b.label} {b.range} overlaps {a.label} {a.range}", (*pb, "base"))
     with_node = [b for b in desc.memory if b.numa_node is not None]
     if with_node and len(with_node) != len(desc.memory):
         missing = next(b for b in desc.memory if b.numa_node is None)

@@ -28,13 +28,12 @@ from collections.abc import Iterator
 
 import libfdt
 
-from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Range
 from pvdesc.emit.devicetree import REGION_NODE, unit_address
 from pvdesc.errors import DTError
-from pvdesc.layout import beliefs, profiles
+from pvdesc.layout import beliefs, profiles, rules
 from pvdesc.layout.allocate import Layout, target
 from pvdesc.layout.allocate import belief as layout_belief
 from pvdesc.read import dtb
@@ -56,7 +55,7 @@ def device_windows(tree: dtb.DeviceTree, boot: Boot = Boot.LINUX_DT) -> Iterator
     ``pvdesc check`` judges.
     """
     for area in beliefs.believe(tree, boot).devices:
-        yield area.source, area.range
+        yield area.label, area.range
 
 
 def open_base(blob: bytes, file: str = "base DTB") -> tuple[libfdt.Fdt, dtb.DeviceTree]:
@@ -99,9 +98,9 @@ def check_collisions(tree: dtb.DeviceTree, lay: Layout) -> None:
             verb = "overlaps" if r.overlaps(region) else "shares a 64 KiB granule with"
             raise DTError(f"base DTB node {source} {r} {verb} the stolen-time region {region}")
     for mem in beliefs.believe(tree, boot).ram:
-        if mem.source.count("/") > 1 and mem.range.overlaps(zone):
+        if mem.label.count("/") > 1 and mem.range.overlaps(zone):
             raise DTError(
-                f"base DTB memory node {mem.source} {mem.range} is not under the root, so pvdesc "
+                f"base DTB memory node {mem.label} {mem.range} is not under the root, so pvdesc "
                 f"cannot replace it, and with boot {boot} it is RAM to "
                 f"{beliefs.EDK2 if boot.uefi else beliefs.LINUX} and touches the stolen-time "
                 f"region {region}"
@@ -119,8 +118,8 @@ def check_patched(blob: bytes, lay: Layout) -> None:
     """
     tree = dtb.parse(blob, "patched DTB")
     goal = target(lay)
-    own = {f.code for f in check.judge(layout_belief(lay), goal)}
-    for f in check.judge(beliefs.believe(tree, lay.description.boot), goal):
+    own = {f.code for f in rules.judge(layout_belief(lay), goal)}
+    for f in rules.judge(beliefs.believe(tree, lay.description.boot), goal):
         if f.severity is Severity.ERROR and f.code not in own:
             raise DTError(
                 f"base DTB: the patched tree is unsafe: {f.code}: {f.source}: {f.message}"

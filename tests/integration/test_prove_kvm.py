@@ -49,7 +49,7 @@ def region_in_ram(path: Path = INSIDE_RAM) -> tuple[LoadedDescription, Layout]:
     bad = replace(
         safe,
         describe=Describe.NONE,
-        memory_nodes=(MemoryNode(bank.range, bank.numa_node, bank),),
+        memory_nodes=(MemoryNode.of(bank.range, bank),),
         reserved=(),
     )
     with pytest.raises(layout.LayoutError, match="ipa-in-ram"):

@@ -30,7 +30,7 @@ from pvdesc.emit import devicetree as dt
 from pvdesc.emit import patch
 from pvdesc.errors import DTError, LayoutError
 from pvdesc.layout import allocate as layout
-from pvdesc.layout import beliefs
+from pvdesc.layout import beliefs, rules
 from pvdesc.read import dtb
 
 LINUX, UEFI_DT, UEFI_ACPI = Boot.LINUX_DT, Boot.UEFI_DT, Boot.UEFI_ACPI
@@ -95,7 +95,7 @@ BUS = """bus@9000000 { compatible = "simple-bus"; #address-cells = <1>; #size-ce
 def test_class2_reg_straddling_a_window_still_exists(tmp_path: Path) -> None:
     """of_translate_address translates the start: the device ends beyond the window."""
     blob = tree(tmp_path, RAM + BUS)
-    devs = {a.source: a.range for a in beliefs.believe(dtb.parse(blob), LINUX).devices}
+    devs = {a.label: a.range for a in beliefs.believe(dtb.parse(blob), LINUX).devices}
     assert devs["/bus@9000000/dev@8000 reg[0]"] == Range(0x09008000, 0x20000)
     target = region("0x09010000:64K")
     for boot in (LINUX, UEFI_DT, UEFI_ACPI):
@@ -468,7 +468,7 @@ def test_verify_and_check_give_the_same_codes(boot: Boot) -> None:
         memory_nodes=layout.memory_nodes(good.description, good.region, Describe.NONE),
     )
     for lay, codes in ((good, set()), (bad, {"ipa-in-ram"})):
-        judged = check.judge(layout.belief(lay), layout.target(lay))
+        judged = rules.judge(layout.belief(lay), layout.target(lay))
         on_dtb = check.check(dtb.parse(dt.render(lay).dtb), layout.target(lay), boot)
         for found in (judged, on_dtb):
             assert {f.code for f in found if f.severity is Severity.ERROR} == codes

@@ -12,7 +12,7 @@ from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
-from pvdesc.layout import profiles
+from pvdesc.layout import placement, profiles
 
 
 def alloc(text: str) -> layout.Layout:
@@ -31,10 +31,10 @@ def test_region_size_is_whole_granules(max_vcpus: int, size: int) -> None:
 
 def test_find_hole_sweeps_in_order() -> None:
     occ = [Range(0x0, 0x20000), Range(0x30000, 0x10000), Range(0x50000, 0x10000)]
-    assert layout.find_hole(occ, 0x10000, 1 << 32) == 0x20000
-    assert layout.find_hole(occ, 0x20000, 1 << 32) == 0x60000
-    assert layout.find_hole(occ, 0x20000, 0x70000) is None
-    assert layout.find_hole([], 0x10000, 1 << 32) == layout.HOLE_SEARCH_START
+    assert placement.find_hole(occ, 0x10000, 1 << 32) == 0x20000
+    assert placement.find_hole(occ, 0x20000, 1 << 32) == 0x60000
+    assert placement.find_hole(occ, 0x20000, 0x70000) is None
+    assert placement.find_hole([], 0x10000, 1 << 32) == placement.HOLE_SEARCH_START
 
 
 def test_hole_avoids_device_granules() -> None:
@@ -106,12 +106,10 @@ def test_verify_catches_a_broken_layout() -> None:
     good = alloc(
         BASE + "memory:\n  - {base: 0x40000000, size: 1G}\nstolen_time: {placement: carve}\n"
     )
-    bad = layout.Layout(
-        **{
-            **good.__dict__,
-            "describe": Describe.NONE,
-            "memory_nodes": layout.memory_nodes(good.description, good.region, Describe.NONE),
-        }
+    bad = replace(
+        good,
+        describe=Describe.NONE,
+        memory_nodes=layout.memory_nodes(good.description, good.region, Describe.NONE),
     )
     with pytest.raises(LayoutError, match="ipa-in-ram"):
         layout.verify(bad)

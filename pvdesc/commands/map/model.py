@@ -525,8 +525,8 @@ def from_dtb(
     inline (informational ones are not problems).
     """
     belief = beliefs.believe(tree, boot)
-    memory = tuple(Span(a.source, a.range, a.numa_node) for a in belief.ram)
-    devices = tuple(Span(a.source, a.range) for a in belief.devices)
+    memory = tuple(Span(a.label, a.range, a.numa_node) for a in belief.ram)
+    devices = tuple(Span(a.label, a.range) for a in belief.devices)
     limit = max([1 << target.ipa_bits, *(s.range.end for s in memory)])
     limit = max([limit, target.region.end, *(d.range.end for d in devices)])
     facts = (
