@@ -49,3 +49,7 @@ class Finding:
     message: str
     range: Range | None = None
     source: str = ""
+
+    def sort_key(self) -> tuple[int, int, str]:
+        """The order of a report: errors first, then by first address (none first), then code."""
+        return (self.severity.rank, -1 if self.range is None else self.range.base, self.code)

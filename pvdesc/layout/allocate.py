@@ -21,6 +21,7 @@ from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot, Describe, Memslot, Placement, Purpose, RamBank, VmDescription
 from pvdesc.core.ranges import Range, merged
 from pvdesc.core.units import human
+from pvdesc.emit.hypervisor import target
 from pvdesc.errors import LayoutError
 from pvdesc.layout import beliefs, profiles
 
@@ -348,18 +349,6 @@ def belief(layout: Layout) -> beliefs.Belief:
         ((n.range, f"/memory ({n.range})", n.numa_node) for n in layout.memory_nodes),
         ((r, f"/reserved-memory no-map ({r})") for r in layout.reserved),
         ((d.range, f"devices[{d.index}] ({d.name})") for d in desc.devices),
-    )
-
-
-def target(layout: Layout) -> check.Target:
-    """The hypervisor side of a layout: region, per-vCPU IPAs, IPA size and memslots."""
-    desc = layout.description
-    return check.Target(
-        region=layout.region,
-        vcpu_ipas=tuple(enumerate(layout.vcpu_ipas)),
-        ipa_bits=desc.ipa_bits,
-        memslots=tuple(check.Memslot(s.slot, s.range, str(s.purpose)) for s in layout.memslots),
-        source="layout",
     )
 
 

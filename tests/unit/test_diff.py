@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tools import EXAMPLES, run_cli
 
-from pvdesc.audit import diff
+from pvdesc.audit import diff, sides
 from pvdesc.audit.findings import Severity
 from pvdesc.emit import build
 
@@ -257,9 +257,9 @@ def test_description_in_json_syntax_is_a_description(
     for old, new in ((path, str(EXAMPLES / example)), (str(EXAMPLES / example), path)):
         code, doc, _ = run_diff(capsys, old, new)
         assert (code, codes(doc)) == (0, ["compatible"]), doc
-    assert diff.kind(text.encode(), path) is diff.Kind.DESCRIPTION
+    assert sides.kind(text.encode(), path) is sides.InputKind.DESCRIPTION
     # Only a description knows what the DT calls RAM: the region carved out of it.
-    side = diff.side_from_bytes(text.encode(), path)
+    side = sides.side_from_bytes(text.encode(), path)
     assert side.usable_ram is not None and side.ram_over(side.region) == ()
 
 
@@ -285,8 +285,8 @@ def test_hypervisor_config_is_a_config_whatever_its_name(
     path = write(tmp_path, name, built.decode())
     code, doc, _ = run_diff(capsys, path, example)
     assert (code, codes(doc)) == (0, ["compatible"]), doc
-    assert diff.kind(built, path) is diff.Kind.CONFIG
-    side = diff.side_from_bytes(built, path)
+    assert sides.kind(built, path) is sides.InputKind.CONFIG
+    side = sides.side_from_bytes(built, path)
     assert side.usable_ram is None and side.max_vcpus == len(data["vcpus"])
 
 
@@ -303,7 +303,7 @@ def test_missing_file_and_duplicate_ids(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_compare_is_pure_and_reflexive() -> None:
     lay = build.plan(EXAMPLES / "uefi-acpi-numa.yaml").layout
-    side = diff.side_from_layout(lay, "a")
+    side = sides.side_from_layout(lay, "a")
     findings = diff.compare(side, side)
     assert diff.compatible(findings)
     assert [f.severity for f in findings] == [Severity.INFO]
