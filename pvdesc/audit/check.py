@@ -52,7 +52,7 @@ import bisect
 from collections.abc import Callable, Iterator, Sequence
 
 from pvdesc import kvm
-from pvdesc.audit.findings import Finding, Severity
+from pvdesc.audit.findings import Finding, Severity, any_error
 from pvdesc.core.model import Boot, Memslot
 from pvdesc.core.ranges import Range, RangeIndex, merged, sweep_overlaps
 from pvdesc.core.units import parse_quantity, vcpus_text
@@ -515,7 +515,7 @@ def check_ipas(
 
 def unsafe(findings: Sequence[Finding]) -> bool:
     """True iff any finding is an error."""
-    return any(f.severity is Severity.ERROR for f in findings)
+    return any_error(findings)
 
 
 def verdict(findings: Sequence[Finding]) -> str:

@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pvdesc import kvm
-from pvdesc.audit.findings import Finding, Severity
+from pvdesc.audit.findings import Finding, Severity, any_error
 from pvdesc.audit.sides import Side
 from pvdesc.core.model import Memslot, Purpose
 from pvdesc.core.ranges import RangeIndex
@@ -299,7 +299,7 @@ def compare(old: Side, new: Side) -> tuple[Finding, ...]:
 
 def compatible(findings: Sequence[Finding]) -> bool:
     """True iff no finding is an error."""
-    return not any(f.severity is Severity.ERROR for f in findings)
+    return not any_error(findings)
 
 
 def finding_json(f: Finding) -> dict[str, Any]:
