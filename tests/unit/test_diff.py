@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from tools import EXAMPLES, run_cli
 
 from pvdesc.audit import diff, sides
 from pvdesc.audit.findings import Severity
-from pvdesc.emit import build
+from pvdesc.emit import build, hypervisor
 
 CARVE = """name: g
 vcpus: 4
@@ -342,3 +343,16 @@ def test_shrinking_only_offline_vcpus_stays_a_warning(
     new = write(tmp_path, "new.yaml", GENERIC.format(vcpus=8, max_vcpus=8))
     code, doc, _ = run_diff(capsys, old, new)
     assert (code, codes(doc)) == (0, ["vcpus-only-on-source", "compatible"])
+
+
+@pytest.mark.parametrize(
+    "example", ["linux-carve-reserved.yaml", "uefi-acpi-numa.yaml", "crosvm.yaml"]
+)
+def test_a_layouts_side_is_what_its_config_reads_back(example: str) -> None:
+    """hypervisor.target (Layout -> Target) agrees with the writer read back by the reader."""
+    lay = build.plan(EXAMPLES / example).layout
+    written = hypervisor.dumps(lay).encode()
+    assert hypervisor.target(lay, "a") == hypervisor.target_from_config(written, "a")
+    side = sides.side_from_layout(lay, "a")
+    assert side.usable_ram is not None and side.online == lay.description.vcpus
+    assert replace(side, usable_ram=None, online=None) == sides.side_from_config(written, "a")
