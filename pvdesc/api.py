@@ -30,10 +30,13 @@ from pathlib import Path
 
 from pvdesc import __version__
 from pvdesc.audit import check as _check
-from pvdesc.core.model import Boot
+from pvdesc.audit.findings import Finding
+from pvdesc.core.model import Boot, Purpose
+from pvdesc.core.model import Memslot as _Memslot
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load, loads
 from pvdesc.emit import build as _build
+from pvdesc.emit import hypervisor as _hypervisor
 from pvdesc.errors import PvdescError
 from pvdesc.read import acpitables
 from pvdesc.read import dtb as _dtb
@@ -55,14 +58,14 @@ __all__ = [
 
 #: A file, as a path (``str`` or :class:`os.PathLike`).
 PathArg = str | os.PathLike[str]
-#: One finding of :func:`check`: ``severity``, ``code``, ``message``, ``range``
-#: (``.base``, ``.end``), ``source``; ``to_json()`` gives its ``pvdesc.check/1`` object.
-Finding = _check.Finding
 
 
 @dataclass(frozen=True)
 class Memslot:
     """One memslot to create with ``KVM_SET_USER_MEMORY_REGION``.
+
+    The stable API's view of :class:`pvdesc.core.model.Memslot`, under the names of
+    ``struct kvm_userspace_memory_region`` and of the config's JSON.
 
     Attributes:
         slot: the KVM memslot number.
@@ -169,11 +172,12 @@ def build_text(
 
 
 def _config(data: bytes, source: str) -> HypervisorConfig:
-    target = _check.target_from_config(data, source)
+    target = _hypervisor.target_from_config(data, source)
     return HypervisorConfig(
         ipa_bits=target.ipa_bits,
         memslots=tuple(
-            Memslot(s.slot, s.range.base, s.range.size, s.purpose) for s in target.memslots or ()
+            Memslot(s.slot, s.range.base, s.range.size, str(s.purpose))
+            for s in target.memslots or ()
         ),
         region_base=target.region.base,
         region_size=target.region.size,
@@ -187,8 +191,19 @@ def read_hypervisor_config(config: bytes | PathArg) -> HypervisorConfig:
     if isinstance(config, bytes):
         return _config(config, "<bytes>")
     path = os.fspath(config)
-    data = read_bounded(path, _check.MAX_CONFIG_BYTES, _check.CheckInputError, "hypervisor configs")
+    data = read_bounded(
+        path, _hypervisor.MAX_CONFIG_BYTES, _hypervisor.ConfigError, "hypervisor configs"
+    )
     return _config(data, display_name(path))
+
+
+def _purpose(slot: Memslot, config: HypervisorConfig) -> Purpose:
+    try:
+        return Purpose(slot.purpose)
+    except ValueError:
+        raise PvdescError(
+            f'memslot {slot.slot}: purpose must be "ram" or "stolen-time"', config.source
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -234,17 +249,17 @@ def check(
         raise PvdescError(f"boot {boot!r} is not linux-dt, uefi-dt or uefi-acpi") from None
     tree = _dtb.parse(dtb, dtb_name)
     if isinstance(config, HypervisorConfig):
-        target = _check.Target(
+        target = _hypervisor.Target(
             region=Range(config.region_base, config.region_size),
             vcpu_ipas=tuple(enumerate(config.pvtime_ipas)),
             ipa_bits=config.ipa_bits,
             memslots=tuple(
-                _check.Memslot(m.slot, Range(m.guest_phys_addr, m.memory_size), m.purpose)
+                _Memslot(m.slot, Range(m.guest_phys_addr, m.memory_size), _purpose(m, config))
                 for m in config.memslots
             ),
             source=config.source,
         )
     else:
-        target = _check.target_from_config(config, "<hypervisor config>")
+        target = _hypervisor.target_from_config(config, "<hypervisor config>")
     tables = [acpitables.parse(t, f"<acpi {i}>") for i, t in enumerate(acpi)]
     return CheckReport(_check.check(tree, target, mode, tables))

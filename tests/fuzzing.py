@@ -111,8 +111,8 @@ def _carve_layout() -> layout.Layout:
     return build.plan(ROOT / "examples" / "linux-carve-reserved.yaml").layout
 
 
-def _target_of(lay: layout.Layout) -> check.Target:
-    return check.target_from_config(hypervisor.dumps(lay).encode(), "fuzz.hypervisor.json")
+def _target_of(lay: layout.Layout) -> hypervisor.Target:
+    return hypervisor.target_from_config(hypervisor.dumps(lay).encode(), "fuzz.hypervisor.json")
 
 
 def target_into(data: bytes) -> None:
@@ -152,7 +152,7 @@ def target_yaml(data: bytes) -> None:
         return
     by_kind = {o.kind: o.data for o in outputs}
     tree = dtb.parse(by_kind["dtb"], "built.dtb")
-    target = check.target_from_config(by_kind["hypervisor-config"], "built.hypervisor.json")
+    target = hypervisor.target_from_config(by_kind["hypervisor-config"], "built.hypervisor.json")
     tables = [acpitables.parse(by_kind[k], k) for k in ("ssdt-aml", "srat-aml") if k in by_kind]
     findings = check.check(tree, target, lay.description.boot, tables)
     if check.unsafe(findings):
@@ -170,7 +170,7 @@ def _reference_tree() -> dtb.DeviceTree:
 def target_config(data: bytes) -> None:
     """``pvdesc check --hypervisor-config`` on a hostile config."""
     try:
-        target = check.target_from_config(data, "fuzz.hypervisor.json")
+        target = hypervisor.target_from_config(data, "fuzz.hypervisor.json")
     except PvdescError as err:
         clean(err)
         return
@@ -197,13 +197,14 @@ def target_diff(data: bytes) -> None:
     """
     from pvdesc import kvm
     from pvdesc.audit import diff
+    from pvdesc.audit.sides import side_from_bytes
 
     old_bytes, _, new_bytes = data.partition(DIFF_SEPARATOR)
     sides = []
     for name, part in (("old", old_bytes), ("new", new_bytes)):
         source = f"{name}.hypervisor.json" if part.lstrip()[:1] == b"{" else f"{name}.yaml"
         try:
-            side = diff.side_from_bytes(part, source)
+            side = side_from_bytes(part, source)
         except PvdescError as err:
             clean(err)
             continue

@@ -8,6 +8,7 @@ list) is a rendering of them, written where the command is.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pvdesc.core.ranges import Range
@@ -49,3 +50,12 @@ class Finding:
     message: str
     range: Range | None = None
     source: str = ""
+
+    def sort_key(self) -> tuple[int, int, str]:
+        """The order of a report: errors first, then by first address (none first), then code."""
+        return (self.severity.rank, -1 if self.range is None else self.range.base, self.code)
+
+
+def any_error(findings: Iterable[Finding]) -> bool:
+    """True iff any finding is an error: ``check``'s unsafe, ``diff``'s not compatible."""
+    return any(f.severity is Severity.ERROR for f in findings)

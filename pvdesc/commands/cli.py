@@ -160,6 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pvdesc import kvm
     from pvdesc.audit import check
     from pvdesc.core.model import Boot
+    from pvdesc.emit import hypervisor
     from pvdesc.read import dtb
     from pvdesc.tools.inputs import display_name, read_bounded
 
@@ -178,11 +179,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
         text = read_bounded(
             args.hypervisor_config,
-            check.MAX_CONFIG_BYTES,
-            check.CheckInputError,
+            hypervisor.MAX_CONFIG_BYTES,
+            hypervisor.ConfigError,
             "hypervisor configs",
         )
-        target = check.target_from_config(text, display_name(args.hypervisor_config))
+        target = hypervisor.target_from_config(text, display_name(args.hypervisor_config))
     else:
         if args.vcpus is None:
             raise check.CheckInputError("--region needs --vcpus N", "--region")
@@ -274,15 +275,16 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from pvdesc.audit import check, diff
+    from pvdesc.audit import diff, sides
+    from pvdesc.emit import hypervisor
     from pvdesc.tools.inputs import display_name, read_bounded
 
     _one_stdio("input", ("OLD", args.old), ("NEW", args.new))
-    sides = []
+    ends = []
     for path in (args.old, args.new):
-        data = read_bounded(path, check.MAX_CONFIG_BYTES, diff.DiffInputError, "inputs")
-        sides.append(diff.side_from_bytes(data, display_name(path)))
-    old, new = sides
+        data = read_bounded(path, hypervisor.MAX_CONFIG_BYTES, sides.DiffInputError, "inputs")
+        ends.append(sides.side_from_bytes(data, display_name(path)))
+    old, new = ends
     findings = diff.compare(old, new)
     text = diff.to_json(findings) if args.format == "json" else diff.to_text(findings, old, new)
     _write(text)

@@ -94,3 +94,8 @@ def size_text(size: int) -> str:
             return min(found)[2]
         break
     return f"{size:#x} B"
+
+
+def vcpus_text(first: int, last: int) -> str:
+    """``vCPU 3`` or ``vCPUs 3-7``: a run of consecutive vCPU ids in a message."""
+    return f"vCPU {first}" if first == last else f"vCPUs {first}-{last}"

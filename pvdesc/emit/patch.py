@@ -32,9 +32,10 @@ from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Range
 from pvdesc.emit.devicetree import REGION_NODE, unit_address
+from pvdesc.emit.hypervisor import target
 from pvdesc.errors import DTError
 from pvdesc.layout import beliefs, profiles, rules
-from pvdesc.layout.allocate import Layout, target
+from pvdesc.layout.allocate import Layout
 from pvdesc.layout.allocate import belief as layout_belief
 from pvdesc.read import dtb
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pvdesc import kvm
-from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Describe, Memslot, Placement, Purpose, RamBank, VmDescription
 from pvdesc.core.ranges import Labelled, Range
+from pvdesc.emit.hypervisor import target
 from pvdesc.errors import LayoutError
 from pvdesc.layout import beliefs, profiles, rules
 from pvdesc.layout.placement import choose_region, resolve_describe
@@ -174,18 +174,6 @@ def belief(layout: Layout) -> beliefs.Belief:
         (n.ram for n in layout.memory_nodes),
         (Labelled(r, f"/reserved-memory no-map ({r})") for r in layout.reserved),
         (Labelled(d.range, f"devices[{d.index}] ({d.name})") for d in desc.devices),
-    )
-
-
-def target(layout: Layout) -> check.Target:
-    """The hypervisor side of a layout: region, per-vCPU IPAs, IPA size and memslots."""
-    desc = layout.description
-    return check.Target(
-        region=layout.region,
-        vcpu_ipas=tuple(enumerate(layout.vcpu_ipas)),
-        ipa_bits=desc.ipa_bits,
-        memslots=tuple(check.Memslot(s.slot, s.range, str(s.purpose)) for s in layout.memslots),
-        source="layout",
     )
 
 

@@ -15,9 +15,10 @@ import bisect
 from collections.abc import Callable, Iterator, Sequence
 
 from pvdesc import kvm
-from pvdesc.audit.check import Finding, Target, vcpus_text
-from pvdesc.audit.findings import Severity
+from pvdesc.audit.findings import Finding, Severity
 from pvdesc.core.ranges import Labelled, Range, RangeIndex, merged, sweep_overlaps
+from pvdesc.core.units import vcpus_text
+from pvdesc.emit.hypervisor import Target
 from pvdesc.layout.beliefs import Belief
 from pvdesc.layout.linux_memory import PAGE_MIN
 
@@ -391,9 +392,4 @@ def judge(belief: Belief, target: Target) -> tuple[Finding, ...]:
     findings += ram
     findings += _granule_rules(belief, target, {f.source for f in ram})
     findings += _acpi_rules(belief.acpi, target)
-    return tuple(sorted(findings, key=_order))
-
-
-def _order(f: Finding) -> tuple[int, int, str]:
-    """Errors first, then by address and code (every rule's finding names its range)."""
-    return f.severity.rank, -1 if f.range is None else f.range.base, f.code
+    return tuple(sorted(findings, key=Finding.sort_key))

@@ -13,6 +13,7 @@ from tools import program
 from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
 from pvdesc.core.ranges import Range
+from pvdesc.emit.hypervisor import Target
 from pvdesc.errors import AcpiError
 from pvdesc.read import acpitables, dtb
 
@@ -108,7 +109,7 @@ def ram_dtb(tmp_path: Path) -> dtb.DeviceTree:
     return dtb.load(dtc(root(memory(0x40000000, 0x80000000)), tmp_path))
 
 
-def target() -> check.Target:
+def target() -> Target:
     return check.target_from_region("0x090a0000:64K", 4)
 
 

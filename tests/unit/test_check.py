@@ -9,10 +9,11 @@ import pytest
 from checkutil import dtc, memory, root, run_cli
 
 from pvdesc.audit import check
-from pvdesc.audit.check import Finding, Target
-from pvdesc.audit.findings import Severity
+from pvdesc.audit.findings import Finding, Severity
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Range, sweep_overlaps
+from pvdesc.emit import hypervisor
+from pvdesc.emit.hypervisor import Target
 from pvdesc.read import dtb
 
 RAM = memory(0x40000000, 0x40000000)  # 0x40000000-0x7fffffff
@@ -46,7 +47,7 @@ def config(
         "stolen_time": {"base": base, "size": size},
         "vcpus": [{"id": i, "pvtime_ipa": a} for i, a in enumerate(ipas)],
     }
-    return check.target_from_config(json.dumps(doc).encode(), "x.hypervisor.json")
+    return hypervisor.target_from_config(json.dumps(doc).encode(), "x.hypervisor.json")
 
 
 def test_outside_ram_is_safe(tmp_path: Path) -> None:
@@ -300,7 +301,7 @@ def test_sweep_overlaps_matches_brute_force() -> None:
 @pytest.mark.parametrize(("vcpus", "slots"), [(513, 1), (1, (1 << 15) + 1)])
 def test_too_many_vcpus_or_memslots_states_the_limits(vcpus: int, slots: int) -> None:
     base = 0x09000000
-    with pytest.raises(check.CheckInputError) as info:
+    with pytest.raises(hypervisor.ConfigError) as info:
         config(base, 0x10000, [(base, 0x10000, "stolen-time")] * slots, [base] * vcpus)
     assert str(info.value) == (
         f"x.hypervisor.json: too many vcpus or memslots ({vcpus} vcpus, {slots} memslots): "

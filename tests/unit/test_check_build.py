@@ -12,7 +12,7 @@ from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.description import load as description
-from pvdesc.emit import build
+from pvdesc.emit import build, hypervisor
 from pvdesc.emit.build import Output
 from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
@@ -78,7 +78,7 @@ def test_build_output_passes_check(text: bytes) -> None:
     outputs = build.render_outputs(loaded, lay)
     tree = dtb.parse(_by_kind(outputs, "dtb").data, "prop.dtb")
     cfg = _by_kind(outputs, "hypervisor-config")
-    target = check.target_from_config(cfg.data, "prop.hypervisor.json")
+    target = hypervisor.target_from_config(cfg.data, "prop.hypervisor.json")
     boot = Boot(loaded.description.boot)
     findings = check.check(tree, target, boot)
     errors = [f for f in findings if f.severity is Severity.ERROR]

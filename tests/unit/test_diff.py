@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ import pytest
 import yaml
 from tools import EXAMPLES, run_cli
 
-from pvdesc.audit import diff
+from pvdesc.audit import diff, sides
 from pvdesc.audit.findings import Severity
-from pvdesc.emit import build
+from pvdesc.emit import build, hypervisor
 
 CARVE = """name: g
 vcpus: 4
@@ -257,9 +258,9 @@ def test_description_in_json_syntax_is_a_description(
     for old, new in ((path, str(EXAMPLES / example)), (str(EXAMPLES / example), path)):
         code, doc, _ = run_diff(capsys, old, new)
         assert (code, codes(doc)) == (0, ["compatible"]), doc
-    assert diff.kind(text.encode(), path) is diff.Kind.DESCRIPTION
+    assert sides.kind(text.encode(), path) is sides.InputKind.DESCRIPTION
     # Only a description knows what the DT calls RAM: the region carved out of it.
-    side = diff.side_from_bytes(text.encode(), path)
+    side = sides.side_from_bytes(text.encode(), path)
     assert side.usable_ram is not None and side.ram_over(side.region) == ()
 
 
@@ -285,8 +286,8 @@ def test_hypervisor_config_is_a_config_whatever_its_name(
     path = write(tmp_path, name, built.decode())
     code, doc, _ = run_diff(capsys, path, example)
     assert (code, codes(doc)) == (0, ["compatible"]), doc
-    assert diff.kind(built, path) is diff.Kind.CONFIG
-    side = diff.side_from_bytes(built, path)
+    assert sides.kind(built, path) is sides.InputKind.CONFIG
+    side = sides.side_from_bytes(built, path)
     assert side.usable_ram is None and side.max_vcpus == len(data["vcpus"])
 
 
@@ -303,7 +304,7 @@ def test_missing_file_and_duplicate_ids(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_compare_is_pure_and_reflexive() -> None:
     lay = build.plan(EXAMPLES / "uefi-acpi-numa.yaml").layout
-    side = diff.side_from_layout(lay, "a")
+    side = sides.side_from_layout(lay, "a")
     findings = diff.compare(side, side)
     assert diff.compatible(findings)
     assert [f.severity for f in findings] == [Severity.INFO]
@@ -342,3 +343,16 @@ def test_shrinking_only_offline_vcpus_stays_a_warning(
     new = write(tmp_path, "new.yaml", GENERIC.format(vcpus=8, max_vcpus=8))
     code, doc, _ = run_diff(capsys, old, new)
     assert (code, codes(doc)) == (0, ["vcpus-only-on-source", "compatible"])
+
+
+@pytest.mark.parametrize(
+    "example", ["linux-carve-reserved.yaml", "uefi-acpi-numa.yaml", "crosvm.yaml"]
+)
+def test_a_layouts_side_is_what_its_config_reads_back(example: str) -> None:
+    """hypervisor.target (Layout -> Target) agrees with the writer read back by the reader."""
+    lay = build.plan(EXAMPLES / example).layout
+    written = hypervisor.dumps(lay).encode()
+    assert hypervisor.target(lay, "a") == hypervisor.target_from_config(written, "a")
+    side = sides.side_from_layout(lay, "a")
+    assert side.usable_ram is not None and side.online == lay.description.vcpus
+    assert replace(side, usable_ram=None, online=None) == sides.side_from_config(written, "a")

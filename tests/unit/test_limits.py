@@ -16,9 +16,9 @@ import pytest
 from fuzzing import Node, fdt_blob, u32
 from tools import ROOT, run
 
-from pvdesc.audit import check
-from pvdesc.audit.check import CheckInputError
 from pvdesc.description import load as description
+from pvdesc.emit import hypervisor
+from pvdesc.emit.hypervisor import ConfigError
 from pvdesc.errors import AcpiError, DescriptionError, DTError
 from pvdesc.read import acpitables, dtb
 from pvdesc.tools import inputs
@@ -73,7 +73,7 @@ def test_endless_input_is_read_only_up_to_the_limit() -> None:
     [
         (dtb.MAX_DTB_BYTES, DTError, "DTBs"),
         (acpitables.MAX_TABLE_BYTES, AcpiError, "ACPI tables"),
-        (check.MAX_CONFIG_BYTES, CheckInputError, "hypervisor configs"),
+        (hypervisor.MAX_CONFIG_BYTES, ConfigError, "hypervisor configs"),
     ],
 )
 def test_every_input_file_is_bounded(

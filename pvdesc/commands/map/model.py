@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pvdesc import kvm
-from pvdesc.audit.check import Finding as CheckFinding
-from pvdesc.audit.check import Target
+from pvdesc.audit.findings import Finding as CheckFinding
 from pvdesc.audit.findings import Severity
 from pvdesc.core.model import Boot, Describe
 from pvdesc.core.ranges import Range, RangeIndex
+from pvdesc.emit.hypervisor import Target
 from pvdesc.errors import LayoutError, PvdescError
 from pvdesc.layout import beliefs
 from pvdesc.layout.allocate import Layout, verify

@@ -41,13 +41,14 @@ from typing import Any
 
 from pvdesc import kvm
 from pvdesc.audit import check
-from pvdesc.audit.findings import Severity
+from pvdesc.audit.findings import Finding, Severity
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.core.model import Purpose
 from pvdesc.core.ranges import Range
+from pvdesc.core.units import vcpus_text
 from pvdesc.description.load import LoadedDescription, load
-from pvdesc.emit import build, templating
+from pvdesc.emit import build, hypervisor, templating
 from pvdesc.errors import ProveError, PvdescError, ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
@@ -535,7 +536,7 @@ class KvmReport:
     host: HostInfo
     vmm_lines: tuple[str, ...]
     vcpus: tuple[VcpuAnswer, ...]
-    findings: tuple[check.Finding, ...]
+    findings: tuple[Finding, ...]
     no_result: str | None = None
     guest: kvmguest.GuestReport | None = None
 
@@ -562,7 +563,7 @@ class KvmReport:
         return tuple(out)
 
 
-def check_reported(job: Job, reported: Sequence[tuple[int, int]]) -> tuple[check.Finding, ...]:
+def check_reported(job: Job, reported: Sequence[tuple[int, int]]) -> tuple[Finding, ...]:
     """``pvdesc check``'s rules on the addresses KVM reported (not the configured ones).
 
     The firmware description is the build's own (``NAME.dtb`` and any ACPI tables);
@@ -571,14 +572,14 @@ def check_reported(job: Job, reported: Sequence[tuple[int, int]]) -> tuple[check
     """
     name = job.layout.description.name
     tree = dtb.parse(job.output(".dtb").data, f"{name}.dtb")
-    target = check.target_from_data(job.hypervisor, f"{name}.hypervisor.json")
+    target = hypervisor.target_from_data(job.hypervisor, f"{name}.hypervisor.json")
     target = replace(target, vcpu_ipas=tuple(reported), source="KVM PV_TIME_ST answers")
     tables = [acpitables.parse(o.data, o.name) for o in job.outputs if o.name.endswith(".aml")]
     return check.check(tree, target, job.layout.description.boot, tables)
 
 
-def _finding(code: str, message: str, r: Range, source: str) -> check.Finding:
-    return check.Finding(Severity.ERROR, code, message, r, source)
+def _finding(code: str, message: str, r: Range, source: str) -> Finding:
+    return Finding(Severity.ERROR, code, message, r, source)
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -593,7 +594,7 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
 
 def _per_run(
     ids: Sequence[int], code: str, text: str, job: Job, ipa_of: dict[int, int | None]
-) -> list[check.Finding]:
+) -> list[Finding]:
     """One error finding per run of consecutive vCPU ids (as check groups them)."""
     out = []
     for lo, hi in _runs(ids):
@@ -604,7 +605,7 @@ def _per_run(
             if known
             else job.layout.region
         )
-        out.append(_finding(code, f"{check.vcpus_text(lo, hi)}: {text}", r, "KVM"))
+        out.append(_finding(code, f"{vcpus_text(lo, hi)}: {text}", r, "KVM"))
     return out
 
 
@@ -634,7 +635,7 @@ def judge(job: Job, host: HostInfo, out: JobOutput) -> KvmReport:
             nothing,
             no_result=f"the VMM printed no answer (exit {out.status}): {guest.serial_line(last)}",
         )
-    findings: list[check.Finding] = []
+    findings: list[Finding] = []
     reported_of = {a.id: a.reported_ipa for a in answers.values()}
     missing = [i for i in configured if i not in answers]
     findings += _per_run(missing, "no-answer", "the VMM reported no answer", job, configured)
@@ -686,7 +687,7 @@ def judge(job: Job, host: HostInfo, out: JobOutput) -> KvmReport:
     reported = [(a.id, a.reported_ipa) for a in vals if a.reported_ipa is not None]
     if reported:
         findings += check_reported(job, reported)
-    findings.sort(key=lambda f: (f.severity.rank, f.range.base, f.code))
+    findings.sort(key=Finding.sort_key)
     return KvmReport(
         job, host, out.lines, tuple(answers[i] for i in sorted(answers)), tuple(findings)
     )
@@ -788,7 +789,7 @@ def kvm_json(report: KvmReport) -> dict[str, Any]:
         "vmm": {"header": report.job.header, "unset_vcpus": list(report.job.unset)},
         "vcpus": [_vcpu_json(a) for a in report.vcpus],
         "verdict": "pass" if report.probe_passed else "fail",
-        "findings": [f.to_json() for f in report.findings],
+        "findings": [check.finding_json(f) for f in report.findings],
         "guest": kvmguest.to_json(report.guest) if report.guest is not None else None,
     }
 

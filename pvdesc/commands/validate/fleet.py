@@ -43,7 +43,7 @@ from pathlib import Path
 
 from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
-from pvdesc.emit import build
+from pvdesc.emit import build, hypervisor
 from pvdesc.errors import (
     AcpiError,
     DescriptionError,
@@ -283,7 +283,7 @@ def _check_findings(result: build.BuildResult) -> list[tuple[str, str]]:
     name = result.layout.description.name
     try:
         tree = dtb.parse(files[f"{name}.dtb"], f"{name}.dtb")
-        target = check.target_from_config(
+        target = hypervisor.target_from_config(
             files[f"{name}.hypervisor.json"], f"{name}.hypervisor.json"
         )
         tables = [
