@@ -85,6 +85,7 @@ def parse(data: bytes, file: str = "<dtb>") -> DeviceTree:
 
 
 def _walk(buf: bytearray, file: str) -> DeviceTree:
+    """Visit every node once (``fdt_next_node``), bounded, and collect the facts."""
     memory: list[RegEntry] = []
     reserved: list[Reservation] = []
     devices: list[RegEntry] = []
@@ -123,63 +124,19 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         )
         sc = cells(file, path, "#size-cells", getprop(buf, off, "#size-cells"), DEFAULT_SIZE_CELLS)
         if parent is None:
-            if getprop(buf, off, "#address-cells") is None:
-                raise err(
-                    file,
-                    "/: no #address-cells: Linux then reads /memory with 1 address cell, the DT "
-                    "spec with 2, so the guest's RAM is ambiguous; state #address-cells and "
-                    "#size-cells on the root",
-                )
-            if ac == 0:
-                # early_init_dt_scan_memory reads 0 address cells as base 0
-                # (of_read_number of no cells): every /memory entry would be RAM at
-                # address 0, which no VMM means.
-                raise err(
-                    file,
-                    "/: #address-cells = <0>: Linux would read every /memory entry as RAM "
-                    "at address 0; state the root's real #address-cells",
-                )
+            _check_root(buf, off, file, ac)
             bus = Bus(path, ac, sc, (), None)
             root_cells = (ac, sc)
         else:
             raw_ranges = getprop(buf, off, "ranges")
             if depth == 1 and reserved_path is None and named(name, "reserved-memory"):
                 reserved_path = path
-            if parent.ranges is None:
-                bus = Bus(path, ac, sc, None, parent, parent.why_not)
-            elif raw_ranges is None:
-                bus = Bus(path, ac, sc, None, parent, f"{path} has no ranges: not memory-mapped")
-            elif not raw_ranges or path == reserved_path:
-                # Linux reads /reserved-memory children's reg as root addresses
-                # (__reserved_mem_reserve_reg uses dt_root_addr_cells and no ranges):
-                # its ranges only has to exist, its content is never applied.
-                bus = Bus(path, ac, sc, (), parent)
-            else:
-                decoded = decode_ranges(
-                    file, path, raw_ranges, ac, parent.address_cells, sc, budget
-                )
-                bus = Bus(path, ac, sc, decoded, parent)
-                for i, (_child, base, length) in enumerate(decoded):
-                    if length == 0:
-                        continue
-                    translated = translate(parent, base, budget)
-                    if translated is not None:
-                        windows.append(
-                            RegEntry.at(path, i, Range(translated, length), prop="ranges")
-                        )
+            bus = _child_bus(
+                file, path, (ac, sc), raw_ranges, parent, path == reserved_path, budget
+            )
+            windows.extend(_windows(path, bus, budget))
             if path == reserved_path:
-                explicit = all(
-                    getprop(buf, off, p) is not None for p in ("#address-cells", "#size-cells")
-                )
-                if not explicit:
-                    reserved_ignored = f"{path} does not state #address-cells and #size-cells"
-                elif (ac, sc) != root_cells:
-                    reserved_ignored = (
-                        f"{path} has #address-cells/#size-cells {ac}/{sc}, the root has "
-                        f"{root_cells[0]}/{root_cells[1]}"
-                    )
-                elif raw_ranges is None:
-                    reserved_ignored = f"{path} has no ranges property"
+                reserved_ignored = _reserved_ignored(buf, off, path, (ac, sc), root_cells)
         stack.append(bus)
         if depth == 1 and chosen_path is None and named(name, "chosen"):
             chosen_path = path
@@ -190,25 +147,10 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         raw_reg = getprop(buf, off, "reg") if parent is not None else None
         device_type = getprop(buf, off, "device_type")
         is_memory = first_string(device_type) == "memory"
-        if (
-            not is_memory
-            and device_type is not None
-            and raw_reg is not None
-            and len(raw_reg) == 16
-            and pei_type_matches(device_type)
-        ):
-            memory_nodes.append(
-                MemoryNode(
-                    path=path,
-                    depth=depth,
-                    available=available(getprop(buf, off, "status")),
-                    reg=(),
-                    usable=None,
-                    raw_reg=(Range(*lenient_pairs(raw_reg, 2, 2)[0]),),
-                    numa_node=None,
-                    pei_only=True,
-                )
-            )
+        if not is_memory and device_type is not None and raw_reg is not None:
+            pei = _pei_only_node(buf, off, path, depth, device_type, raw_reg)
+            if pei is not None:
+                memory_nodes.append(pei)
         if is_memory and parent is not None:
             memory_nodes.append(
                 _memory_node(
@@ -253,6 +195,100 @@ def _walk(buf: bytearray, file: str) -> DeviceTree:
         usable_memory_range=usable_range,
         chosen=chosen_path,
         initrd=initrd,
+    )
+
+
+def _check_root(buf: bytearray, off: int, file: str, ac: int) -> None:
+    """Refuse a root whose ``#address-cells`` leaves ``/memory`` ambiguous or meaningless."""
+    if getprop(buf, off, "#address-cells") is None:
+        raise err(
+            file,
+            "/: no #address-cells: Linux then reads /memory with 1 address cell, the DT "
+            "spec with 2, so the guest's RAM is ambiguous; state #address-cells and "
+            "#size-cells on the root",
+        )
+    if ac == 0:
+        # early_init_dt_scan_memory reads 0 address cells as base 0
+        # (of_read_number of no cells): every /memory entry would be RAM at
+        # address 0, which no VMM means.
+        raise err(
+            file,
+            "/: #address-cells = <0>: Linux would read every /memory entry as RAM "
+            "at address 0; state the root's real #address-cells",
+        )
+
+
+def _child_bus(
+    file: str,
+    path: str,
+    node_cells: tuple[int, int],
+    raw_ranges: bytes | None,
+    parent: Bus,
+    is_reserved_memory: bool,
+    budget: Budget,
+) -> Bus:
+    """A non-root node's bus: its cells and how its children's addresses reach the root."""
+    ac, sc = node_cells
+    if parent.ranges is None:
+        return Bus(path, ac, sc, None, parent, parent.why_not)
+    if raw_ranges is None:
+        return Bus(path, ac, sc, None, parent, f"{path} has no ranges: not memory-mapped")
+    if not raw_ranges or is_reserved_memory:
+        # Linux reads /reserved-memory children's reg as root addresses
+        # (__reserved_mem_reserve_reg uses dt_root_addr_cells and no ranges):
+        # its ranges only has to exist, its content is never applied.
+        return Bus(path, ac, sc, (), parent)
+    decoded = decode_ranges(file, path, raw_ranges, ac, parent.address_cells, sc, budget)
+    return Bus(path, ac, sc, decoded, parent)
+
+
+def _windows(path: str, bus: Bus, budget: Budget) -> list[RegEntry]:
+    """The bus's non-empty ``ranges`` windows that translate, as root addresses."""
+    out: list[RegEntry] = []
+    if not bus.ranges or bus.parent is None:
+        return out
+    for i, (_child, base, length) in enumerate(bus.ranges):
+        if length == 0:
+            continue
+        translated = translate(bus.parent, base, budget)
+        if translated is not None:
+            out.append(RegEntry.at(path, i, Range(translated, length), prop="ranges"))
+    return out
+
+
+def _reserved_ignored(
+    buf: bytearray, off: int, path: str, node_cells: tuple[int, int], root_cells: tuple[int, int]
+) -> str | None:
+    """Why Linux ignores ``/reserved-memory`` (``__reserved_mem_check_root``), else ``None``."""
+    explicit = all(getprop(buf, off, p) is not None for p in ("#address-cells", "#size-cells"))
+    if not explicit:
+        return f"{path} does not state #address-cells and #size-cells"
+    if node_cells != root_cells:
+        ac, sc = node_cells
+        return (
+            f"{path} has #address-cells/#size-cells {ac}/{sc}, the root has "
+            f"{root_cells[0]}/{root_cells[1]}"
+        )
+    if getprop(buf, off, "ranges") is None:
+        return f"{path} has no ranges property"
+    return None
+
+
+def _pei_only_node(
+    buf: bytearray, off: int, path: str, depth: int, device_type: bytes, raw_reg: bytes
+) -> MemoryNode | None:
+    """A node only EDK2's PEI scan takes for memory (see :attr:`MemoryNode.pei_only`)."""
+    if len(raw_reg) != 16 or not pei_type_matches(device_type):
+        return None
+    return MemoryNode(
+        path=path,
+        depth=depth,
+        available=available(getprop(buf, off, "status")),
+        reg=(),
+        usable=None,
+        raw_reg=(Range(*lenient_pairs(raw_reg, 2, 2)[0]),),
+        numa_node=None,
+        pei_only=True,
     )
 
 
