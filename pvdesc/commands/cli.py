@@ -292,9 +292,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from pvdesc.layout import profiles
+    from pvdesc.layout import profiles_list
 
-    _write(profiles.to_json() if args.format == "json" else profiles.to_text())
+    _write(profiles_list.to_json() if args.format == "json" else profiles_list.to_text())
     return EXIT_OK
 
 

@@ -67,8 +67,8 @@ def _fdt() -> Any:
 
 
 @dataclass(frozen=True)
-class Devicetree:
-    """The emitted devicetree.
+class EmittedTree:
+    """The emitted devicetree: the DTS source and the blob dtc makes of it.
 
     Attributes:
         dts: DTS source text (compiles with dtc to exactly ``dtb``).
@@ -165,7 +165,7 @@ def build_overlay(layout: Layout) -> Any:
     return tree
 
 
-def render_overlay(layout: Layout, header: str = "") -> Devicetree:
+def render_overlay(layout: Layout, header: str = "") -> EmittedTree:
     """The overlay as DTS (``/plugin/``; compiles with dtc to exactly the blob) and DTB."""
     tree = build_overlay(layout)
     dtb = bytes(tree.to_dtb(version=DTB_VERSION))
@@ -174,10 +174,10 @@ def render_overlay(layout: Layout, header: str = "") -> Devicetree:
     if not text.startswith("/dts-v1/;\n"):
         raise DTError("internal: the fdt package's DTS does not start with /dts-v1/;")
     dts = header + text.replace("/dts-v1/;\n", "/dts-v1/;\n/plugin/;\n", 1) + "\n"
-    return Devicetree(dts=dts, dtb=dtb)
+    return EmittedTree(dts=dts, dtb=dtb)
 
 
-def render(layout: Layout, header: str = "") -> Devicetree:
+def render(layout: Layout, header: str = "") -> EmittedTree:
     """DTS text (``header`` first, as a comment block) and the DTB for a layout."""
     tree = build_tree(layout)
     dtb = bytes(tree.to_dtb(version=DTB_VERSION))
@@ -185,4 +185,4 @@ def render(layout: Layout, header: str = "") -> Devicetree:
     # pyFDT starts with "/dts-v1/;" preceded by "// version:" comment lines; keep ours.
     lines = [ln for ln in body.splitlines() if not ln.startswith("//")]
     dts = header + "\n".join(lines).strip() + "\n"
-    return Devicetree(dts=dts, dtb=dtb)
+    return EmittedTree(dts=dts, dtb=dtb)

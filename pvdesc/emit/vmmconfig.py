@@ -15,7 +15,7 @@ from pvdesc import __version__, kvm
 from pvdesc.core.model import Vmm
 from pvdesc.emit import templating
 from pvdesc.layout.allocate import Layout
-from pvdesc.layout.profiles import KVMTOOL_RAM_BASE
+from pvdesc.layout.vmms.kvmtool import KVMTOOL_RAM_BASE
 
 #: (file name, kind, bytes): what :mod:`pvdesc.emit.build` wraps into outputs.
 VmmOutput = tuple[str, str, bytes]

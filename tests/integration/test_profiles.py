@@ -13,7 +13,8 @@ from tools import EXAMPLES, SLOW, dtc_check, qemu_dump, qemu_tcg_argv, run, run_
 from pvdesc.core.model import Vmm
 from pvdesc.core.ranges import Range
 from pvdesc.emit import build
-from pvdesc.layout import profiles
+from pvdesc.layout import profiles, vmms
+from pvdesc.layout.vmms import qemu_virt
 
 PROFILE_EXAMPLES = {
     "qemu-virt": ["qemu-virt.qemu.args"],
@@ -155,20 +156,20 @@ def test_same_value_as_profile_is_accepted(tmp_path: Path) -> None:
 
 def test_qemu_high_memmap_follows_virt_set_memmap() -> None:
     gib = 1 << 30
-    small = {e.name: (e.base, e.size) for e in profiles.qemu_high_memmap(2 * gib, 40)}
+    small = {e.name: (e.base, e.size) for e in qemu_virt.qemu_high_memmap(2 * gib, 40)}
     assert small == {
         "high-gic-redist2": (256 * gib, 64 << 20),
         "high-pcie-ecam": (256 * gib + (256 << 20), 256 << 20),
         "high-pcie-mmio": (512 * gib, 512 * gib),
     }
-    big = {e.name: e.base for e in profiles.qemu_high_memmap(300 * gib, 40)}
+    big = {e.name: e.base for e in qemu_virt.qemu_high_memmap(300 * gib, 40)}
     assert big == {
         "high-gic-redist2": 301 * gib,
         "high-pcie-ecam": 301 * gib + (256 << 20),
         "high-pcie-mmio": 512 * gib,
     }
     # 39-bit IPA: the 512 GiB window does not fit and is dropped (compact layout).
-    assert [e.name for e in profiles.qemu_high_memmap(2 * gib, 39)] == [
+    assert [e.name for e in qemu_virt.qemu_high_memmap(2 * gib, 39)] == [
         "high-gic-redist2",
         "high-pcie-ecam",
     ]
@@ -228,7 +229,7 @@ def test_qemu_profile_agrees_with_real_qemu(text: str, tmp_path: Path) -> None:
     expect = [(m.range.base, m.range.size, m.numa_node) for m in lay.memory_nodes]
     assert sorted(mems) == expect
     # devices at the profile's addresses
-    mm = {e.name: (e.base, e.size) for e in profiles.memmap(profiles.QEMU_VIRT, lay.description)}
+    mm = {e.name: (e.base, e.size) for e in profiles.memmap(qemu_virt.QEMU_VIRT, lay.description)}
     assert _reg(fdt, "/pl011@9000000") == [mm["uart0"]]
     assert _reg(fdt, "/pl031@9010000") == [mm["rtc"]]
     assert _reg(fdt, "/fw-cfg@9020000") == [mm["fw-cfg"]]
@@ -276,4 +277,4 @@ def test_generic_c_header_compiles_and_matches_json(tmp_path: Path) -> None:
 
 
 def test_every_vmm_has_a_profile() -> None:
-    assert set(profiles.PROFILES) == set(Vmm)
+    assert set(vmms.PROFILES) == set(Vmm)

@@ -11,7 +11,7 @@ from tools import EXAMPLES, run_cli
 from pvdesc import api
 from pvdesc.core.model import Vmm
 from pvdesc.description.load import load
-from pvdesc.layout import profiles
+from pvdesc.layout import profiles, vmms
 
 TEXT_OUTPUTS = ("dts", "dtso", "h", "rs", "qemu.args", "lkvm.args", "crosvm.args", "ssdt.dsl")
 
@@ -29,7 +29,7 @@ def test_every_profile_is_listed_with_its_version_and_map(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     listed = _listed(capsys)
-    assert [p["vmm"] for p in listed if p["default"]] == [v.value for v in profiles.PROFILES]
+    assert [p["vmm"] for p in listed if p["default"]] == [v.value for v in vmms.PROFILES]
     assert {p["vmm"] for p in listed} == {v.value for v in Vmm}
     for entry in listed:
         prof = profiles.profile(Vmm(entry["vmm"]), entry["version"] or None)
