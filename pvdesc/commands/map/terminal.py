@@ -45,8 +45,6 @@ def structure_text(st: Structure) -> str:
     return st.note
 
 
-# ---------------------------------------------------------------------------- terminal
-
 _SGR = {
     SegmentKind.RAM: "32",
     SegmentKind.DEVICE: "34",
