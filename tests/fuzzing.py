@@ -30,8 +30,7 @@ from hypothesis import strategies as st
 
 from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
-from pvdesc.commands.map import draw as mapview
-from pvdesc.commands.map import model as addrmap
+from pvdesc.commands.map import draw, rows, sources, terminal
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
@@ -86,9 +85,9 @@ def _check_tree(tree: dtb.DeviceTree) -> None:
             if doc["verdict"] != ("unsafe" if check.unsafe(findings) else "safe"):
                 raise WrongAnswer("verdict disagrees with the findings")
             check.to_text(findings)
-            amap = addrmap.build(addrmap.from_dtb(tree, target, boot, findings))
-            mapview.render_text(amap)
-            mapview.render_svg(amap)
+            amap = rows.build(sources.dtb_source(tree, target, boot, findings))
+            terminal.render_text(amap)
+            draw.render_svg(amap)
 
 
 def target_dtb(data: bytes) -> None:
@@ -158,7 +157,7 @@ def target_yaml(data: bytes) -> None:
     if check.unsafe(findings):
         bad = next(f for f in findings if f.severity is Severity.ERROR)
         raise WrongAnswer(f"build accepted a description whose outputs check unsafe: {bad}")
-    mapview.render_text(addrmap.build(addrmap.from_layout(lay)))
+    terminal.render_text(rows.build(sources.layout_source(lay)))
 
 
 @cache

@@ -203,7 +203,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pvdesc.commands.map import draw as mapview
+    from pvdesc.commands.map import command as mapview
+    from pvdesc.commands.map import draw
     from pvdesc.tools.inputs import is_stdio
 
     _one_stdio("input", ("DESCRIPTION", args.description), ("--dtb", args.dtb))
@@ -231,7 +232,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     if document is None:
         _write(text)
     else:
-        render = mapview.render_svg if document == "svg" else mapview.render_html
+        render = draw.render_svg if document == "svg" else draw.render_html
         _write_bytes(render(amap).encode())
         _note(text)
     return EXIT_FINDINGS if amap.findings else EXIT_OK

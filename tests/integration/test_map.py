@@ -13,11 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tools import ROOT, pvdesc, run
 
-from pvdesc.commands.map import draw as mapview
-from pvdesc.commands.map import model as addrmap
-from pvdesc.commands.map.model import Describer, Kind, Scaling
+from pvdesc.audit.findings import Severity
+from pvdesc.commands.map import command, draw, rows, sources, terminal
+from pvdesc.commands.map.model import AddressMap, Describer, MapSource, SegmentKind
+from pvdesc.commands.map.scale import Scaling, scale
 from pvdesc.core import units
-from pvdesc.core.ranges import Range
+from pvdesc.core.model import Describe, Memslot, Purpose
+from pvdesc.core.ranges import Labelled, Range
 from pvdesc.description.load import load
 from pvdesc.layout import allocate as layout
 from pvdesc.tools import proc
@@ -27,8 +29,8 @@ SNAPSHOTS = ROOT / "tests" / "data" / "map"
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
 
-def amap_of(name: str) -> addrmap.AddressMap:
-    return mapview.from_description(ROOT / "examples" / f"{name}.yaml")
+def amap_of(name: str) -> AddressMap:
+    return command.from_description(ROOT / "examples" / f"{name}.yaml")
 
 
 def plain_env() -> dict[str, str]:
@@ -42,14 +44,14 @@ def plain_env() -> dict[str, str]:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_segments_tile_the_space(example: Path) -> None:
-    amap = mapview.from_description(example)
+    amap = command.from_description(example)
     segs = amap.segments
     assert segs[0].range.base == 0
     assert segs[-1].range.end == amap.source.limit
     for a, b in itertools.pairwise(segs):
         assert a.range.end == b.range.base
     desc = load(example).description
-    regions = [s for s in segs if s.kind is Kind.REGION]
+    regions = [s for s in segs if s.kind is SegmentKind.REGION]
     assert [r.range for r in regions] == [amap.source.region]
     labels = {s.label for s in segs}
     assert {f"memory[{b.index}]" for b in desc.memory} <= labels
@@ -58,7 +60,7 @@ def test_segments_tile_the_space(example: Path) -> None:
 
 def test_describers_follow_describe_mode() -> None:
     by_name = {
-        n: next(s for s in amap_of(n).segments if s.kind is Kind.REGION)
+        n: next(s for s in amap_of(n).segments if s.kind is SegmentKind.REGION)
         for n in ("linux-carve-reserved", "uefi-carve-exclude", "qemu-virt-8cpu")
     }
     assert by_name["linux-carve-reserved"].described == (
@@ -74,41 +76,71 @@ def test_acpi_claim_and_numa_nodes(tmp_path: Path) -> None:
     text = (ROOT / "examples" / "numa-2node.yaml").read_text()
     path = tmp_path / "acpi.yaml"
     path.write_text(text.replace("boot: uefi-dt", "boot: uefi-acpi"))
-    amap = mapview.from_description(path)
-    region = next(s for s in amap.segments if s.kind is Kind.REGION)
+    amap = command.from_description(path)
+    region = next(s for s in amap.segments if s.kind is SegmentKind.REGION)
     assert region.described == (Describer.EXCLUDED, Describer.ACPI_CLAIM)
-    nodes = {s.label: s.numa_node for s in amap.segments if s.kind is Kind.RAM}
+    nodes = {s.label: s.numa_node for s in amap.segments if s.kind is SegmentKind.RAM}
     assert nodes == {"memory[0]": 0, "memory[1]": 1}
 
 
 def test_memslot_boundary_splits_rows() -> None:
-    src = addrmap.from_layout(
+    src = sources.layout_source(
         layout.allocate(load(ROOT / "examples/generic-hole.yaml").description)
     )
     # Pretend RAM were two memslots: the rows must split where the second begins.
     half = Range(0x80000000, 2 << 30)
     rest = Range(half.end, 2 << 30)
-    split = addrmap.MapSource(
-        **{**src.__dict__, "memslots": (addrmap.Slot(0, half), addrmap.Slot(1, rest))}
+    split = MapSource(
+        **{
+            **src.__dict__,
+            "memslots": (Memslot(0, half, Purpose.RAM), Memslot(1, rest, Purpose.RAM)),
+        }
     )
-    rows = [s for s in addrmap.build(split).segments if s.kind is Kind.RAM]
-    assert [(r.range, r.memslot) for r in rows] == [(half, 0), (rest, 1)]
+    ram_rows = [s for s in rows.build(split).segments if s.kind is SegmentKind.RAM]
+    assert [(r.range, r.memslot) for r in ram_rows] == [(half, 0), (rest, 1)]
+
+
+def test_rows_name_the_smallest_containing_range() -> None:
+    # A device inside a bus window (as a DTB's simple-bus ranges give): its row is the device's,
+    # either side is the window's; a memslot listed first wins where two overlap.
+    bus, uart = Range(0x08000000, 0x02000000), Range(0x09000000, 0x1000)
+    region = Range(0x40000000, 0x10000)
+    src = MapSource(
+        title="nested",
+        facts=(),
+        ram=(),
+        devices=(Labelled(bus, "bus"), Labelled(uart, "uart")),
+        memory_nodes=(),
+        reserved=(),
+        acpi_claims=(),
+        memslots=(Memslot(7, bus, Purpose.RAM), Memslot(3, Range(0, 1 << 32), Purpose.RAM)),
+        region=region,
+        structures=1,
+        limit=1 << 32,
+    )
+    named = [(s.range, s.label, s.memslot) for s in rows.build(src).segments]
+    assert named[1:4] == [
+        (Range(bus.base, uart.base - bus.base), "bus", 7),
+        (uart, "uart", 7),
+        (Range(uart.end, bus.end - uart.end), "bus", 7),
+    ]
+    assert named[0] == (Range(0, bus.base), "", 3)
 
 
 def test_region_detail_elides_the_middle() -> None:
-    detail = addrmap.region_detail(Range(0x10000, 0x10000), 64)
-    names = [mapview.structure_text(s) for s in detail]
+    detail = rows.region_detail(Range(0x10000, 0x10000), 64)
+    names = [terminal.structure_text(s) for s in detail]
     assert names == [
         "vCPU 0", "vCPU 1", "vCPU 2", "... 58 more", "vCPU 61", "vCPU 62", "vCPU 63", "unused",
     ]  # fmt: skip
     assert detail[4].range == Range(0x10000 + 61 * 64, 64)
     assert detail[-1].range == Range(0x10000 + 64 * 64, 0x10000 - 64 * 64)
-    small = addrmap.region_detail(Range(0x10000, 0x10000), 4)
+    small = rows.region_detail(Range(0x10000, 0x10000), 4)
     assert [s.vcpu for s in small] == [0, 1, 2, 3, None]
 
 
 def test_scale_is_linear_when_it_can_be() -> None:
-    ext = addrmap.scale([100, 200, 300], 600, 10)
+    ext = scale([100, 200, 300], 600, 10)
     assert [e.scaling for e in ext] == [Scaling.TO_SCALE] * 3
     assert [round(e.length, 3) for e in ext] == [100, 200, 300]
     assert [round(e.offset, 3) for e in ext] == [0, 100, 300]
@@ -116,12 +148,12 @@ def test_scale_is_linear_when_it_can_be() -> None:
 
 def test_scale_compresses_and_enlarges_but_keeps_order() -> None:
     sizes = [4096, 1 << 30, 1 << 40, 64 << 10]
-    ext = addrmap.scale(sizes, 400, 20, gaps=[False, False, True, False])
+    ext = scale(sizes, 400, 20, gaps=[False, False, True, False])
     assert ext[0].scaling is Scaling.ENLARGED and ext[0].length == 20
     assert ext[2].scaling is Scaling.COMPRESSED
     assert ext[1].length >= ext[3].length >= 20
     assert abs(sum(e.length for e in ext) - 400) < 1e-6
-    crowded = addrmap.scale([1, 2, 3], 10, 20)
+    crowded = scale([1, 2, 3], 10, 20)
     assert [e.length for e in crowded] == [20, 20, 20]
 
 
@@ -172,13 +204,13 @@ def test_size_text_near_units_is_exact(shift: int) -> None:
 
 
 def test_color_decision() -> None:
-    auto = mapview.ColorMode.AUTO
-    assert mapview.use_color(auto, True, {}) is True
-    assert mapview.use_color(auto, False, {}) is False
-    assert mapview.use_color(auto, True, {"NO_COLOR": "1"}) is False
-    assert mapview.use_color(auto, True, {"NO_COLOR": ""}) is True
-    assert mapview.use_color(mapview.ColorMode.ALWAYS, False, {"NO_COLOR": "1"}) is True
-    assert mapview.use_color(mapview.ColorMode.NEVER, True, {}) is False
+    auto = command.ColorMode.AUTO
+    assert command.use_color(auto, True, {}) is True
+    assert command.use_color(auto, False, {}) is False
+    assert command.use_color(auto, True, {"NO_COLOR": "1"}) is False
+    assert command.use_color(auto, True, {"NO_COLOR": ""}) is True
+    assert command.use_color(command.ColorMode.ALWAYS, False, {"NO_COLOR": "1"}) is True
+    assert command.use_color(command.ColorMode.NEVER, True, {}) is False
 
 
 # ---------------------------------------------------------------------------- terminal
@@ -208,12 +240,18 @@ def test_findings_are_shown_inline() -> None:
     lay = layout.allocate(load(ROOT / "examples/uefi-carve-exclude.yaml").description)
     # A broken layout: the /memory node is not cut around the region (as if describe none).
     broken = layout.Layout(**{**lay.__dict__, "memory_nodes": layout.memory_nodes(
-        lay.description, lay.region, layout.Describe.NONE)})  # fmt: skip
-    amap = addrmap.build(addrmap.from_layout(broken))
+        lay.description, lay.region, Describe.NONE)})  # fmt: skip
+    amap = rows.build(sources.layout_source(broken))
     assert len(amap.findings) == 1 and "ipa-in-ram" in amap.findings[0].message
-    region = next(s for s in amap.segments if s.kind is Kind.REGION)
+    finding = amap.findings[0]
+    assert (finding.severity, finding.code, finding.range) == (
+        Severity.ERROR,
+        sources.LAYOUT_UNSAFE,
+        lay.region,
+    )
+    region = next(s for s in amap.segments if s.kind is SegmentKind.REGION)
     assert region.flagged and region.described == (Describer.MEMORY_NODE,)
-    text = mapview.render_text(amap)
+    text = terminal.render_text(amap)
     assert "findings (1):" in text and "! " + amap.findings[0].message in text
     assert any(line.startswith("! ") and "STOLEN-TIME" in line for line in text.splitlines())
 
@@ -236,7 +274,7 @@ def test_svg_is_wellformed_with_labelled_elements(example: Path, tmp_path: Path)
     assert {d.name for d in desc.devices} <= labels
     region = root.find(f".//{SVG_NS}g[@id='region']")
     assert region is not None and region.get("data-kind") == "region"
-    amap = mapview.from_description(example)
+    amap = command.from_description(example)
     assert region.get("data-base") == hex(amap.source.region.base)
     legend = root.find(f".//{SVG_NS}g[@id='legend']")
     assert legend is not None
@@ -256,7 +294,7 @@ def test_svg_is_wellformed_with_labelled_elements(example: Path, tmp_path: Path)
     granules = root.find(f".//{SVG_NS}g[@id='granules']")
     assert granules is not None
     drawn = [(g.get("data-label"), g.get("data-occupants")) for g in granules]
-    expected = [(label or "...", occ) for label, _, occ in mapview.granules_around(amap)]
+    expected = [(label or "...", occ) for label, _, occ in terminal.granules_around(amap)]
     assert [d for d in drawn if d[0] is not None] == expected
     assert any(label.startswith("region 1 of") for label, _ in expected)
 
@@ -264,9 +302,9 @@ def test_svg_is_wellformed_with_labelled_elements(example: Path, tmp_path: Path)
 def test_svg_escapes_labels() -> None:
     amap = amap_of("qemu-virt-8cpu")
     src = amap.source
-    evil = addrmap.MapSource(**{**src.__dict__, "title": "<a&b>", "devices": (
-        addrmap.Span("</text><script>x</script>", Range(0, 0x1000)),)})  # fmt: skip
-    text = mapview.render_svg(addrmap.build(evil))
+    evil = MapSource(**{**src.__dict__, "title": "<a&b>", "devices": (
+        Labelled(Range(0, 0x1000), "</text><script>x</script>"),)})  # fmt: skip
+    text = draw.render_svg(rows.build(evil))
     root = ET.fromstring(text.encode())
     assert root.find(f".//{SVG_NS}script") is None
     assert "&lt;a&amp;b&gt;" in text
@@ -332,6 +370,13 @@ def test_dtb_mode_draws_the_dtb_and_check_findings(tmp_path: Path) -> None:
     assert res.returncode == 1, res.stderr
     assert "findings (1):" in res.stdout and "! ipa-in-ram: vCPUs 0-511" in res.stdout
     assert any(line.startswith("! ") and "STOLEN-TIME" in line for line in res.stdout.splitlines())
+    # check's own findings, kept whole; what is only information is not a problem on the map.
+    amap = command.from_dtb(str(dtb), "0x80000000:64K", None, None, "linux-dt")
+    (finding,) = amap.findings
+    assert (finding.severity, finding.code) == (Severity.ERROR, "ipa-in-ram")
+    assert finding.message.startswith("ipa-in-ram: vCPUs 0-511")
+    assert finding.range is not None and finding.range.overlaps(amap.source.region)
+    assert finding.source.startswith("/memory@40000000")
 
 
 LONG_PATHS_DTS = """/dts-v1/;
@@ -380,7 +425,7 @@ def test_dtb_mode_long_node_paths_keep_the_columns_aligned(tmp_path: Path) -> No
         for start in starts:  # every cell starts under its heading, after two spaces
             assert row[start - 2 : start] == "  " and row[start] != " ", (row, start)
     # a region of 16 granules: the first and last, the rest counted
-    wide = mapview.granules_around(mapview.from_dtb(str(dtb), "0x100000:1M", 1, None, "linux-dt"))
+    wide = terminal.granules_around(command.from_dtb(str(dtb), "0x100000:1M", 1, None, "linux-dt"))
     assert [(label, g.base, g.size) for label, g, _ in wide] == [
         ("before the region", 0xF0000, 0x10000),
         ("region 1 of 16", 0x100000, 0x10000),
@@ -400,7 +445,7 @@ def test_granules_around_the_region_are_drawn() -> None:
         "  > 0x00090a0000-0x00090affff  region 1 of 1       STOLEN-TIME REGION, gap",
         "    0x00090b0000-0x00090bffff  after the region    device qemu-virt:secure-gpio, gap",
     ]
-    one = mapview.granules_around(mapview.from_description(ROOT / "examples/generic-hole.yaml"))
+    one = terminal.granules_around(command.from_description(ROOT / "examples/generic-hole.yaml"))
     assert [label for label, _, _ in one] == [
         "before the region", "region 1 of 1", "after the region"
     ]  # fmt: skip

@@ -113,7 +113,7 @@ def hex_rgb(value: str) -> tuple[int, int, int]:
 @pytest.mark.parametrize("name", ["numa-2node", "qemu-virt-8cpu"])
 def test_html_renders_in_chromium(name: str, tmp_path: Path) -> None:
     from pvdesc.commands.map.draw import DESCRIBER_FILL, FILL, RAM_FILLS
-    from pvdesc.commands.map.model import Describer, Kind
+    from pvdesc.commands.map.model import Describer, SegmentKind
 
     html = tmp_path / "out" / f"{name}.html"
     res = pvdesc("map", f"examples/{name}.yaml", "--html", str(html))
@@ -131,8 +131,8 @@ def test_html_renders_in_chromium(name: str, tmp_path: Path) -> None:
     # The map's own fills are on screen in visible amounts: RAM, devices, region, memory node.
     for fill in (
         RAM_FILLS[0],
-        FILL[Kind.DEVICE],
-        FILL[Kind.REGION],
+        FILL[SegmentKind.DEVICE],
+        FILL[SegmentKind.REGION],
         DESCRIBER_FILL[Describer.MEMORY_NODE],
     ):
         assert counts.get(hex_rgb(fill), 0) > 200, f"{fill} missing from the rendering"
