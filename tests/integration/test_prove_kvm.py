@@ -19,8 +19,8 @@ import pytest
 from tools import EXAMPLES, ROOT, run
 
 from pvdesc import kvm
+from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import kvm as kvmprove
-from pvdesc.commands.prove import tcg as prove
 from pvdesc.core.model import Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
@@ -86,7 +86,7 @@ def reports() -> dict[str, kvmprove.KvmReport]:
     names.append("nc-unset")
     items.append(tampered_header_job())
     names.append("tampered-header")
-    done = kvmprove.prove_many(items, prove.guest_parts(), TIMEOUT)
+    done = kvmprove.prove_many(items, guest.guest_parts(), TIMEOUT)
     return dict(zip(names, done, strict=True))
 
 
@@ -233,7 +233,7 @@ def test_host_without_kvm_is_no_result() -> None:
     loaded = load(EXAMPLES / "single-vcpu.yaml")
     no_el2 = replace(kvmprove.host_machine(), machine="virt,gic-version=3")
     (rep,) = kvmprove.prove_many(
-        [(loaded, layout.allocate(loaded.description))], prove.guest_parts(), TIMEOUT, no_el2
+        [(loaded, layout.allocate(loaded.description))], guest.guest_parts(), TIMEOUT, no_el2
     )
     assert rep.no_result is not None and not rep.passed
     assert "/dev/kvm" in rep.no_result

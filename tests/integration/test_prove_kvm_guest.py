@@ -17,14 +17,16 @@ import pytest
 from test_prove_kvm import INSIDE_RAM, region_in_ram
 from tools import EXAMPLES, ROOT
 
+from pvdesc.commands.prove import guest as prove_guest
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.commands.prove import tcg as prove
+from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.errors import ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
+from pvdesc.read import guest_output
 
 pytestmark = pytest.mark.boot
 
@@ -50,7 +52,7 @@ def lower_in_ram() -> tuple[LoadedDescription, Layout]:
 
 @pytest.fixture(scope="module")
 def reports() -> dict[str, kvmprove.KvmReport]:
-    parts = prove.guest_parts()
+    parts = prove_guest.guest_parts()
     items: list[kvmprove.Job] = []
     for path in SCENARIOS.values():
         loaded = load(path)
@@ -73,7 +75,7 @@ def guest_alone(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
 
 def touching(rep: kvmguest.GuestReport, r: Range) -> list[str]:
     g = r.granules()
-    return [prove.iomem_line(e) for e in rep.iomem if e.range.overlaps(g)]
+    return [guest_output.iomem_line(e) for e in rep.iomem if e.range.overlaps(g)]
 
 
 def guest(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
@@ -118,14 +120,14 @@ def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvmprove.KvmR
     assert any(e.name == "System RAM" and e.range.end == region.base for e in top)
     # Inside the one /memory node the guest was given (its DT), and inside the RAM memslot.
     assert [n.range for n in rep.layout.memory_nodes] == [Range(0x40000000, 2 << 30)]
-    assert [s.status for s in g.granules] == [prove.Status.RESERVED]
+    assert [s.status for s in g.granules] == [prove_verdict.Status.RESERVED]
 
 
 @pytest.mark.parametrize("name", ["exclude", "hole-4cpu"])
 def test_no_system_ram_over_the_region(reports: dict[str, kvmprove.KvmReport], name: str) -> None:
     g = guest(reports[name])
     assert touching(g, reports[name].layout.region) == []
-    assert [s.status for s in g.granules] == [prove.Status.ABSENT]
+    assert [s.status for s in g.granules] == [prove_verdict.Status.ABSENT]
 
 
 def test_every_online_vcpu_accounts_steal(reports: dict[str, kvmprove.KvmReport]) -> None:
@@ -178,7 +180,7 @@ def test_region_lower_in_ram_survives_but_is_system_ram(
     # Its own /proc/iomem lists the reported IPA as System RAM.
     holders = [e for e in g.iomem if e.name == "System RAM" and e.range.contains_addr(ipa)]
     assert holders and holders[0].depth == 0
-    assert [s.status for s in g.granules] == [prove.Status.SYSTEM_RAM]
+    assert [s.status for s in g.granules] == [prove_verdict.Status.SYSTEM_RAM]
     assert g.verdict == "fail" and not rep.passed
     assert any(x.startswith("guest: granule 0x60000000-0x6000ffff is System RAM")
                for x in rep.failures)  # fmt: skip
@@ -195,7 +197,7 @@ def test_region_lower_in_ram_survives_but_is_system_ram(
 def test_read_image_takes_the_arm64_header(tmp_path: Path, gz: bool) -> None:
     import gzip
 
-    img = kvmguest.read_image(prove.guest_parts().kernel)
+    img = kvmguest.read_image(prove_guest.guest_parts().kernel)
     assert img.text_offset == 0 and img.image_size >= len(img.data)
     path = tmp_path / "k"
     path.write_bytes(gzip.compress(img.data[: 4 << 20], 1) if gz else img.data[: 4 << 20])
@@ -208,7 +210,7 @@ def test_read_image_takes_the_arm64_header(tmp_path: Path, gz: bool) -> None:
 
 
 def test_uefi_and_huge_layouts_are_not_run() -> None:
-    parts = prove.guest_parts()
+    parts = prove_guest.guest_parts()
     img = kvmguest.read_image(parts.kernel)
     for name, why in [("uefi-carve-exclude", "boot uefi-dt"), ("max-vcpus-512", "MiB of RAM")]:
         loaded = load(EXAMPLES / f"{name}.yaml")

@@ -42,7 +42,7 @@ from typing import Any
 from pvdesc import kvm
 from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
-from pvdesc.commands.prove import guest
+from pvdesc.commands.prove import guest, verdict
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.core.model import Purpose
 from pvdesc.core.ranges import Range
@@ -52,7 +52,7 @@ from pvdesc.errors import ProveError, PvdescError, ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
 from pvdesc.read import acpitables, dtb
-from pvdesc.tools import proc
+from pvdesc.tools import proc, qemu
 
 FORMAT = "pvdesc.prove/1"
 #: The emulated KVM host: EL2 (``virtualization=on``) and a GICv3 with the virtualization
@@ -152,7 +152,7 @@ def vmm_binary(header: Header | None = None) -> Path:
             )
             if res.returncode != 0 or not exe.is_file():
                 first = next((ln for ln in res.stderr.splitlines() if "error:" in ln), None)
-                why = guest.serial_line(first, 300) if first else proc.summary(res)
+                why = qemu.serial_line(first, 300) if first else proc.summary(res)
                 raise ToolError(f"cannot build {VMM_SOURCE.name}: {why}", CROSS_CC)
             os.replace(exe, out)
     except OSError as exc:
@@ -349,9 +349,9 @@ class JobOutput:
     status: int | None
 
 
-def host_machine() -> guest.Machine:
+def host_machine() -> qemu.Machine:
     """The emulated arm64 KVM host."""
-    return guest.Machine(
+    return qemu.Machine(
         memory=HOST_MEMORY, smp=HOST_SMP, machine=HOST_MACHINE, cpu="max", append=HOST_APPEND
     )
 
@@ -396,7 +396,7 @@ def run_host(
     jobs: Sequence[Job],
     parts: guest.GuestParts,
     timeout: float = DEFAULT_TIMEOUT,
-    machine: guest.Machine | None = None,
+    machine: qemu.Machine | None = None,
 ) -> tuple[HostInfo, tuple[tuple[JobOutput, JobOutput | None], ...]]:
     """Boot the emulated KVM host (``machine``, default :func:`host_machine`) once and run
     every job in it, in order: each job's probe output, and its Linux run's when it has one."""
@@ -404,7 +404,7 @@ def run_host(
         raise ProveError(f"the timeout must be positive, not {timeout:g}", "--timeout")
     initrd = host_initramfs(parts.busybox.read_bytes(), jobs)
     begin = time.perf_counter()
-    res = guest.run_machine(machine or host_machine(), parts, initrd, timeout)
+    res = qemu.run_machine(machine or host_machine(), parts.kernel, initrd, timeout)
     seconds = time.perf_counter() - begin
     lines = [ln.rstrip("\r") for ln in res.stdout.split("\n")]
     host = [ln[len(HOST_PREFIX) :] for ln in lines if ln.startswith(HOST_PREFIX)]
@@ -424,8 +424,8 @@ def run_host(
     if not release:
         raise ToolError(
             "the emulated KVM host never ran its init; last line: "
-            + guest.serial_line(next((ln for ln in reversed(lines) if ln.strip()), "")),
-            guest.QEMU,
+            + qemu.serial_line(next((ln for ln in reversed(lines) if ln.strip()), "")),
+            qemu.QEMU,
         )
     return info, tuple(outs)
 
@@ -437,7 +437,7 @@ def _kvm_line(lines: Sequence[str]) -> str:
     chosen = mode or list(lines)
     if not chosen:
         return "no 'kvm [' line in the host's kernel log"
-    return " | ".join(guest.serial_line(ln) for ln in chosen)
+    return " | ".join(qemu.serial_line(ln) for ln in chosen)
 
 
 def _job_output(lines: Sequence[str], i: str) -> JobOutput:
@@ -632,7 +632,7 @@ def judge(job: Job, host: HostInfo, out: JobOutput) -> KvmReport:
         last = (out.other or ("no output",))[-1]
         return replace(
             nothing,
-            no_result=f"the VMM printed no answer (exit {out.status}): {guest.serial_line(last)}",
+            no_result=f"the VMM printed no answer (exit {out.status}): {qemu.serial_line(last)}",
         )
     findings: list[check.Finding] = []
     reported_of = {a.id: a.reported_ipa for a in answers.values()}
@@ -699,7 +699,7 @@ def prove_many(
     items: Sequence[tuple[LoadedDescription, Layout] | Job],
     parts: guest.GuestParts,
     timeout: float = DEFAULT_TIMEOUT,
-    machine: guest.Machine | None = None,
+    machine: qemu.Machine | None = None,
     linux: bool = False,
 ) -> tuple[KvmReport, ...]:
     """Prove several layouts in ONE emulated host boot, one VMM run each, in order.
@@ -746,14 +746,12 @@ def prove_file(
     A host without KVM (or without stolen time), or a run that never answered,
     raises :class:`ToolError`: no result, never a pass.
     """
-    from pvdesc.commands.prove import tcg as prove
-
     loaded = load(path)
     try:
         lay = layout.allocate(loaded.description)
     except PvdescError as err:
         raise loaded.source.resolve(err) from None
-    (report,) = prove_many([(loaded, lay)], prove.guest_parts(kernel), timeout, linux=True)
+    (report,) = prove_many([(loaded, lay)], guest.guest_parts(kernel), timeout, linux=True)
     if report.no_result is not None:
         raise ToolError(f"no result: {report.no_result}", "prove --kvm")
     return report
@@ -817,8 +815,6 @@ def _hex(value: int | None) -> str:
 
 def to_text(report: KvmReport) -> str:
     """The human report (``templates/kvm-prove.txt.j2``)."""
-    from pvdesc.commands.prove import tcg as prove
-
     answers = report.vcpus
     same = [a for a in answers if a.reported_ipa is not None and a.reported_ipa == a.configured_ipa]
     return templating.render(
@@ -830,5 +826,5 @@ def to_text(report: KvmReport) -> str:
         same=len(same),
         hexa=_hex,
         shown=answers if len(answers) <= 16 else (*answers[:8], *answers[-4:]),
-        status_text=prove.STATUS_TEXT,
+        status_text=verdict.STATUS_TEXT,
     )

@@ -34,15 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvdesc.commands.prove import guest
-from pvdesc.commands.prove import tcg as prove
+from pvdesc.commands.prove import guest, judging
+from pvdesc.commands.prove.verdict import (
+    EXPECTED,
+    STATUS_TEXT,
+    Evidence,
+    GranuleResult,
+    Observation,
+)
 from pvdesc.core.model import Boot, Purpose
 from pvdesc.core.ranges import Range, merged, subtract
 from pvdesc.description.load import LoadedDescription
 from pvdesc.emit import build, templating
 from pvdesc.errors import DTError, ProveError, ToolError
 from pvdesc.layout.allocate import Layout
-from pvdesc.tools import proc
+from pvdesc.read import guest_output
+from pvdesc.tools import proc, qemu
 
 #: The VMM's devices, where QEMU virt has them (hw/arm/virt.c base_memmap).
 GIC_DIST = Range(0x08000000, 0x10000)
@@ -290,10 +297,10 @@ class GuestReport:
     verdict: str
     reason: str | None = None
     stolen_time_line: str | None = None
-    iomem: tuple[guest.IomemEntry, ...] = ()
+    iomem: tuple[guest_output.IomemEntry, ...] = ()
     steal: tuple[Steal, ...] = ()
-    granules: tuple[prove.GranuleResult, ...] = ()
-    checks: tuple[prove.Check, ...] = ()
+    granules: tuple[GranuleResult, ...] = ()
+    checks: tuple[Observation, ...] = ()
     crash: tuple[str, ...] = ()
     end: str = ""
     console: tuple[str, ...] = ()
@@ -303,9 +310,7 @@ class GuestReport:
     def failures(self) -> tuple[str, ...]:
         """One phrase per failed granule or check."""
         out = [
-            f"granule {g.range} is {prove.STATUS_TEXT[g.status]}"
-            for g in self.granules
-            if not g.passed
+            f"granule {g.range} is {STATUS_TEXT[g.status]}" for g in self.granules if not g.passed
         ]
         out += [f"{c.name}: {c.message}" for c in self.checks if not c.passed]
         return tuple(out)
@@ -335,9 +340,9 @@ def judge(
         "the VMM printed no end line",
     )
     stolen = next((ln for ln in console if STOLEN_TIME_LINE in ln), None)
-    iomem = guest.parse_iomem("\n".join(tagged.get("iomem", [])))
-    dt_text = "\n".join([guest.DT_BEGIN, *tagged.get("dt", []), guest.DT_END, ""])
-    dt = prove.guest_devicetree(dt_text)
+    iomem = guest_output.parse_iomem("\n".join(tagged.get("iomem", [])))
+    dt_text = "\n".join([guest_output.DT_BEGIN, *tagged.get("dt", []), guest_output.DT_END, ""])
+    dt = guest_output.guest_devicetree(dt_text)
     crash = tuple(ln for ln in console if CRASH.search(ln))[:MAX_CRASH_LINES]
     first, second = _stat(tagged.get("stat1", [])), _stat(tagged.get("stat2", []))
     kvm_ns = {}
@@ -346,56 +351,56 @@ def judge(
             f = ln.split()
             kvm_ns[int(f[2])] = int(f[-1])
     steal = tuple(Steal(i, first.get(i), second.get(i), kvm_ns.get(i)) for i in range(p.online))
-    checks: list[prove.Check] = []
+    checks: list[Observation] = []
     finished = "end" in tagged and end == "guest system-event shutdown"
     if crash:
         checks.append(
-            prove.Check(
+            Observation(
                 "crash",
                 False,
                 f"the guest kernel crashed ({crash[0]}); KVM's stolen-time writes land in memory "
                 "the guest uses",
-                tuple(prove.Evidence("console", ln) for ln in crash),
+                tuple(Evidence("console", ln) for ln in crash),
             )
         )
     elif not finished:
         last = console[-1] if console else "no console output"
         checks.append(
-            prove.Check(
+            Observation(
                 "finished",
                 False,
                 f"the guest did not complete its report and power off ({end}); last line: "
-                f"{guest.serial_line(last)}",
+                f"{qemu.serial_line(last)}",
             )
         )
     checks.append(
-        prove.Check(
+        Observation(
             "stolen-time",
             stolen is not None,
             "the kernel enabled stolen time"
             if stolen
             else f"no '{STOLEN_TIME_LINE}' line: the kernel runs without stolen time",
-            (prove.Evidence("kernel log", stolen),) if stolen else (),
+            (Evidence("kernel log", stolen),) if stolen else (),
         )
     )
-    expected = prove.EXPECTED[lay.describe]
+    expected = EXPECTED[lay.describe]
     # Without /proc/iomem (the guest never reached its init) there is nothing to judge a
     # granule by: the crash or "finished" check above carries the verdict.
     results = tuple(
-        prove.judge_granule(g, expected, iomem, (), (), dt)
-        for g in (prove.granules(lay.region) if iomem else ())
+        judging.judge_granule(g, expected, iomem, (), (), dt)
+        for g in (judging.granules(lay.region) if iomem else ())
     )
     if iomem:
         ram = [e.range for e in iomem if e.depth == 0 and e.name == "System RAM"]
         got, want = merged(ram), merged(lay.usable_ram)
         checks.append(
-            prove.Check(
+            Observation(
                 "memory",
                 got == want,
                 f"the guest's System RAM is {_ranges(got)}; the description's usable RAM is "
                 f"{_ranges(want)}",
                 tuple(
-                    prove.Evidence("/proc/iomem", prove.iomem_line(e))
+                    Evidence("/proc/iomem", guest_output.iomem_line(e))
                     for e in iomem
                     if e.depth == 0 and e.name == "System RAM"
                 ),
@@ -406,7 +411,7 @@ def judge(
         fdt = " ".join(tagged.get("fdt", []))
         sha = hashlib.sha256(p.dtb_blob).hexdigest()
         checks.append(
-            prove.Check(
+            Observation(
                 "devicetree",
                 seen == ours and sha in fdt,
                 f"the guest's DT is the one pvdesc built (sha256 {sha[:16]}...) with /memory "
@@ -414,11 +419,11 @@ def judge(
                 if seen == ours and sha in fdt
                 else f"the guest's DT (sha256 {fdt[:16] or 'unknown'}) has /memory "
                 f"{_ranges(seen)}, not pvdesc's {_ranges(ours)} (sha256 {sha[:16]})",
-                tuple(prove.Evidence("devicetree", ln) for ln in dt.lines),
+                tuple(Evidence("devicetree", ln) for ln in dt.lines),
             )
         )
     checks.append(
-        prove.Check(
+        Observation(
             "stage-1",
             stage1,
             "KVM answered PV_TIME_ST as configured on every vCPU"
@@ -457,7 +462,7 @@ def to_json(rep: GuestReport) -> dict[str, Any]:
         "verdict": rep.verdict,
         "reason": rep.reason,
         "stolen_time_line": rep.stolen_time_line,
-        "iomem": [prove.iomem_line(e) for e in rep.iomem],
+        "iomem": [guest_output.iomem_line(e) for e in rep.iomem],
         "steal": [
             {"cpu": s.cpu, "first": s.first, "second": s.second, "kvm_stolen_ns": s.kvm_stolen_ns}
             for s in rep.steal
