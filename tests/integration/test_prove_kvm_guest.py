@@ -20,6 +20,7 @@ from tools import EXAMPLES, ROOT
 from pvdesc.commands.prove import guest as prove_guest
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
+from pvdesc.commands.prove import kvm_job, kvm_judge
 from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
@@ -51,20 +52,20 @@ def lower_in_ram() -> tuple[LoadedDescription, Layout]:
 
 
 @pytest.fixture(scope="module")
-def reports() -> dict[str, kvmprove.KvmReport]:
+def reports() -> dict[str, kvm_judge.KvmReport]:
     parts = prove_guest.guest_parts()
-    items: list[kvmprove.Job] = []
+    items: list[kvm_job.Job] = []
     for path in SCENARIOS.values():
         loaded = load(path)
-        items.append(kvmprove.make_job(loaded, layout.allocate(loaded.description), linux=parts))
-    items.append(kvmprove.make_job(*region_in_ram(INSIDE_RAM), linux=parts))
-    items.append(kvmprove.make_job(*lower_in_ram(), linux=parts))
+        items.append(kvm_job.make_job(loaded, layout.allocate(loaded.description), linux=parts))
+    items.append(kvm_job.make_job(*region_in_ram(INSIDE_RAM), linux=parts))
+    items.append(kvm_job.make_job(*lower_in_ram(), linux=parts))
     names = [*SCENARIOS, "nc-top", "nc-lower"]
     done = kvmprove.prove_many(items, parts, TIMEOUT)
     return dict(zip(names, done, strict=True))
 
 
-def guest_alone(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
+def guest_alone(rep: kvm_judge.KvmReport) -> kvmguest.GuestReport:
     """The guest judged again on its own lines, as if stage one had passed: what fails it then
     is what the guest itself showed."""
     g = guest(rep)
@@ -78,7 +79,7 @@ def touching(rep: kvmguest.GuestReport, r: Range) -> list[str]:
     return [guest_output.iomem_line(e) for e in rep.iomem if e.range.overlaps(g)]
 
 
-def guest(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
+def guest(rep: kvm_judge.KvmReport) -> kvmguest.GuestReport:
     assert rep.no_result is None, rep.no_result
     assert rep.guest is not None
     return rep.guest
@@ -89,7 +90,7 @@ def guest(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_guest_enables_stolen_time_and_powers_off(
-    reports: dict[str, kvmprove.KvmReport], name: str
+    reports: dict[str, kvm_judge.KvmReport], name: str
 ) -> None:
     rep = reports[name]
     g = guest(rep)
@@ -110,7 +111,7 @@ def test_guest_enables_stolen_time_and_powers_off(
     )
 
 
-def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvmprove.KvmReport]) -> None:
+def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvm_judge.KvmReport]) -> None:
     rep = reports["reserved"]
     g = guest(rep)
     region = rep.layout.region
@@ -124,13 +125,13 @@ def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvmprove.KvmR
 
 
 @pytest.mark.parametrize("name", ["exclude", "hole-4cpu"])
-def test_no_system_ram_over_the_region(reports: dict[str, kvmprove.KvmReport], name: str) -> None:
+def test_no_system_ram_over_the_region(reports: dict[str, kvm_judge.KvmReport], name: str) -> None:
     g = guest(reports[name])
     assert touching(g, reports[name].layout.region) == []
     assert [s.status for s in g.granules] == [prove_verdict.Status.ABSENT]
 
 
-def test_every_online_vcpu_accounts_steal(reports: dict[str, kvmprove.KvmReport]) -> None:
+def test_every_online_vcpu_accounts_steal(reports: dict[str, kvm_judge.KvmReport]) -> None:
     rep = reports["hole-4cpu"]
     g = guest(rep)
     assert any("smp: Brought up 1 node, 4 CPUs" in ln for ln in g.console)
@@ -149,7 +150,7 @@ def test_every_online_vcpu_accounts_steal(reports: dict[str, kvmprove.KvmReport]
 
 
 def test_region_at_top_of_ram_crashes_the_guest_and_fails(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["nc-top"]
     # KVM accepted the IPAs and answered with them: stage 1 finds them inside usable RAM.
@@ -170,7 +171,7 @@ def test_region_at_top_of_ram_crashes_the_guest_and_fails(
 
 
 def test_region_lower_in_ram_survives_but_is_system_ram(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["nc-lower"]
     g = guest(rep)
