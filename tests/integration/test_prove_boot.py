@@ -118,7 +118,7 @@ def test_linux_dt_reserved_memory_is_reserved_inside_ram(
     assert any(e.name == "System RAM" and e.range.end == region.base for e in top)
     assert [n.range for n in rep.layout.memory_nodes] == [Range(0x40000000, 2 << 30)]
     # The DT the kernel saw: QEMU's rewritten /memory is the layout's, the no-map child is ours.
-    assert [(m.node, m.range) for m in rep.guest_dt.memory] == [
+    assert [(m.label, m.range) for m in rep.guest_dt.memory] == [
         ("memory@40000000", Range(0x40000000, 2 << 30))
     ]
     assert rep.guest_dt.reserved == (

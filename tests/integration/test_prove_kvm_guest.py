@@ -20,7 +20,7 @@ from tools import EXAMPLES, ROOT
 from pvdesc.commands.prove import guest as prove_guest
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.commands.prove import kvm_job, kvm_judge
+from pvdesc.commands.prove import kvm_guest_plan, kvm_job, kvm_judge
 from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
@@ -198,22 +198,22 @@ def test_region_lower_in_ram_survives_but_is_system_ram(
 def test_read_image_takes_the_arm64_header(tmp_path: Path, gz: bool) -> None:
     import gzip
 
-    img = kvmguest.read_image(prove_guest.guest_parts().kernel)
+    img = kvm_guest_plan.read_image(prove_guest.guest_parts().kernel)
     assert img.text_offset == 0 and img.image_size >= len(img.data)
     path = tmp_path / "k"
     path.write_bytes(gzip.compress(img.data[: 4 << 20], 1) if gz else img.data[: 4 << 20])
-    again = kvmguest.read_image(path)
+    again = kvm_guest_plan.read_image(path)
     assert (again.text_offset, again.image_size) == (img.text_offset, img.image_size)
     bad = tmp_path / "bad"
     bad.write_bytes(b"\0" * 4096)
     with pytest.raises(ToolError, match=r"not an arm64 Image: magic 0x00000000"):
-        kvmguest.read_image(bad)
+        kvm_guest_plan.read_image(bad)
 
 
 def test_uefi_and_huge_layouts_are_not_run() -> None:
     parts = prove_guest.guest_parts()
-    img = kvmguest.read_image(parts.kernel)
+    img = kvm_guest_plan.read_image(parts.kernel)
     for name, why in [("uefi-carve-exclude", "boot uefi-dt"), ("max-vcpus-512", "MiB of RAM")]:
         loaded = load(EXAMPLES / f"{name}.yaml")
-        p, reason = kvmguest.plan(loaded, layout.allocate(loaded.description), img, b"")
+        p, reason = kvm_guest_plan.plan(loaded, layout.allocate(loaded.description), img, b"")
         assert p is None and reason is not None and why in reason

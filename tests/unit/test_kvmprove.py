@@ -15,7 +15,7 @@ import pytest
 from tools import EXAMPLES, run_cli
 
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.commands.prove import kvm_host, kvm_job, kvm_judge, kvm_vmm
+from pvdesc.commands.prove import kvm_guest_plan, kvm_host, kvm_job, kvm_judge, kvm_vmm
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.errors import ToolError
@@ -166,9 +166,11 @@ def test_payload_words_are_the_assembly_beside_them(tmp_path: Path) -> None:
         assert [f"{w:08x}" for w in words] == [word for word, _ in rows], name
 
 
-def _guest_plan() -> tuple[layout.Layout, kvmguest.Plan]:
+def _guest_plan() -> tuple[layout.Layout, kvm_guest_plan.Plan]:
     lay = layout.allocate(load(EXAMPLES / "linux-carve-reserved.yaml").description)
-    plan = kvmguest.Plan(2, 0x40000000, 0x42000000, Range(0x42200000, 0x1000), b"dtb", b"", Path())
+    plan = kvm_guest_plan.Plan(
+        2, 0x40000000, 0x42000000, Range(0x42200000, 0x1000), b"dtb", b"", Path()
+    )
     return lay, plan
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pvdesc import kvm
-from pvdesc.commands.prove import guest
-from pvdesc.commands.prove import kvm_guest as kvmguest
+from pvdesc.commands.prove import guest, kvm_guest_plan
 from pvdesc.commands.prove.kvm_vmm import Header, vmm_binary
 from pvdesc.core.model import Purpose
 from pvdesc.core.ranges import Range
@@ -47,7 +46,7 @@ class Job:
     vmm: Path
     header: str | None
     unset: tuple[int, ...] = ()
-    guest: kvmguest.Plan | None = None
+    guest: kvm_guest_plan.Plan | None = None
     guest_reason: str | None = None
 
     @property
@@ -139,7 +138,7 @@ def make_job(
     plan, reason = None, None
     if linux is not None:
         try:
-            plan, reason = kvmguest.plan(
+            plan, reason = kvm_guest_plan.plan(
                 loaded, lay, kernel_image(linux.kernel), linux.busybox.read_bytes()
             )
         except PvdescError as err:
@@ -157,14 +156,14 @@ def make_job(
     )
 
 
-_IMAGES: dict[tuple[str, int, int], kvmguest.Image] = {}
+_IMAGES: dict[tuple[str, int, int], kvm_guest_plan.Image] = {}
 
 
-def kernel_image(path: Path) -> kvmguest.Image:
+def kernel_image(path: Path) -> kvm_guest_plan.Image:
     """:func:`pvdesc.commands.prove.kvm_guest.read_image`, once per file version."""
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _IMAGES:
         _IMAGES.clear()
-        _IMAGES[key] = kvmguest.read_image(path)
+        _IMAGES[key] = kvm_guest_plan.read_image(path)
     return _IMAGES[key]
