@@ -5,7 +5,9 @@ The guest's ``/init`` (``templates/guest-init.sh.j2``) prints ``cat /proc/iomem`
 ``od`` hex dumps of ``/sys/firmware/devicetree/base/{memory*,reserved-memory/*}``
 between marker lines; everything else on the console is the kernel log (with
 ``efi=debug``, the UEFI memory map, drivers/firmware/efi/efi.c ``efi_print_memmap``).
-This is the one parser of that output; the judges only read the values it returns.
+The Linux guest under KVM writes the same facts to ``/dev/kmsg`` as tagged lines
+(:func:`tagged`).  This is the one parser of that output; the judges only read the
+values it returns.
 """
 
 from __future__ import annotations
@@ -99,6 +101,30 @@ class GuestDt:
     lines: tuple[str, ...]
 
 
+def tagged(console: Iterable[str], tag: str) -> dict[str, list[str]]:
+    """The kernel-log lines a guest's init wrote to ``/dev/kmsg`` as ``TAGKIND: text``, by KIND.
+
+    Each line is ``[ seconds] TAGKIND: text`` (the kernel's timestamp first).
+    """
+    line_re = re.compile(rf"^\[\s*\d+\.\d+\] {re.escape(tag)}(?P<kind>\w+): ?(?P<text>.*)$")
+    out: dict[str, list[str]] = {}
+    for line in console:
+        m = line_re.match(line)
+        if m is not None:
+            out.setdefault(m["kind"], []).append(m["text"])
+    return out
+
+
+def steal_ticks(stat: Iterable[str]) -> dict[int, int]:
+    """Each CPU's steal from ``/proc/stat`` lines: the 8th value of ``cpuN`` (USER_HZ ticks)."""
+    out = {}
+    for line in stat:
+        f = line.split()
+        if len(f) > 8 and f[0].startswith("cpu") and f[0][3:].isdigit():
+            out[int(f[0][3:])] = int(f[8])
+    return out
+
+
 def section(serial: str, begin: str, end: str) -> str | None:
     """The text between the ``begin`` and ``end`` marker lines of a serial log, or ``None``."""
     text = serial.replace("\r\n", "\n")
@@ -187,8 +213,12 @@ def _int(hex_bytes: str) -> int:
 
 
 def guest_devicetree(serial: str) -> GuestDt:
-    """Decode the DT lines the guest's ``/init`` printed (``path: hex bytes``)."""
-    text = section(serial, DT_BEGIN, DT_END) or ""
+    """Decode the DT lines the guest's ``/init`` printed between the markers of a serial log."""
+    return parse_devicetree(section(serial, DT_BEGIN, DT_END) or "")
+
+
+def parse_devicetree(text: str) -> GuestDt:
+    """Decode DT property lines as the guest's init prints them (``path: hex bytes``)."""
     props: dict[str, str] = {}
     lines = []
     for line in text.splitlines():

@@ -45,8 +45,6 @@ CRASH = re.compile(
 #: At most this many crash lines are quoted.
 MAX_CRASH_LINES = 8
 
-_CONSOLE_TAGGED = re.compile(rf"^\[\s*\d+\.\d+\] {TAG}(?P<kind>\w+): ?(?P<text>.*)$")
-
 
 # --- judging ----------------------------------------------------------------------------------
 
@@ -108,35 +106,22 @@ class GuestReport:
         return tuple(out)
 
 
-def _stat(lines: Sequence[str]) -> dict[int, int]:
-    out = {}
-    for line in lines:
-        f = line.split()
-        if len(f) > 8 and f[0].startswith("cpu") and f[0][3:].isdigit():
-            out[int(f[0][3:])] = int(f[8])
-    return out
-
-
 def judge(
     lay: Layout, p: Plan, vmm_lines: Sequence[str], other: Sequence[str], stage1: bool
 ) -> GuestReport:
     """Judge the guest from its console (``guest: `` lines) and the VMM's own lines."""
     console = tuple(ln[len("guest: ") :] for ln in other if ln.startswith("guest: "))
-    tagged: dict[str, list[str]] = {}
-    for line in console:
-        m = _CONSOLE_TAGGED.match(line)
-        if m is not None:
-            tagged.setdefault(m["kind"], []).append(m["text"])
+    tagged = guest_output.tagged(console, TAG)
     end = next(
         (ln for ln in vmm_lines if ln.startswith(("guest ", "error: "))),
         "the VMM printed no end line",
     )
     stolen = next((ln for ln in console if STOLEN_TIME_LINE in ln), None)
     iomem = guest_output.parse_iomem("\n".join(tagged.get("iomem", [])))
-    dt_text = "\n".join([guest_output.DT_BEGIN, *tagged.get("dt", []), guest_output.DT_END, ""])
-    dt = guest_output.guest_devicetree(dt_text)
+    dt = guest_output.parse_devicetree("\n".join(tagged.get("dt", [])))
     crash = tuple(ln for ln in console if CRASH.search(ln))[:MAX_CRASH_LINES]
-    first, second = _stat(tagged.get("stat1", [])), _stat(tagged.get("stat2", []))
+    first = guest_output.steal_ticks(tagged.get("stat1", []))
+    second = guest_output.steal_ticks(tagged.get("stat2", []))
     kvm_ns = {}
     for ln in vmm_lines:
         if ln.startswith("steal vcpu "):
