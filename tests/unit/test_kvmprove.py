@@ -16,10 +16,11 @@ from tools import EXAMPLES, run_cli
 
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.commands.prove import kvm_guest_plan, kvm_host, kvm_job, kvm_judge, kvm_vmm
-from pvdesc.core.ranges import Range
+from pvdesc.core.ranges import Labelled, Range
 from pvdesc.description.load import load
 from pvdesc.errors import ToolError
 from pvdesc.layout import allocate as layout
+from pvdesc.read import guest_output
 from pvdesc.tools import proc
 
 HOST = kvm_host.HostInfo("6.1.0", "kvm [1]: VHE mode initialized successfully", (), 1.0)
@@ -196,3 +197,26 @@ def test_guest_that_never_finishes_is_a_fail_naming_why() -> None:
         "finished: the guest did not complete its report and power off (error: KVM_RUN vCPU 1: "
         "Bad address); last line: no console output"
     )
+
+
+def test_guest_output_reads_the_kvm_guests_tagged_console() -> None:
+    reg = "00 00 00 00 40 00 00 00 00 00 00 00 80 00 00 00"
+    console = [
+        "[    1.000000] pvdesc-iomem: 40000000-bfffffff : System RAM",
+        "[    1.100000] pvdesc-stat1: cpu0 1 2 3 4 5 6 7 9",
+        f"[    1.200000] pvdesc-dt: memory@40000000/reg: {reg}",
+        "[    2.000000] other-iomem: not ours",
+        "pvdesc-iomem: no timestamp, not the kernel's",
+    ]
+    tags = guest_output.tagged(console, "pvdesc-")
+    assert tags == {
+        "iomem": ["40000000-bfffffff : System RAM"],
+        "stat1": ["cpu0 1 2 3 4 5 6 7 9"],
+        "dt": [f"memory@40000000/reg: {reg}"],
+    }
+    # The 8th value of each cpuN line; the all-CPU "cpu" line and short lines are not CPUs.
+    stat = [*tags["stat1"], "cpu  1 2 3 4 5 6 7 8", "cpu1 1 2"]
+    assert guest_output.steal_ticks(stat) == {0: 9}
+    cells = ["#address-cells: 00 00 00 02", "#size-cells: 00 00 00 02"]
+    dt = guest_output.parse_devicetree("\n".join([*cells, *tags["dt"]]))
+    assert dt.memory == (Labelled(Range(0x40000000, 0x80000000), "memory@40000000"),)
