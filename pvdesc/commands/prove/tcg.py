@@ -13,18 +13,19 @@ Debian's arm64 kernel boots under ``qemu-system-aarch64`` (TCG, ``-cpu max``,
 is given from ``-m`` and ``-numa`` (hw/arm/boot.c ``arm_load_dtb``), and pvdesc's
 own tree holds only memory nodes.  So the bootable DTB is QEMU's dump
 (``-machine virt,dumpdtb=``) patched by :mod:`pvdesc.emit.patch`, and QEMU's RAM is
-derived from the layout's ``/memory`` nodes (:func:`plan_machine`): ``-m`` is their
+derived from the layout's ``/memory`` nodes (:func:`.machine.plan_machine`): ``-m`` is their
 total and, with NUMA, one ``memory-backend-ram`` per node.  QEMU virt lays RAM out
 as one range from 0x40000000, nodes end to end, so a layout is bootable only if its
 ``/memory`` nodes are exactly that; anything else is refused (:class:`ProveError`).
 A region carved from the top of RAM and excluded is then *outside* QEMU's RAM: the
 guest gets exactly the ``/memory`` the description states, but the region is not
-backed here the way a real VMM's RAM memslot backs it (see :func:`scope`).
+backed here the way a real VMM's RAM memslot backs it (see :func:`.report.scope`).
 
 **What is read back.**  The guest's ``/init`` prints ``/proc/iomem`` and the
 ``/memory`` and ``/reserved-memory`` properties of the DT the kernel saw; the
-kernel log (with ``efi=debug``: the UEFI memory map) comes over the serial console.
-Each 64 KiB granule of the region gets a :class:`Status`: ``System RAM`` or RAM in
+kernel log (with ``efi=debug``: the UEFI memory map) comes over the serial console
+(read by :mod:`pvdesc.read.guest_output`, judged by :mod:`.judging`).
+Each 64 KiB granule of the region gets a :class:`.verdict.Status`: ``System RAM`` or RAM in
 the EFI memory map fails; ``reserved`` (memblock nomap), a ``pnp`` claim, or
 nothing at all passes.  The guest's RAM (``/proc/iomem`` System RAM + nomap
 ``reserved``, the DT memory nodes, the EFI map) must equal the layout's ``/memory``
