@@ -22,7 +22,6 @@ from pathlib import Path
 from pvdesc.commands.prove import guest
 from pvdesc.core.model import Boot, Purpose
 from pvdesc.core.ranges import Range, subtract
-from pvdesc.core.units import size_text
 from pvdesc.description.load import LoadedDescription
 from pvdesc.emit import build, templating
 from pvdesc.errors import DTError, ProveError, ToolError
@@ -196,8 +195,8 @@ def plan(
     ram = sum(s.range.size for s in lay.memslots if s.purpose is Purpose.RAM)
     if ram > GUEST_RAM_MAX:
         return None, (
-            f"{size_text(ram)} of RAM does not fit in the emulated host's 2 GiB as a guest "
-            f"(limit {size_text(GUEST_RAM_MAX)})"
+            f"{ram >> 20} MiB of RAM does not fit in the emulated host's 2 GiB as a guest "
+            f"(limit {GUEST_RAM_MAX >> 20} MiB)"
         )
     online = desc.vcpus
     for name, r in devices(online):
