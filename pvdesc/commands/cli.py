@@ -267,11 +267,12 @@ def cmd_prove(args: argparse.Namespace) -> int:
         kreport = kvmprove.prove_file(args.description, args.kernel, timeout)
         _write(kvmprove.to_json(kreport) if args.format == "json" else kvmprove.to_text(kreport))
         return EXIT_OK if kreport.passed else EXIT_FINDINGS
+    from pvdesc.commands.prove import report as prove_report
     from pvdesc.commands.prove import tcg as prove
 
     timeout = prove.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report = prove.prove_file(args.description, args.kernel, timeout)
-    _write(prove.to_json(report) if args.format == "json" else prove.to_text(report))
+    _write(prove_report.to_json(report) if args.format == "json" else prove_report.to_text(report))
     return EXIT_OK if report.passed else EXIT_FINDINGS
 
 

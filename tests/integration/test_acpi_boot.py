@@ -13,6 +13,7 @@ from tools import program
 
 from pvdesc.commands.prove import guest
 from pvdesc.core.ranges import Range
+from pvdesc.read import guest_output
 from pvdesc.tools import proc
 
 
@@ -51,11 +52,11 @@ def test_parse_iomem_nesting() -> None:
         "40000000-7fffffff : System RAM\n"
         "  40210000-4157ffff : Kernel code\n"
     )
-    got = guest.parse_iomem(text)
+    got = guest_output.parse_iomem(text)
     assert got == (
-        guest.IomemEntry(Range(0x08050000, 0x10000), "pnp 00:01", 0),
-        guest.IomemEntry(Range(0x40000000, 0x40000000), "System RAM", 0),
-        guest.IomemEntry(Range(0x40210000, 0x4157FFFF - 0x40210000 + 1), "Kernel code", 1),
+        guest_output.IomemEntry(Range(0x08050000, 0x10000), "pnp 00:01", 0),
+        guest_output.IomemEntry(Range(0x40000000, 0x40000000), "System RAM", 0),
+        guest_output.IomemEntry(Range(0x40210000, 0x4157FFFF - 0x40210000 + 1), "Kernel code", 1),
     )
 
 

@@ -14,13 +14,18 @@ from pathlib import Path
 import pytest
 from tools import EXAMPLES, ROOT, run_cli
 
-from pvdesc.commands.prove import guest
+from pvdesc.commands.prove import guest, judging
+from pvdesc.commands.prove import machine as prove_machine
+from pvdesc.commands.prove import report as prove_report
 from pvdesc.commands.prove import tcg as prove
+from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.model import Boot, Describe
-from pvdesc.core.ranges import Range, merged
+from pvdesc.core.ranges import Labelled, Range, merged
 from pvdesc.description.load import load, loads
+from pvdesc.errors import ProveError
 from pvdesc.layout import allocate as layout
-from pvdesc.read import dtb
+from pvdesc.read import dtb, guest_output
+from pvdesc.tools import qemu
 
 DATA = ROOT / "tests" / "data" / "prove"
 
@@ -43,8 +48,8 @@ def lay_of(path: Path) -> layout.Layout:
 
 
 def test_machine_numa_follows_the_layout() -> None:
-    m = prove.plan_machine(lay_of(EXAMPLES / "qemu-virt.yaml"))
-    assert guest.machine_args(m) == [
+    m = prove_machine.plan_machine(lay_of(EXAMPLES / "qemu-virt.yaml"))
+    assert qemu.machine_args(m) == [
         "-machine", "virt,gic-version=3", "-cpu", "max", "-smp", "4,maxcpus=8", "-m", "2048M",
         "-object", "memory-backend-ram,id=pvdesc-ram0,size=1024M",
         "-numa", "node,nodeid=0,memdev=pvdesc-ram0,cpus=0-3",
@@ -56,17 +61,17 @@ def test_machine_numa_follows_the_layout() -> None:
 
 def test_machine_exclude_ends_ram_at_the_region() -> None:
     lay = lay_of(EXAMPLES / "uefi-carve-exclude.yaml")
-    m = prove.plan_machine(lay)
+    m = prove_machine.plan_machine(lay)
     assert lay.region.base == 0x13FFF0000
-    assert m.memory == lay.region.base - guest.QEMU_VIRT_RAM_BASE
-    args = guest.machine_args(m)
+    assert m.memory == lay.region.base - qemu.QEMU_VIRT_RAM_BASE
+    args = qemu.machine_args(m)
     assert args[args.index("-m") + 1] == "4194240K"  # 4 GiB - 64 KiB, exact (not rounded)
     assert args[1] == "virt,gic-version=3,acpi=off" and m.uefi
     assert "efi=debug" in m.append
 
 
 def test_machine_uefi_acpi() -> None:
-    m = prove.plan_machine(lay_of(EXAMPLES / "uefi-acpi-hole.yaml"))
+    m = prove_machine.plan_machine(lay_of(EXAMPLES / "uefi-acpi-hole.yaml"))
     assert m.machine == "virt,gic-version=3" and m.uefi
     assert "acpi=force" in m.append and "efi=debug" in m.append
 
@@ -75,16 +80,16 @@ def test_machine_uefi_acpi() -> None:
 def test_qemu_makes_exactly_the_layouts_ram(path: Path) -> None:
     """The real QEMU, given the derived machine, dumps a DTB whose RAM is the layout's."""
     lay = lay_of(path)
-    tree = dtb.parse(guest.dump_dtb(prove.plan_machine(lay)), "dump")
+    tree = dtb.parse(qemu.dump_dtb(prove_machine.plan_machine(lay)), "dump")
     assert merged(e.range for e in tree.memory) == merged(n.range for n in lay.memory_nodes)
     assert not any(e.range.overlaps(lay.region) for e in tree.memory) or lay.reserved
 
 
 def test_qemu_size_is_exact() -> None:
-    assert guest.qemu_size(2 << 30) == "2048M"
-    assert guest.qemu_size((1 << 30) - (64 << 10)) == "1048512K"
+    assert qemu.qemu_size(2 << 30) == "2048M"
+    assert qemu.qemu_size((1 << 30) - (64 << 10)) == "1048512K"
     with pytest.raises(guest.ToolError, match="8 KiB"):
-        guest.qemu_size(0x1000)
+        qemu.qemu_size(0x1000)
 
 
 # --- refusals: one line, exit 2 -------------------------------------------------------------
@@ -125,8 +130,8 @@ memory:
 stolen_time: {placement: carve, describe: exclude}
 """
     lay = layout.allocate(loads(text, "swapped.yaml").description)
-    with pytest.raises(prove.ProveError, match=r"NUMA nodes in address order are \[1, 0\]"):
-        prove.plan_machine(lay)
+    with pytest.raises(ProveError, match=r"NUMA nodes in address order are \[1, 0\]"):
+        prove_machine.plan_machine(lay)
 
 
 def test_region_on_a_qemu_device_is_refused(tmp_path: Path) -> None:
@@ -135,7 +140,7 @@ def test_region_on_a_qemu_device_is_refused(tmp_path: Path) -> None:
     path.write_text(
         "name: bare\nvcpus: 1\nboot: linux-dt\nmemory:\n  - {base: 0x40000000, size: 512M}\n"
     )
-    with pytest.raises(prove.ProveError) as exc:
+    with pytest.raises(ProveError) as exc:
         prove.prove_file(path, timeout=30)
     assert str(exc.value).startswith(f"{path}:1:1: stolen_time: QEMU virt's own devicetree")
     assert "/flash@0" in str(exc.value) and "\n" not in str(exc.value)
@@ -184,7 +189,7 @@ def test_missing_edk2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "QEMU_EFI.fd"
-    monkeypatch.setattr(guest, "UEFI_FIRMWARE", missing)
+    monkeypatch.setattr(qemu, "UEFI_FIRMWARE", missing)
     code, out, err = run_cli(["prove", str(DATA / "uefi-hole.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
@@ -236,14 +241,16 @@ DT_RESERVED = (
 
 def serial(log: str, iomem: str, dt: str = "") -> str:
     """A serial log as the guest writes it: kernel log, then /init's two sections."""
-    text = log + f"{guest.IOMEM_BEGIN}\n{iomem}{guest.IOMEM_END}\n"
-    text += f"{guest.DT_BEGIN}\n{dt}[    9.1] a kernel line in between\n{guest.DT_END}\n"
+    text = log + f"{guest_output.IOMEM_BEGIN}\n{iomem}{guest_output.IOMEM_END}\n"
+    text += (
+        f"{guest_output.DT_BEGIN}\n{dt}[    9.1] a kernel line in between\n{guest_output.DT_END}\n"
+    )
     return text.replace("\n", "\r\n").replace("\r\r\n", "\r\n")
 
 
-def judged(lay: layout.Layout, text: str) -> prove.Report:
-    result = guest.BootResult(text, 0, guest.parse_iomem(guest.iomem_text(text)))
-    return prove.judge(lay, result)
+def judged(lay: layout.Layout, text: str) -> prove_verdict.ProveReport:
+    result = guest.BootResult(text, 0, guest_output.parse_iomem(guest_output.iomem_text(text)))
+    return judging.judge(lay, result)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +272,7 @@ def test_reserved_passes(reserved_lay: layout.Layout) -> None:
     rep = judged(reserved_lay, serial(LINUX_DT_LOG, iomem, DT_2G + DT_RESERVED))
     assert rep.passed, rep.failures
     (g,) = rep.granules
-    assert g.status is prove.Status.RESERVED and g.range == reserved_lay.region
+    assert g.status is prove_verdict.Status.RESERVED and g.range == reserved_lay.region
     lines = [(e.source, e.line) for e in g.evidence]
     assert ("/proc/iomem, below", "40000000-bffeffff : System RAM") in lines
     assert ("/proc/iomem", "bfff0000-bfffffff : reserved") in lines
@@ -276,30 +283,30 @@ def test_reserved_passes(reserved_lay: layout.Layout) -> None:
     assert not any("DMA" in line for _, line in lines)  # zone spans are not evidence
     assert ("devicetree", "/reserved-memory/stolen-time@bfff0000: reg "
             "0xbfff0000-0xbfffffff no-map") in lines  # fmt: skip
-    assert "verdict: PASS" in prove.to_text(rep)
+    assert "verdict: PASS" in prove_report.to_text(rep)
 
 
 def test_system_ram_fails(reserved_lay: layout.Layout) -> None:
     rep = judged(reserved_lay, serial(LINUX_DT_LOG, "40000000-bfffffff : System RAM\n", DT_2G))
     assert not rep.passed
-    assert rep.granules[0].status is prove.Status.SYSTEM_RAM
+    assert rep.granules[0].status is prove_verdict.Status.SYSTEM_RAM
     assert rep.failures == ("granule 0xbfff0000-0xbfffffff is System RAM",)
-    assert "verdict: FAIL: granule 0xbfff0000-0xbfffffff is System RAM" in prove.to_text(rep)
-    doc = json.loads(prove.to_json(rep))
+    assert "verdict: FAIL: granule 0xbfff0000-0xbfffffff is System RAM" in prove_report.to_text(rep)
+    doc = json.loads(prove_report.to_json(rep))
     assert doc["verdict"] == "fail" and doc["granules"][0]["status"] == "system-ram"
 
 
 def test_device_claim_fails(reserved_lay: layout.Layout) -> None:
     iomem = "40000000-bffeffff : System RAM\nbfff0000-bfff0fff : 9000000.pl011\n"
     rep = judged(reserved_lay, serial(LINUX_DT_LOG, iomem, DT_2G))
-    assert rep.granules[0].status is prove.Status.DEVICE and not rep.passed
+    assert rep.granules[0].status is prove_verdict.Status.DEVICE and not rep.passed
 
 
 def test_absent_passes_for_exclude(exclude_lay: layout.Layout) -> None:
     dt = DT_2G.replace("80 00 00 00\n", "7f ff 00 00\n")
     rep = judged(exclude_lay, serial(LINUX_DT_LOG, "40000000-bffeffff : System RAM\n", dt))
     assert rep.passed, rep.failures
-    assert rep.granules[0].status is prove.Status.ABSENT
+    assert rep.granules[0].status is prove_verdict.Status.ABSENT
 
 
 def test_safe_but_not_as_described_fails(exclude_lay: layout.Layout) -> None:
@@ -348,7 +355,7 @@ def test_numa_node_mismatch_is_reported() -> None:
     ok = judged(lay, serial(log, iomem, numa_dt(0, 1)))
     assert ok.passed, ok.failures
     swapped = judged(lay, serial(log, iomem, numa_dt(1, 0)))
-    assert swapped.granules[0].status is prove.Status.ABSENT
+    assert swapped.granules[0].status is prove_verdict.Status.ABSENT
     (memory,) = [c for c in swapped.checks if not c.passed]
     assert memory.name == "memory"
     assert memory.message.endswith(
@@ -364,7 +371,7 @@ def test_uefi_map_ram_fails_even_when_linux_reserves_it(reserved_lay: layout.Lay
     iomem += "bfff0000-bfffffff : reserved\n"
     rep = judged(lay, serial(UEFI_DT_LOG, iomem, DT_2G + DT_RESERVED))
     g = rep.granules[0]
-    assert g.status is prove.Status.FIRMWARE_RAM and not rep.passed
+    assert g.status is prove_verdict.Status.FIRMWARE_RAM and not rep.passed
     assert any("[Boot Data" in e.line for e in g.evidence)
     # The EFI MMIO flash (0x04000000, WC) is not RAM the description forgot.
     assert next(c for c in rep.checks if c.name == "memory").passed
@@ -391,7 +398,7 @@ def test_ssdt_claim() -> None:
     iomem = "08050000-0805ffff : pnp 00:01\n40000000-7fffffff : System RAM\n"
     rep = judged(lay, serial(log, iomem))
     assert rep.passed, rep.failures
-    assert rep.granules[0].status is prove.Status.PNP
+    assert rep.granules[0].status is prove_verdict.Status.PNP
     no_table = judged(lay, serial(log.replace("Table Upgrade", "Table"), iomem))
     (bad,) = [c for c in no_table.checks if not c.passed]
     assert bad.name == "ssdt" and bad.message == "the SSDT was not installed from the initrd"
@@ -399,20 +406,20 @@ def test_ssdt_claim() -> None:
 
 def test_guest_devicetree_decoding() -> None:
     text = serial("", "", DT_2G + "memory@40000000/numa-node-id: 00 00 00 03\n" + DT_RESERVED)
-    dt = prove.guest_devicetree(text)
-    assert dt.memory == (prove.DtMemory("memory@40000000", Range(0x40000000, 2 << 30), 3),)
+    dt = guest_output.guest_devicetree(text)
+    assert dt.memory == (Labelled(Range(0x40000000, 2 << 30), "memory@40000000", 3),)
     assert dt.reserved == (
-        prove.DtReservation("stolen-time@bfff0000", Range(0xBFFF0000, 0x10000), True),
+        guest_output.DtReservation("stolen-time@bfff0000", Range(0xBFFF0000, 0x10000), True),
     )
-    assert "[    9.1] a kernel line in between" in prove.log_lines(text)
-    assert not any("System RAM" in ln or "memory@" in ln for ln in prove.log_lines(
+    assert "[    9.1] a kernel line in between" in guest_output.log_lines(text)
+    assert not any("System RAM" in ln or "memory@" in ln for ln in guest_output.log_lines(
         serial("", "40000000-7fffffff : System RAM\n", DT_2G)))  # fmt: skip
 
 
 def test_json_document(reserved_lay: layout.Layout) -> None:
     iomem = "40000000-bffeffff : System RAM\nbfff0000-bfffffff : reserved\n"
     doc = json.loads(
-        prove.to_json(judged(reserved_lay, serial(LINUX_DT_LOG, iomem, DT_2G + DT_RESERVED)))
+        prove_report.to_json(judged(reserved_lay, serial(LINUX_DT_LOG, iomem, DT_2G + DT_RESERVED)))
     )
     assert doc["format"] == "pvdesc.prove/1" and doc["verdict"] == "pass"
     assert doc["region"] == [0xBFFF0000, 0xC0000000]

@@ -21,12 +21,16 @@ from pathlib import Path
 import pytest
 from tools import EXAMPLES, ROOT, run_cli
 
-from pvdesc.commands.prove import guest
+from pvdesc.commands.prove import guest, judging
+from pvdesc.commands.prove import report as prove_report
 from pvdesc.commands.prove import tcg as prove
+from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.model import Boot, Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.layout import allocate as layout
+from pvdesc.read import guest_output
+from pvdesc.tools import qemu
 
 pytestmark = pytest.mark.boot
 
@@ -44,10 +48,10 @@ _EFI_LINE = re.compile(r"efi:\s+0x([0-9a-f]+)-0x([0-9a-f]+) \[([^|]+)\|")
 
 
 @pytest.fixture(scope="module")
-def proved() -> Iterator[Callable[[str], prove.Report]]:
-    cache: dict[str, prove.Report] = {}
+def proved() -> Iterator[Callable[[str], prove_verdict.ProveReport]]:
+    cache: dict[str, prove_verdict.ProveReport] = {}
 
-    def get(name: str) -> prove.Report:
+    def get(name: str) -> prove_verdict.ProveReport:
         if name not in cache:
             cache[name] = prove.prove_file(SCENARIOS[name], timeout=TIMEOUT)
         return cache[name]
@@ -55,7 +59,7 @@ def proved() -> Iterator[Callable[[str], prove.Report]]:
     yield get
 
 
-def unsafe(boot: Boot) -> tuple[prove.Report, layout.Layout]:
+def unsafe(boot: Boot) -> tuple[prove_verdict.ProveReport, layout.Layout]:
     """The negative control: linux-carve-reserved's /memory + /reserved-memory, booted via UEFI.
 
     ``layout.resolve_describe`` refuses reserved-memory under UEFI; the Layout is built by
@@ -69,23 +73,23 @@ def unsafe(boot: Boot) -> tuple[prove.Report, layout.Layout]:
     )
     with pytest.raises(layout.LayoutError, match="no-map-under-uefi"):
         layout.verify(bad)  # the library's own check knows it is unsafe
-    return prove.prove(replace(loaded, description=desc), bad, prove.guest_parts(), TIMEOUT), bad
+    return prove.prove(replace(loaded, description=desc), bad, guest.guest_parts(), TIMEOUT), bad
 
 
 @pytest.fixture(scope="module")
-def unsafe_acpi() -> tuple[prove.Report, layout.Layout]:
+def unsafe_acpi() -> tuple[prove_verdict.ProveReport, layout.Layout]:
     return unsafe(Boot.UEFI_ACPI)
 
 
 @pytest.fixture(scope="module")
-def unsafe_dt() -> tuple[prove.Report, layout.Layout]:
+def unsafe_dt() -> tuple[prove_verdict.ProveReport, layout.Layout]:
     return unsafe(Boot.UEFI_DT)
 
 
-def touching(entries: tuple[guest.IomemEntry, ...], r: Range) -> list[str]:
+def touching(entries: tuple[guest_output.IomemEntry, ...], r: Range) -> list[str]:
     """The /proc/iomem lines (any depth) that share a 64 KiB granule with ``r``."""
     g = r.granules()
-    return [prove.iomem_line(e) for e in entries if e.range.overlaps(g)]
+    return [guest_output.iomem_line(e) for e in entries if e.range.overlaps(g)]
 
 
 def efi_lines_over(serial: str, r: Range) -> list[tuple[str, str]]:
@@ -102,7 +106,7 @@ def efi_lines_over(serial: str, r: Range) -> list[tuple[str, str]]:
 
 
 def test_linux_dt_reserved_memory_is_reserved_inside_ram(
-    proved: Callable[[str], prove.Report],
+    proved: Callable[[str], prove_verdict.ProveReport],
 ) -> None:
     rep = proved("linux-reserved")
     region = rep.layout.region
@@ -114,13 +118,15 @@ def test_linux_dt_reserved_memory_is_reserved_inside_ram(
     assert any(e.name == "System RAM" and e.range.end == region.base for e in top)
     assert [n.range for n in rep.layout.memory_nodes] == [Range(0x40000000, 2 << 30)]
     # The DT the kernel saw: QEMU's rewritten /memory is the layout's, the no-map child is ours.
-    assert [(m.node, m.range) for m in rep.guest_dt.memory] == [
+    assert [(m.label, m.range) for m in rep.guest_dt.memory] == [
         ("memory@40000000", Range(0x40000000, 2 << 30))
     ]
-    assert rep.guest_dt.reserved == (prove.DtReservation("stolen-time@bfff0000", region, True),)
-    assert [g.status for g in rep.granules] == [prove.Status.RESERVED]
+    assert rep.guest_dt.reserved == (
+        guest_output.DtReservation("stolen-time@bfff0000", region, True),
+    )
+    assert [g.status for g in rep.granules] == [prove_verdict.Status.RESERVED]
     assert rep.passed, rep.failures
-    text = prove.to_text(rep)
+    text = prove_report.to_text(rep)
     assert "granule     0xbfff0000-0xbfffffff: reserved (nomap): pass" in text
     assert text.endswith("verdict: PASS: the guest never counts the region as RAM, and sees it "
                          "as described\n")  # fmt: skip
@@ -130,7 +136,9 @@ def test_linux_dt_reserved_memory_is_reserved_inside_ram(
 
 
 @pytest.mark.parametrize("name", ["linux-exclude", "uefi-exclude", "uefi-hole"])
-def test_no_system_ram_over_the_region(proved: Callable[[str], prove.Report], name: str) -> None:
+def test_no_system_ram_over_the_region(
+    proved: Callable[[str], prove_verdict.ProveReport], name: str
+) -> None:
     rep = proved(name)
     lay = rep.layout
     region = lay.region
@@ -145,7 +153,7 @@ def test_no_system_ram_over_the_region(proved: Callable[[str], prove.Report], na
     if lay.description.boot.uefi:
         assert efi_lines_over(rep.boot.serial, region) == []
         assert "efi: EFI v2.70 by EDK II" in rep.boot.serial
-    assert [g.status for g in rep.granules] == [prove.Status.ABSENT]
+    assert [g.status for g in rep.granules] == [prove_verdict.Status.ABSENT]
     assert rep.passed, rep.failures
 
 
@@ -160,7 +168,7 @@ def test_linux_dt_hole_none_numa_through_the_cli() -> None:
     assert doc["verdict"] == "pass" and doc["placement"] == "hole" and doc["describe"] == "none"
     region = Range(doc["region"][0], doc["region"][1] - doc["region"][0])
     assert region == Range(0x08050000, 0x10000)
-    iomem = guest.parse_iomem("\n".join(doc["iomem"]))
+    iomem = guest_output.parse_iomem("\n".join(doc["iomem"]))
     assert touching(iomem, region) == []
     assert any(e.name == "System RAM" for e in iomem)
     # Two NUMA nodes, end to end, as the description and QEMU's -numa say.
@@ -177,7 +185,7 @@ def test_linux_dt_hole_none_numa_through_the_cli() -> None:
 
 
 def test_uefi_acpi_ssdt_installed_and_claims_region(
-    proved: Callable[[str], prove.Report],
+    proved: Callable[[str], prove_verdict.ProveReport],
 ) -> None:
     rep = proved("uefi-acpi")
     region = rep.layout.region
@@ -199,7 +207,7 @@ def test_uefi_acpi_ssdt_installed_and_claims_region(
     assert ram and not any(r.overlaps(region) for r in ram)
     assert all(any(u.contains(r) for u in rep.layout.usable_ram) for r in ram)
     assert "ACPI: Interpreter enabled" in serial
-    assert [g.status for g in rep.granules] == [prove.Status.PNP]
+    assert [g.status for g in rep.granules] == [prove_verdict.Status.PNP]
     assert rep.passed, rep.failures
 
 
@@ -207,36 +215,36 @@ def test_uefi_acpi_ssdt_installed_and_claims_region(
 
 
 def test_negative_control_reserved_memory_under_uefi_acpi_fails(
-    unsafe_acpi: tuple[prove.Report, layout.Layout],
+    unsafe_acpi: tuple[prove_verdict.ProveReport, layout.Layout],
 ) -> None:
     rep, bad = unsafe_acpi
     region = bad.region
     # The guest really uses the region as RAM: EDK2 ignored /reserved-memory, ACPI has no DT.
     over = [e for e in rep.boot.iomem if e.name == "System RAM" and e.range.overlaps(region)]
     assert over, touching(rep.boot.iomem, region)
-    assert [g.status for g in rep.granules] == [prove.Status.SYSTEM_RAM]
+    assert [g.status for g in rep.granules] == [prove_verdict.Status.SYSTEM_RAM]
     assert not rep.passed
     assert rep.failures[0] == "granule 0xbfff0000-0xbfffffff is System RAM"
-    assert "verdict: FAIL: granule 0xbfff0000-0xbfffffff is System RAM" in prove.to_text(rep)
+    assert "verdict: FAIL: granule 0xbfff0000-0xbfffffff is System RAM" in prove_report.to_text(rep)
 
 
 def test_negative_control_reserved_memory_under_uefi_dt_fails(
-    unsafe_dt: tuple[prove.Report, layout.Layout],
+    unsafe_dt: tuple[prove_verdict.ProveReport, layout.Layout],
 ) -> None:
     """Measured: Linux honours the DT's no-map even under UEFI (``reserved``), but EDK2 built
     its memory map from /memory alone and gave the region a RAM type, so firmware used it."""
     rep, bad = unsafe_dt
     region = bad.region
     kinds = {kind for kind, _ in efi_lines_over(rep.boot.serial, region)}
-    assert kinds and not kinds <= prove.EFI_NOT_RAM, kinds
+    assert kinds and not kinds <= judging.EFI_NOT_RAM, kinds
     assert touching(rep.boot.iomem, region) == ["bfff0000-bfffffff : reserved"]
-    assert [g.status for g in rep.granules] == [prove.Status.FIRMWARE_RAM]
+    assert [g.status for g in rep.granules] == [prove_verdict.Status.FIRMWARE_RAM]
     assert not rep.passed
     assert rep.failures[0] == "granule 0xbfff0000-0xbfffffff is RAM in the UEFI memory map"
 
 
 def test_cli_exits_1_on_a_failing_proof(
-    unsafe_acpi: tuple[prove.Report, layout.Layout],
+    unsafe_acpi: tuple[prove_verdict.ProveReport, layout.Layout],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,7 +258,7 @@ def test_cli_exits_1_on_a_failing_proof(
 
 
 def test_memory_mismatch_on_a_real_boot_is_reported(
-    proved: Callable[[str], prove.Report],
+    proved: Callable[[str], prove_verdict.ProveReport],
 ) -> None:
     """Judge the reserved-memory boot against the exclude layout of the same bank: the guest's
     RAM (2 GiB) is not that layout's /memory (2 GiB - 64 KiB), and the region is not absent."""
@@ -259,12 +267,12 @@ def test_memory_mismatch_on_a_real_boot_is_reported(
     other = layout.allocate(
         replace(desc, stolen_time=replace(desc.stolen_time, describe=Describe.EXCLUDE))
     )
-    again = prove.judge(other, rep.boot)
+    again = judging.judge(other, rep.boot)
     assert not again.passed
     memory = next(c for c in again.checks if c.name == "memory")
     assert not memory.passed
     assert "shows 0x40000000-0xbfffffff" in memory.message
-    assert [g.status for g in again.granules] == [prove.Status.RESERVED]
+    assert [g.status for g in again.granules] == [prove_verdict.Status.RESERVED]
     assert not again.granules[0].passed
 
 
@@ -281,7 +289,7 @@ def qemu_processes_with(marker: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if marker in cmdline and guest.QEMU in cmdline:
+        if marker in cmdline and qemu.QEMU in cmdline:
             pids.append(int(proc.name))
     return pids
 

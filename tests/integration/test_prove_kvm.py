@@ -19,8 +19,8 @@ import pytest
 from tools import EXAMPLES, ROOT, run
 
 from pvdesc import kvm
+from pvdesc.commands.prove import guest, kvm_host, kvm_job, kvm_judge, kvm_vmm
 from pvdesc.commands.prove import kvm as kvmprove
-from pvdesc.commands.prove import tcg as prove
 from pvdesc.core.model import Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
@@ -57,41 +57,41 @@ def region_in_ram(path: Path = INSIDE_RAM) -> tuple[LoadedDescription, Layout]:
     return loaded, bad
 
 
-def tampered_header_job() -> kvmprove.Job:
+def tampered_header_job() -> kvm_job.Job:
     """single-vcpu's build, with a VMM compiled against a header whose vCPU 0 IPA is moved."""
     loaded = load(EXAMPLES / "single-vcpu.yaml")
-    job = kvmprove.make_job(loaded, layout.allocate(loaded.description))
+    job = kvm_job.make_job(loaded, layout.allocate(loaded.description))
     header = job.output(".h")
     ipa = job.layout.vcpu_ipas[0]
     head, table, tail = header.data.decode().partition("_pvtime_ipas[")
     assert f"UINT64_C({ipa:#x})," in tail
     text = head + table + tail.replace(f"UINT64_C({ipa:#x}),", f"UINT64_C({ipa + 64:#x}),", 1)
-    bad = kvmprove.Header(header.name, text.encode(), "single-vcpu")
-    return replace(job, vmm=kvmprove.vmm_binary(bad))
+    bad = kvm_vmm.Header(header.name, text.encode(), "single-vcpu")
+    return replace(job, vmm=kvm_vmm.vmm_binary(bad))
 
 
 @pytest.fixture(scope="module")
-def reports() -> dict[str, kvmprove.KvmReport]:
+def reports() -> dict[str, kvm_judge.KvmReport]:
     """Every scenario, proven in one emulated host boot."""
-    items: list[tuple[LoadedDescription, Layout] | kvmprove.Job] = []
+    items: list[tuple[LoadedDescription, Layout] | kvm_job.Job] = []
     names = []
     for path in SHIPPED:
         loaded = load(path)
         items.append((loaded, layout.allocate(loaded.description)))
         names.append(path.stem)
-    items.append(kvmprove.make_job(*region_in_ram()))
+    items.append(kvm_job.make_job(*region_in_ram()))
     names.append("nc-inside-ram")
     loaded = load(EXAMPLES / "qemu-virt-8cpu.yaml")
-    items.append(kvmprove.make_job(loaded, layout.allocate(loaded.description), unset=[UNSET]))
+    items.append(kvm_job.make_job(loaded, layout.allocate(loaded.description), unset=[UNSET]))
     names.append("nc-unset")
     items.append(tampered_header_job())
     names.append("tampered-header")
-    done = kvmprove.prove_many(items, prove.guest_parts(), TIMEOUT)
+    done = kvmprove.prove_many(items, guest.guest_parts(), TIMEOUT)
     return dict(zip(names, done, strict=True))
 
 
-def raw_answers(rep: kvmprove.KvmReport) -> dict[int, dict[str, int]]:
-    """The VMM's ``vcpu N ...`` lines, read here independently of kvmprove.parse_answers."""
+def raw_answers(rep: kvm_judge.KvmReport) -> dict[int, dict[str, int]]:
+    """The VMM's ``vcpu N ...`` lines, read here independently of kvm_judge.parse_answers."""
     out = {}
     for line in rep.vmm_lines:
         if line.startswith("vcpu "):
@@ -105,7 +105,7 @@ def raw_answers(rep: kvmprove.KvmReport) -> dict[int, dict[str, int]]:
 
 @pytest.mark.parametrize("name", [p.stem for p in SHIPPED])
 def test_kvm_reports_every_configured_ipa(
-    reports: dict[str, kvmprove.KvmReport], name: str
+    reports: dict[str, kvm_judge.KvmReport], name: str
 ) -> None:
     rep = reports[name]
     assert rep.no_result is None, rep.no_result
@@ -137,7 +137,7 @@ def test_kvm_reports_every_configured_ipa(
                          "RAM the guest is told it may use\n")  # fmt: skip
 
 
-def test_512_vcpus_all_answer(reports: dict[str, kvmprove.KvmReport]) -> None:
+def test_512_vcpus_all_answer(reports: dict[str, kvm_judge.KvmReport]) -> None:
     rep = reports["max-vcpus-512"]
     raw = raw_answers(rep)
     assert len(raw) == kvm.KVM_MAX_VCPUS == 512
@@ -152,7 +152,7 @@ def test_512_vcpus_all_answer(reports: dict[str, kvmprove.KvmReport]) -> None:
 
 
 def test_ipa_inside_usable_ram_fails_naming_vcpus_and_memory_node(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["nc-inside-ram"]
     lay = rep.layout
@@ -171,7 +171,7 @@ def test_ipa_inside_usable_ram_fails_naming_vcpus_and_memory_node(
 
 
 def test_unset_ipa_answers_not_supported_and_fails(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["nc-unset"]
     raw = raw_answers(rep)
@@ -187,7 +187,7 @@ def test_unset_ipa_answers_not_supported_and_fails(
 
 
 def test_header_that_disagrees_with_the_config_is_refused(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["tampered-header"]
     assert not rep.passed and rep.vcpus == ()
@@ -231,9 +231,9 @@ def test_cli_json() -> None:
 
 def test_host_without_kvm_is_no_result() -> None:
     loaded = load(EXAMPLES / "single-vcpu.yaml")
-    no_el2 = replace(kvmprove.host_machine(), machine="virt,gic-version=3")
+    no_el2 = replace(kvm_host.host_machine(), machine="virt,gic-version=3")
     (rep,) = kvmprove.prove_many(
-        [(loaded, layout.allocate(loaded.description))], prove.guest_parts(), TIMEOUT, no_el2
+        [(loaded, layout.allocate(loaded.description))], guest.guest_parts(), TIMEOUT, no_el2
     )
     assert rep.no_result is not None and not rep.passed
     assert "/dev/kvm" in rep.no_result

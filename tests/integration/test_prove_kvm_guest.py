@@ -17,14 +17,17 @@ import pytest
 from test_prove_kvm import INSIDE_RAM, region_in_ram
 from tools import EXAMPLES, ROOT
 
+from pvdesc.commands.prove import guest as prove_guest
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.commands.prove import tcg as prove
+from pvdesc.commands.prove import kvm_guest_plan, kvm_job, kvm_judge
+from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.errors import ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
+from pvdesc.read import guest_output
 
 pytestmark = pytest.mark.boot
 
@@ -49,20 +52,20 @@ def lower_in_ram() -> tuple[LoadedDescription, Layout]:
 
 
 @pytest.fixture(scope="module")
-def reports() -> dict[str, kvmprove.KvmReport]:
-    parts = prove.guest_parts()
-    items: list[kvmprove.Job] = []
+def reports() -> dict[str, kvm_judge.KvmReport]:
+    parts = prove_guest.guest_parts()
+    items: list[kvm_job.Job] = []
     for path in SCENARIOS.values():
         loaded = load(path)
-        items.append(kvmprove.make_job(loaded, layout.allocate(loaded.description), linux=parts))
-    items.append(kvmprove.make_job(*region_in_ram(INSIDE_RAM), linux=parts))
-    items.append(kvmprove.make_job(*lower_in_ram(), linux=parts))
+        items.append(kvm_job.make_job(loaded, layout.allocate(loaded.description), linux=parts))
+    items.append(kvm_job.make_job(*region_in_ram(INSIDE_RAM), linux=parts))
+    items.append(kvm_job.make_job(*lower_in_ram(), linux=parts))
     names = [*SCENARIOS, "nc-top", "nc-lower"]
     done = kvmprove.prove_many(items, parts, TIMEOUT)
     return dict(zip(names, done, strict=True))
 
 
-def guest_alone(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
+def guest_alone(rep: kvm_judge.KvmReport) -> kvmguest.GuestReport:
     """The guest judged again on its own lines, as if stage one had passed: what fails it then
     is what the guest itself showed."""
     g = guest(rep)
@@ -73,10 +76,10 @@ def guest_alone(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
 
 def touching(rep: kvmguest.GuestReport, r: Range) -> list[str]:
     g = r.granules()
-    return [prove.iomem_line(e) for e in rep.iomem if e.range.overlaps(g)]
+    return [guest_output.iomem_line(e) for e in rep.iomem if e.range.overlaps(g)]
 
 
-def guest(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
+def guest(rep: kvm_judge.KvmReport) -> kvmguest.GuestReport:
     assert rep.no_result is None, rep.no_result
     assert rep.guest is not None
     return rep.guest
@@ -87,7 +90,7 @@ def guest(rep: kvmprove.KvmReport) -> kvmguest.GuestReport:
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_guest_enables_stolen_time_and_powers_off(
-    reports: dict[str, kvmprove.KvmReport], name: str
+    reports: dict[str, kvm_judge.KvmReport], name: str
 ) -> None:
     rep = reports[name]
     g = guest(rep)
@@ -108,7 +111,7 @@ def test_guest_enables_stolen_time_and_powers_off(
     )
 
 
-def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvmprove.KvmReport]) -> None:
+def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvm_judge.KvmReport]) -> None:
     rep = reports["reserved"]
     g = guest(rep)
     region = rep.layout.region
@@ -118,17 +121,17 @@ def test_reserved_memory_is_reserved_inside_ram(reports: dict[str, kvmprove.KvmR
     assert any(e.name == "System RAM" and e.range.end == region.base for e in top)
     # Inside the one /memory node the guest was given (its DT), and inside the RAM memslot.
     assert [n.range for n in rep.layout.memory_nodes] == [Range(0x40000000, 2 << 30)]
-    assert [s.status for s in g.granules] == [prove.Status.RESERVED]
+    assert [s.status for s in g.granules] == [prove_verdict.Status.RESERVED]
 
 
 @pytest.mark.parametrize("name", ["exclude", "hole-4cpu"])
-def test_no_system_ram_over_the_region(reports: dict[str, kvmprove.KvmReport], name: str) -> None:
+def test_no_system_ram_over_the_region(reports: dict[str, kvm_judge.KvmReport], name: str) -> None:
     g = guest(reports[name])
     assert touching(g, reports[name].layout.region) == []
-    assert [s.status for s in g.granules] == [prove.Status.ABSENT]
+    assert [s.status for s in g.granules] == [prove_verdict.Status.ABSENT]
 
 
-def test_every_online_vcpu_accounts_steal(reports: dict[str, kvmprove.KvmReport]) -> None:
+def test_every_online_vcpu_accounts_steal(reports: dict[str, kvm_judge.KvmReport]) -> None:
     rep = reports["hole-4cpu"]
     g = guest(rep)
     assert any("smp: Brought up 1 node, 4 CPUs" in ln for ln in g.console)
@@ -147,7 +150,7 @@ def test_every_online_vcpu_accounts_steal(reports: dict[str, kvmprove.KvmReport]
 
 
 def test_region_at_top_of_ram_crashes_the_guest_and_fails(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["nc-top"]
     # KVM accepted the IPAs and answered with them: stage 1 finds them inside usable RAM.
@@ -168,7 +171,7 @@ def test_region_at_top_of_ram_crashes_the_guest_and_fails(
 
 
 def test_region_lower_in_ram_survives_but_is_system_ram(
-    reports: dict[str, kvmprove.KvmReport],
+    reports: dict[str, kvm_judge.KvmReport],
 ) -> None:
     rep = reports["nc-lower"]
     g = guest(rep)
@@ -178,7 +181,7 @@ def test_region_lower_in_ram_survives_but_is_system_ram(
     # Its own /proc/iomem lists the reported IPA as System RAM.
     holders = [e for e in g.iomem if e.name == "System RAM" and e.range.contains_addr(ipa)]
     assert holders and holders[0].depth == 0
-    assert [s.status for s in g.granules] == [prove.Status.SYSTEM_RAM]
+    assert [s.status for s in g.granules] == [prove_verdict.Status.SYSTEM_RAM]
     assert g.verdict == "fail" and not rep.passed
     assert any(x.startswith("guest: granule 0x60000000-0x6000ffff is System RAM")
                for x in rep.failures)  # fmt: skip
@@ -195,22 +198,22 @@ def test_region_lower_in_ram_survives_but_is_system_ram(
 def test_read_image_takes_the_arm64_header(tmp_path: Path, gz: bool) -> None:
     import gzip
 
-    img = kvmguest.read_image(prove.guest_parts().kernel)
+    img = kvm_guest_plan.read_image(prove_guest.guest_parts().kernel)
     assert img.text_offset == 0 and img.image_size >= len(img.data)
     path = tmp_path / "k"
     path.write_bytes(gzip.compress(img.data[: 4 << 20], 1) if gz else img.data[: 4 << 20])
-    again = kvmguest.read_image(path)
+    again = kvm_guest_plan.read_image(path)
     assert (again.text_offset, again.image_size) == (img.text_offset, img.image_size)
     bad = tmp_path / "bad"
     bad.write_bytes(b"\0" * 4096)
     with pytest.raises(ToolError, match=r"not an arm64 Image: magic 0x00000000"):
-        kvmguest.read_image(bad)
+        kvm_guest_plan.read_image(bad)
 
 
 def test_uefi_and_huge_layouts_are_not_run() -> None:
-    parts = prove.guest_parts()
-    img = kvmguest.read_image(parts.kernel)
+    parts = prove_guest.guest_parts()
+    img = kvm_guest_plan.read_image(parts.kernel)
     for name, why in [("uefi-carve-exclude", "boot uefi-dt"), ("max-vcpus-512", "MiB of RAM")]:
         loaded = load(EXAMPLES / f"{name}.yaml")
-        p, reason = kvmguest.plan(loaded, layout.allocate(loaded.description), img, b"")
+        p, reason = kvm_guest_plan.plan(loaded, layout.allocate(loaded.description), img, b"")
         assert p is None and reason is not None and why in reason

@@ -14,21 +14,22 @@ from pathlib import Path
 import pytest
 from tools import EXAMPLES, run_cli
 
-from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
-from pvdesc.core.ranges import Range
+from pvdesc.commands.prove import kvm_guest_plan, kvm_host, kvm_job, kvm_judge, kvm_vmm
+from pvdesc.core.ranges import Labelled, Range
 from pvdesc.description.load import load
 from pvdesc.errors import ToolError
 from pvdesc.layout import allocate as layout
+from pvdesc.read import guest_output
 from pvdesc.tools import proc
 
-HOST = kvmprove.HostInfo("6.1.0", "kvm [1]: VHE mode initialized successfully", (), 1.0)
+HOST = kvm_host.HostInfo("6.1.0", "kvm [1]: VHE mode initialized successfully", (), 1.0)
 MINUS_ONE = (1 << 64) - 1
 
 
-def job(name: str = "kvmtool", unset: tuple[int, ...] = ()) -> kvmprove.Job:
+def job(name: str = "kvmtool", unset: tuple[int, ...] = ()) -> kvm_job.Job:
     loaded = load(EXAMPLES / f"{name}.yaml")
-    return kvmprove.make_job(loaded, layout.allocate(loaded.description), unset)
+    return kvm_job.make_job(loaded, layout.allocate(loaded.description), unset)
 
 
 def line(vid: int, ipa: int, st: int, features: int = 0, revision: int = 0) -> str:
@@ -38,13 +39,13 @@ def line(vid: int, ipa: int, st: int, features: int = 0, revision: int = 0) -> s
     )
 
 
-def answers(j: kvmprove.Job, **change: int) -> kvmprove.JobOutput:
+def answers(j: kvm_job.Job, **change: int) -> kvm_host.JobOutput:
     """A probe run in which every vCPU reports its configured IPA, except ``vN=ipa`` changes."""
     lines = ["kvm api 12 steal_time 1 ipa_size 48 max_vcpus 512"]
     for vid, ipa in enumerate(j.layout.vcpu_ipas):
         st = change.get(f"v{vid}", ipa)
         lines.append(line(vid, ipa, st, 0 if st != MINUS_ONE else MINUS_ONE))
-    return kvmprove.JobOutput((*lines, f"done {len(j.layout.vcpu_ipas)}"), (), 0)
+    return kvm_host.JobOutput((*lines, f"done {len(j.layout.vcpu_ipas)}"), (), 0)
 
 
 def test_config_is_the_hypervisor_json() -> None:
@@ -71,15 +72,15 @@ def test_config_is_the_hypervisor_json() -> None:
 def test_probe_addresses_avoid_the_region_and_the_memslots() -> None:
     ram = (Range(0x0, 0x20000), "ram")
     region = Range(0x0, 0x10000)
-    assert kvmprove.payload_page([ram], region) == 0x10000
+    assert kvm_job.payload_page([ram], region) == 0x10000
     slots = [ram, (Range(0x30000, 0x1000), "stolen-time")]
-    assert kvmprove.report_window(slots, 40) == 0x20000
-    assert kvmprove.report_window([(Range(0x10000, 0x1000), "ram")], 40) == 0
+    assert kvm_job.report_window(slots, 40) == 0x20000
+    assert kvm_job.report_window([(Range(0x10000, 0x1000), "ram")], 40) == 0
 
 
 def test_judge_passes_what_kvm_reported_as_configured() -> None:
     j = job()
-    rep = kvmprove.judge(j, HOST, answers(j))
+    rep = kvm_judge.judge(j, HOST, answers(j))
     assert rep.passed, rep.failures
     assert [a.reported_ipa for a in rep.vcpus] == list(j.layout.vcpu_ipas)
 
@@ -87,7 +88,7 @@ def test_judge_passes_what_kvm_reported_as_configured() -> None:
 def test_judge_fails_a_reported_ipa_other_than_the_config() -> None:
     j = job()
     ipa = j.layout.vcpu_ipas[2]
-    rep = kvmprove.judge(j, HOST, answers(j, v2=ipa + 64))
+    rep = kvm_judge.judge(j, HOST, answers(j, v2=ipa + 64))
     assert not rep.passed
     assert [f.code for f in rep.findings if f.severity == "error"] == ["ipa-mismatch"]
     assert rep.failures[0].startswith("ipa-mismatch: vCPU 2: PV_TIME_ST reported")
@@ -95,7 +96,7 @@ def test_judge_fails_a_reported_ipa_other_than_the_config() -> None:
 
 def test_judge_runs_check_on_the_reported_address() -> None:
     j = job()
-    rep = kvmprove.judge(j, HOST, answers(j, v0=0x80000000))  # inside kvmtool's RAM
+    rep = kvm_judge.judge(j, HOST, answers(j, v0=0x80000000))  # inside kvmtool's RAM
     codes = {f.code for f in rep.findings if f.severity == "error"}
     assert {"ipa-mismatch", "ipa-in-ram", "ipa-outside-region"} <= codes
     (ram,) = [f for f in rep.findings if f.code == "ipa-in-ram"]
@@ -107,37 +108,37 @@ def test_judge_fails_an_unwritten_structure_and_not_supported() -> None:
     out = answers(j, v1=MINUS_ONE)
     lines = [ln.replace("revision 0x0", "revision 0xa5a5a5a5") if ln.startswith("vcpu 3 ")
              else ln for ln in out.lines]  # fmt: skip
-    rep = kvmprove.judge(j, HOST, kvmprove.JobOutput(tuple(lines), (), 0))
+    rep = kvm_judge.judge(j, HOST, kvm_host.JobOutput(tuple(lines), (), 0))
     codes = [f.code for f in rep.findings if f.severity == "error"]
     assert sorted(codes) == ["pv-time-not-supported", "structure-not-written"]
 
 
 def test_no_kvm_and_no_answer_are_no_result() -> None:
     j = job()
-    out = kvmprove.JobOutput(("no-kvm: /dev/kvm: No such file or directory",), (), 3)
-    rep = kvmprove.judge(j, HOST, out)
+    out = kvm_host.JobOutput(("no-kvm: /dev/kvm: No such file or directory",), (), 3)
+    rep = kvm_judge.judge(j, HOST, out)
     assert rep.no_result is not None and "kvm [1]: VHE" in rep.no_result and not rep.passed
-    rep = kvmprove.judge(j, HOST, kvmprove.JobOutput((), (), None))
+    rep = kvm_judge.judge(j, HOST, kvm_host.JobOutput((), (), None))
     assert rep.no_result is not None and not rep.passed
-    rep = kvmprove.judge(j, HOST, kvmprove.JobOutput((), ("Segmentation fault",), 139))
+    rep = kvm_judge.judge(j, HOST, kvm_host.JobOutput((), ("Segmentation fault",), 139))
     assert rep.no_result is not None and "Segmentation fault" in rep.no_result
 
 
 def test_vmm_refusal_is_a_failure() -> None:
     j = job()
-    out = kvmprove.JobOutput(("error: KVM_SET_DEVICE_ATTR(PVTIME_IPA 0x1) vCPU 0: Invalid",), (), 1)
-    rep = kvmprove.judge(j, HOST, out)
+    out = kvm_host.JobOutput(("error: KVM_SET_DEVICE_ATTR(PVTIME_IPA 0x1) vCPU 0: Invalid",), (), 1)
+    rep = kvm_judge.judge(j, HOST, out)
     assert not rep.passed and rep.no_result is None
     assert rep.findings[0].code == "vmm-refused"
 
 
 def test_vmm_build_is_cached_and_a_bad_header_is_one_error() -> None:
-    first = kvmprove.vmm_binary()
-    assert first.is_file() and kvmprove.vmm_cache_dir() in first.parents
-    assert kvmprove.vmm_binary() == first
-    bad = kvmprove.Header("broken.h", b"#error this header is broken\n", "broken")
+    first = kvm_vmm.vmm_binary()
+    assert first.is_file() and kvm_vmm.vmm_cache_dir() in first.parents
+    assert kvm_vmm.vmm_binary() == first
+    bad = kvm_vmm.Header("broken.h", b"#error this header is broken\n", "broken")
     with pytest.raises(ToolError, match="this header is broken"):
-        kvmprove.vmm_binary(bad)
+        kvm_vmm.vmm_binary(bad)
 
 
 def test_help_names_kvm(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,9 +150,9 @@ def test_help_names_kvm(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_payload_words_are_the_assembly_beside_them(tmp_path: Path) -> None:
     """The VMM's payload and trap are encoded by hand; the assembler must agree with each word."""
-    source = kvmprove.VMM_SOURCE.read_text()
-    gas = proc.program("aarch64-linux-gnu-as", kvmprove.CROSS_INSTALL)
-    objcopy = proc.program("aarch64-linux-gnu-objcopy", kvmprove.CROSS_INSTALL)
+    source = kvm_vmm.VMM_SOURCE.read_text()
+    gas = proc.program("aarch64-linux-gnu-as", kvm_vmm.CROSS_INSTALL)
+    objcopy = proc.program("aarch64-linux-gnu-objcopy", kvm_vmm.CROSS_INSTALL)
     for name in ("payload", "trap"):
         body = source.split(f"static const uint32_t {name}[] = {{", 1)[1].split("};", 1)[0]
         rows = re.findall(r"0x([0-9a-f]{8}), /\* (.*?) \*/", body)
@@ -166,9 +167,11 @@ def test_payload_words_are_the_assembly_beside_them(tmp_path: Path) -> None:
         assert [f"{w:08x}" for w in words] == [word for word, _ in rows], name
 
 
-def _guest_plan() -> tuple[layout.Layout, kvmguest.Plan]:
+def _guest_plan() -> tuple[layout.Layout, kvm_guest_plan.Plan]:
     lay = layout.allocate(load(EXAMPLES / "linux-carve-reserved.yaml").description)
-    plan = kvmguest.Plan(2, 0x40000000, 0x42000000, Range(0x42200000, 0x1000), b"dtb", b"", Path())
+    plan = kvm_guest_plan.Plan(
+        2, 0x40000000, 0x42000000, Range(0x42200000, 0x1000), b"dtb", b"", Path()
+    )
     return lay, plan
 
 
@@ -194,3 +197,26 @@ def test_guest_that_never_finishes_is_a_fail_naming_why() -> None:
         "finished: the guest did not complete its report and power off (error: KVM_RUN vCPU 1: "
         "Bad address); last line: no console output"
     )
+
+
+def test_guest_output_reads_the_kvm_guests_tagged_console() -> None:
+    reg = "00 00 00 00 40 00 00 00 00 00 00 00 80 00 00 00"
+    console = [
+        "[    1.000000] pvdesc-iomem: 40000000-bfffffff : System RAM",
+        "[    1.100000] pvdesc-stat1: cpu0 1 2 3 4 5 6 7 9",
+        f"[    1.200000] pvdesc-dt: memory@40000000/reg: {reg}",
+        "[    2.000000] other-iomem: not ours",
+        "pvdesc-iomem: no timestamp, not the kernel's",
+    ]
+    tags = guest_output.tagged(console, "pvdesc-")
+    assert tags == {
+        "iomem": ["40000000-bfffffff : System RAM"],
+        "stat1": ["cpu0 1 2 3 4 5 6 7 9"],
+        "dt": [f"memory@40000000/reg: {reg}"],
+    }
+    # The 8th value of each cpuN line; the all-CPU "cpu" line and short lines are not CPUs.
+    stat = [*tags["stat1"], "cpu  1 2 3 4 5 6 7 8", "cpu1 1 2"]
+    assert guest_output.steal_ticks(stat) == {0: 9}
+    cells = ["#address-cells: 00 00 00 02", "#size-cells: 00 00 00 02"]
+    dt = guest_output.parse_devicetree("\n".join([*cells, *tags["dt"]]))
+    assert dt.memory == (Labelled(Range(0x40000000, 0x80000000), "memory@40000000"),)

@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 from tools import EXAMPLES, pvdesc, run_cli
 
-from pvdesc.commands.prove import guest
 from pvdesc.description.load import load
 from pvdesc.emit import acpi, build
 from pvdesc.emit import devicetree as dt
 from pvdesc.errors import AcpiError, DTError, ToolError
 from pvdesc.layout import allocate as layout
-from pvdesc.tools import acpica, proc
+from pvdesc.tools import acpica, proc, qemu
 
 HANG = """#!/bin/sh
 echo $$ > "{pids}/leader"
@@ -156,14 +155,14 @@ def test_hanging_acpiexec_times_out(fakebin: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_qemu_dumpdtb_hang_and_failure(fakebin: Path) -> None:
-    machine = guest.Machine(memory=1 << 30)
+    machine = qemu.Machine(memory=1 << 30)
     _fake(fakebin, "qemu-system-aarch64", HANG)
     with pytest.raises(ToolError, match=r"^qemu-system-aarch64: timed out after 1 s"):
-        guest.dump_dtb(machine, timeout=1.0)
+        qemu.dump_dtb(machine, timeout=1.0)
     assert all(_gone(pid) for pid in _pids(fakebin))
     _fake(fakebin, "qemu-system-aarch64", FAIL)
     with pytest.raises(ToolError) as info:
-        guest.dump_dtb(machine)
+        qemu.dump_dtb(machine)
     assert str(info.value) == (
         "qemu-system-aarch64: dumpdtb failed (exit 255): "
         "qemu-system-aarch64: fatal: cannot frobnicate the widget"
