@@ -21,7 +21,7 @@ from typing import Any
 from pvdesc import __version__
 from pvdesc.core.model import Describe
 from pvdesc.description.load import LoadedDescription, load
-from pvdesc.emit import acpi, hypervisor, publish, templating, vmmconfig
+from pvdesc.emit import acpi, hypervisor, publish, store, templating, vmmconfig
 from pvdesc.emit import devicetree as dt
 from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.layout import allocate as layout
@@ -147,7 +147,7 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
     """The manifest: which files belong together, their hashes, and what they pair with."""
     desc = lay.description
     data: dict[str, Any] = {
-        "format": publish.MANIFEST_FORMAT,
+        "format": store.MANIFEST_FORMAT,
         "generator": f"pvdesc {__version__}",
         "vm": desc.name,
         "description": {

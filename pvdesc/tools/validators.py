@@ -95,14 +95,9 @@ class Problem:
     message: str
 
 
-def find_program(name: str) -> str | None:
-    """The program's path (:func:`pvdesc.tools.proc.find_program`); tests replace this one."""
-    return proc.find_program(name)
-
-
 def missing_programs(validator: Validator) -> tuple[str, ...]:
     """The programs ``validator`` needs that cannot be found."""
-    return tuple(p for p in PROGRAMS[validator] if find_program(p) is None)
+    return tuple(p for p in PROGRAMS[validator] if proc.find_program(p) is None)
 
 
 def first_line(text: str, limit: int = 400) -> str:
@@ -120,10 +115,8 @@ def _run(argv: Sequence[str], cwd: Path) -> proc.Result:
 
 
 def _program(name: str) -> str:
-    path = find_program(name)
-    if path is None:
-        raise ToolError("not found next to this Python or on PATH; run scripts/setup --test", name)
-    return path
+    """Where validator program ``name`` is (:func:`pvdesc.tools.proc.program`)."""
+    return proc.program(name, "run scripts/setup --test")
 
 
 # --------------------------------------------------------------------------- dtc

@@ -38,7 +38,7 @@ CHECK_FORBIDDEN = (
     "pvdesc.commands.map.draw",
     "pvdesc.commands.prove.tcg",
     "pvdesc.emit.templating",
-    "pvdesc.commands.validate.fleet",
+    "pvdesc.commands.validate",
     "pvdesc.tools.validators",
     "typing",
     "json",
@@ -62,7 +62,7 @@ BUILD_FORBIDDEN = (
     "pvdesc.commands.map.draw",
     "pvdesc.emit.patch",
     "pvdesc.commands.prove.tcg",
-    "pvdesc.commands.validate.fleet",
+    "pvdesc.commands.validate",
     "pvdesc.tools.validators",
 )
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)\s*$")

@@ -23,10 +23,11 @@ from checkutil import dtc
 from test_validate_validators import CARVED, _bad_tree
 from tools import ROOT, run
 
+from pvdesc.commands.validate import chunk, reports
 from pvdesc.commands.validate import fleet as validate
-from pvdesc.commands.validate import reports
+from pvdesc.commands.validate.results import Externals, FleetReport
 from pvdesc.emit import build
-from pvdesc.tools import validators
+from pvdesc.tools import proc, validators
 from pvdesc.tools.validators import Validator
 
 EXAMPLES = ROOT / "examples"
@@ -63,7 +64,7 @@ def _inject_bad_dtb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, victim: str
     monkeypatch.setattr(build, "plan", plan)
 
 
-def _all(report: validate.Report) -> tuple[str, str, str, bytes]:
+def _all(report: FleetReport) -> tuple[str, str, str, bytes]:
     return (
         reports.to_text(report),
         reports.to_github(report),
@@ -116,16 +117,16 @@ def test_dt_validate_many_maps_each_diagnostic_to_its_dtb(tmp_path: Path) -> Non
 def test_a_batch_without_an_answer_falls_back_to_one_dtb_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = validators.find_program
+    real = proc.find_program
     monkeypatch.setattr(
-        validators, "find_program", lambda n: "/bin/false" if n == "dt-validate" else real(n)
+        proc, "find_program", lambda n: "/bin/false" if n == "dt-validate" else real(n)
     )
     assert validators.dt_validate_many(tmp_path, [("a/x.dtb", "x.dtb"), ("b/x.dtb", "x.dtb")],
                                        tmp_path / "s.json") is None  # fmt: skip
-    ext = validate.Externals("on", (Validator.DT_VALIDATE,), (), str(tmp_path / "s.json"))
+    ext = Externals("on", (Validator.DT_VALIDATE,), (), str(tmp_path / "s.json"))
     files = [str(EXAMPLES / "generic-hole.yaml"), str(EXAMPLES / "kvmtool.yaml")]
-    got = validate.validate_chunk(files, ext)
-    want = [validate.validate_file(f, ext) for f in files]
+    got = chunk.validate_chunk(files, ext)
+    want = [chunk.validate_file(f, ext) for f in files]
     assert got == want
     assert all(f.failures[0].message.startswith("dt-validate: ") for f in got)
     assert "failed to run (exit 1)" in got[0].failures[0].message

@@ -17,13 +17,13 @@ from checkutil import dtc
 from tools import ROOT
 
 from pvdesc.commands import cli
-from pvdesc.commands.validate import fleet as validate
 from pvdesc.commands.validate import reports
-from pvdesc.commands.validate.fleet import Externals, Failure, FileReport, Report
+from pvdesc.commands.validate.results import Externals, Failure, FileReport, FleetReport
+from pvdesc.commands.validate.single import build_failure
 from pvdesc.core.ranges import Range
 from pvdesc.emit import build
 from pvdesc.errors import DescriptionError, ToolError
-from pvdesc.tools import validators
+from pvdesc.tools import proc, validators
 from pvdesc.tools.validators import Validator
 
 CARVED = ROOT / "examples" / "linux-carve-reserved.yaml"
@@ -152,7 +152,7 @@ Resource Conversion Comparison:
 def test_compile_schema_failure_is_a_tool_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(validators, "find_program", lambda name: "/bin/false")
+    monkeypatch.setattr(proc, "find_program", lambda name: "/bin/false")
     with pytest.raises(ToolError, match=r"^dt-mk-schema: cannot compile"):
         validators.compile_schema(tmp_path)
 
@@ -211,12 +211,12 @@ EXT = Externals("auto", (Validator.DTC,), ((Validator.DT_VALIDATE, ("dt-validate
 
 def test_build_failure_keeps_the_build_text() -> None:
     err = DescriptionError("bad thing", "a/b.yaml:3:4: memory[0].size")
-    f = validate.build_failure("a/b.yaml", err)
+    f = build_failure("a/b.yaml", err)
     assert (f.rule, f.file, f.line, f.column) == ("description", "a/b.yaml", 3, 4)
     assert f.text == "a/b.yaml:3:4: memory[0].size: bad thing"
-    tool = validate.build_failure("a/b.yaml", ToolError("not found", "iasl"))
+    tool = build_failure("a/b.yaml", ToolError("not found", "iasl"))
     assert (tool.rule, tool.line, tool.text) == ("tool", None, "a/b.yaml: iasl: not found")
-    nowhere = validate.build_failure("a/b.yaml", DescriptionError("cannot read", "a/b.yaml"))
+    nowhere = build_failure("a/b.yaml", DescriptionError("cannot read", "a/b.yaml"))
     assert (nowhere.line, nowhere.text) == (None, "a/b.yaml: cannot read")
 
 
@@ -226,7 +226,7 @@ def test_text_and_github_lines_for_several_failures() -> None:
         Failure("check:ipa-in-ram", "v,1.yaml", 2, 3, "check ..."),
         Failure("dtc", "v,1.yaml", 2, 3, "dtc: again"),
     )
-    rep = Report((FileReport("v,1.yaml", "v", ("build",), fails),), EXT)
+    rep = FleetReport((FileReport("v,1.yaml", "v", ("build",), fails),), EXT)
     text = reports.to_text(rep).splitlines()
     assert text[0] == "FAIL v,1.yaml:2:3: dtc: x y 100% (+2 more: check:ipa-in-ram, dtc)"
     assert len(text) == 2
@@ -245,5 +245,5 @@ def test_text_and_github_lines_for_several_failures() -> None:
 
 def test_junit_carries_no_control_characters() -> None:
     fails = (Failure("description", "a.yaml", 1, 1, "bad \x01 byte"),)
-    data = reports.to_junit(Report((FileReport("a.yaml", None, ("build",), fails),), EXT))
+    data = reports.to_junit(FleetReport((FileReport("a.yaml", None, ("build",), fails),), EXT))
     assert b"\x01" not in data and b"bad \\x01 byte" in data

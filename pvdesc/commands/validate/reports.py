@@ -1,6 +1,6 @@
 """``pvdesc validate`` reports: text, GitHub workflow commands, JSON and JUnit XML.
 
-Pure functions from a :class:`~pvdesc.commands.validate.fleet.Report` to text.  Nothing here
+Pure functions from a :class:`~pvdesc.commands.validate.results.FleetReport` to text.  Nothing here
 depends on timing or on how many processes ran, so a serial and a parallel run
 of the same descriptions give byte-identical reports.
 
@@ -48,7 +48,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from pvdesc.commands.validate.fleet import FileReport, Report
+from pvdesc.commands.validate.results import FileReport, FleetReport
 from pvdesc.tools.validators import INSTALL
 
 FORMAT = "pvdesc.validate/1"
@@ -63,7 +63,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def summary(report: Report) -> str:
+def summary(report: FleetReport) -> str:
     """The closing line: counts, and which external validators ran or could not."""
     n = len(report.files)
     counts = f"{_plural(n, 'description')}, {n - report.failed} ok, {report.failed} failed"
@@ -98,7 +98,7 @@ def file_line(f: FileReport) -> str:
     return f"FAIL {_flat(first.text)}{more}"
 
 
-def to_text(report: Report) -> str:
+def to_text(report: FleetReport) -> str:
     """One line per description, then the summary."""
     return "".join(f"{file_line(f)}\n" for f in report.files) + summary(report) + "\n"
 
@@ -113,7 +113,7 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def to_github(report: Report) -> str:
+def to_github(report: FleetReport) -> str:
     """``ok`` lines and ``::error`` annotations (one per failure), then the summary."""
     out = []
     for f in report.files:
@@ -132,7 +132,7 @@ def to_github(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_data(report: Report) -> dict[str, Any]:
+def to_data(report: FleetReport) -> dict[str, Any]:
     """The ``pvdesc.validate/1`` document as plain data."""
     ext = report.externals
     return {
@@ -173,7 +173,7 @@ def to_data(report: Report) -> dict[str, Any]:
     }
 
 
-def to_json(report: Report) -> str:
+def to_json(report: FleetReport) -> str:
     """The JSON report, indented, with a final newline."""
     return json.dumps(to_data(report), indent=2) + "\n"
 
@@ -182,7 +182,7 @@ def _xml_text(text: str) -> str:
     return _XML_INVALID_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def to_junit(report: Report) -> bytes:
+def to_junit(report: FleetReport) -> bytes:
     """JUnit XML (UTF-8, with declaration): one testcase per description."""
     n, failed = str(len(report.files)), str(report.failed)
     suites = ET.Element(
@@ -217,7 +217,7 @@ def to_junit(report: Report) -> bytes:
     return body + b"\n"
 
 
-def render(report: Report, fmt: str) -> str:
+def render(report: FleetReport, fmt: str) -> str:
     """The report in ``fmt`` (text, json or github)."""
     if fmt == "json":
         return to_json(report)

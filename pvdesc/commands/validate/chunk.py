@@ -1,0 +1,110 @@
+"""A chunk of descriptions validated together: which external validators run, and running them.
+
+Within a chunk each description's outputs get a folder of their own and the
+external validators run in batches where the tool takes several inputs: one
+dt-validate process (one schema load) checks every DTB of the chunk, and its
+findings go back to their description by the file each one names
+(:func:`pvdesc.tools.validators.dt_validate_many`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pvdesc.commands.validate.results import Externals, FileReport, ValidateUsageError
+from pvdesc.commands.validate.single import Built, prepare
+from pvdesc.errors import ToolError
+from pvdesc.tools import validators
+from pvdesc.tools.validators import Validator
+
+
+def resolve_externals(mode: bool | None, workdir: Path) -> Externals:
+    """The validators to run: all (``True``), none (``False``) or those available (``None``).
+
+    With ``True`` a missing program is a :class:`ValidateUsageError` naming every
+    missing one.  When dt-validate runs its schemas are compiled into ``workdir``.
+    """
+    if mode is False:
+        return Externals("off", (), (), None)
+    missing = tuple((v, progs) for v in Validator if (progs := validators.missing_programs(v)))
+    if mode is True and missing:
+        text = "; ".join(
+            f"{v} needs {', '.join(progs)} ({validators.INSTALL[v]})" for v, progs in missing
+        )
+        raise ValidateUsageError(
+            f"cannot run every external validator: {text}; or use --no-external", "--external"
+        )
+    absent = {v for v, _ in missing}
+    enabled = tuple(v for v in Validator if v not in absent)
+    schema = None
+    if Validator.DT_VALIDATE in enabled:
+        try:
+            schema = str(validators.compile_schema(workdir))
+        except ToolError as err:
+            raise ValidateUsageError(str(err), "--external") from None
+    return Externals("on" if mode else "auto", enabled, missing, schema)
+
+
+def run_validators(built: Sequence[Built], ext: Externals, workdir: Path) -> None:
+    """Run every enabled validator over ``built`` (outputs under ``workdir``), in batches.
+
+    dt-validate takes every DTB of the chunk in one process (one schema load);
+    each problem is mapped back to its description, and a batch without a usable
+    answer is run again one DTB at a time (:func:`validators.dt_validate_many`).
+    dtc, the iasl round trip and acpiexec run per description: dtc takes one input,
+    and iasl and acpiexec load every file given into one ACPI namespace, where two
+    SSDTs that both define ``\\_SB.PVTM`` collide.
+    """
+    for v in ext.enabled:
+        todo = [b for b in built if b.applies(v, ext)]
+        if v is Validator.DT_VALIDATE and ext.schema is not None:
+            schema = Path(ext.schema)
+            pairs = [
+                (str(b.folder.relative_to(workdir) / f"{b.name}.dtb"), f"{b.name}.dtb")
+                for b in todo
+            ]
+            found = validators.dt_validate_many(workdir, pairs, schema) if len(todo) > 1 else None
+            for i, b in enumerate(todo):
+                b.problems[v] = (
+                    found[i]
+                    if found is not None
+                    else validators.dt_validate(b.folder, f"{b.name}.dtb", schema)
+                )
+            continue
+        for b in todo:
+            if v is Validator.DTC:
+                dts = f"{b.name}.dts" if f"{b.name}.dts" in b.names() else None
+                b.problems[v] = validators.dtc(b.folder, f"{b.name}.dtb", dts)
+            elif v is Validator.IASL:
+                b.problems[v] = [
+                    p for fname, data in b.amls() for p in validators.iasl_round_trip(fname, data)
+                ]
+            elif v is Validator.ACPIEXEC:
+                ssdt = b.ssdt()
+                assert ssdt is not None  # applies() said so
+                b.problems[v] = validators.acpiexec(
+                    f"{b.name}.ssdt.aml", ssdt, b.result.layout.region
+                )
+
+
+def validate_chunk(paths: Sequence[str], ext: Externals) -> list[FileReport]:
+    """Build, check and externally validate some descriptions together (in one worker).
+
+    Each description's outputs go to a folder of its own, so equal VM names never
+    clash; the external validators then run over all of them in batches.  The
+    reports are those :func:`validate_file` gives for each path alone.
+    """
+    with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
+        workdir = Path(tmp)
+        prepared = [prepare(path, workdir / f"{i:05d}") for i, path in enumerate(paths)]
+        built = [p for p in prepared if isinstance(p, Built)]
+        run_validators(built, ext, workdir)
+        return [p.report(ext) if isinstance(p, Built) else p for p in prepared]
+
+
+def validate_file(path: str, ext: Externals) -> FileReport:
+    """Build, check and externally validate one description on its own (a chunk of one)."""
+    [report] = validate_chunk([path], ext)
+    return report
