@@ -7,7 +7,6 @@ the first place in the file it refuses.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable
@@ -37,6 +36,8 @@ def _schema_error_message(err: Any, data: Any) -> tuple[KeyPath, str, bool]:
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
         bad = extra[0]
+        import difflib  # only to word a refusal
+
         hint = difflib.get_close_matches(bad, allowed, n=1)
         tip = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
         return (*path, bad), f"unknown key {short(bad)}{tip}", True
