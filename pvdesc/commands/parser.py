@@ -86,6 +86,18 @@ def make_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 _Subcommands = argparse._SubParsersAction  # what add_subparsers returns
 
+#: ``--boot``'s choices: the values of :class:`pvdesc.core.model.Boot` (not imported: the
+#: parser is built before any command's modules).
+BOOTS = ("linux-dt", "uefi-dt", "uefi-acpi")
+
+
+def _add_boot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--boot", choices=list(BOOTS), default=BOOTS[0])
+
+
+def _add_format(p: argparse.ArgumentParser, *more: str) -> None:
+    p.add_argument("--format", choices=["text", "json", *more], default="text")
+
 
 def _add_build(sub: _Subcommands[_Parser]) -> None:
     p = sub.add_parser(
@@ -141,9 +153,9 @@ def _add_check(sub: _Subcommands[_Parser]) -> None:
     target.add_argument("--region", help="BASE:SIZE of the region, e.g. 0x090a0000:64K")
     c.add_argument("--vcpus", type=int, help="possible vCPUs (with --region)")
     c.add_argument("--ipa-bits", type=int, help="guest IPA size (with --region; default 40)")
-    c.add_argument("--boot", choices=["linux-dt", "uefi-dt", "uefi-acpi"], default="linux-dt")
+    _add_boot(c)
     c.add_argument("--acpi", nargs="+", default=[], metavar="FILE", help="SRAT/SSDT .aml files")
-    c.add_argument("--format", choices=["text", "json"], default="text")
+    _add_format(c)
     c.set_defaults(func=handlers.cmd_check)
 
 
@@ -161,7 +173,7 @@ def _add_map(sub: _Subcommands[_Parser]) -> None:
         "--vcpus", type=int, help="possible vCPUs (with --dtb; default: fill the region)"
     )
     m.add_argument("--ipa-bits", type=int, help="guest IPA size (with --dtb; default 40)")
-    m.add_argument("--boot", choices=["linux-dt", "uefi-dt", "uefi-acpi"], default="linux-dt")
+    _add_boot(m)
     m.add_argument(
         "--svg", metavar="FILE", help="also write the map as SVG (-: to stdout, the map to stderr)"
     )
@@ -190,7 +202,7 @@ def _add_validate(sub: _Subcommands[_Parser]) -> None:
     )
     v.add_argument("paths", nargs="+", metavar="PATH", help="description files or folders")
     v.add_argument("-j", "--jobs", type=int, help="worker processes (default: one per CPU)")
-    v.add_argument("--format", choices=["text", "json", "github"], default="text")
+    _add_format(v, "github")
     v.add_argument(
         "--junit",
         metavar="FILE",
@@ -249,7 +261,7 @@ def _add_prove(sub: _Subcommands[_Parser]) -> None:
         metavar="SECONDS",
         help="kill QEMU's process group after this long (default 120; with --kvm 300)",
     )
-    pr.add_argument("--format", choices=["text", "json"], default="text")
+    _add_format(pr)
     pr.set_defaults(func=handlers.cmd_prove)
 
 
@@ -270,7 +282,7 @@ def _add_diff(sub: _Subcommands[_Parser]) -> None:
     d.add_argument(
         "new", help="the destination: a description (YAML) or NAME.hypervisor.json (- for stdin)"
     )
-    d.add_argument("--format", choices=["text", "json"], default="text")
+    _add_format(d)
     d.set_defaults(func=handlers.cmd_diff)
 
 
@@ -282,7 +294,7 @@ def _add_profiles(sub: _Subcommands[_Parser]) -> None:
         "memory map was read from (a description picks an older one with vmm_version), the "
         "upstream file, and the map: stolen-time slot, RAM base and MMIO windows.",
     )
-    pf.add_argument("--format", choices=["text", "json"], default="text")
+    _add_format(pf)
     pf.set_defaults(func=handlers.cmd_profiles)
 
 
