@@ -28,7 +28,7 @@ def _wide_description(path: Path, devices: int) -> Path:
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
 def test_closed_stdout_exits_141_without_traceback(tmp_path: Path, unbuffered: bool) -> None:
     """Also with PYTHONUNBUFFERED, where CPython's TextIOWrapper drops what a short write
-    leaves over, so without cli._write the output was cut short and pvdesc exited 0."""
+    leaves over, so without handlers.write the output was cut short and pvdesc exited 0."""
     assert SCRIPT.is_file(), f"no console script at {SCRIPT}: run scripts/setup --test"
     desc = _wide_description(tmp_path / "wide.yaml", devices=2000)
     argv = [str(SCRIPT), "map", "--color", "never", str(desc)]

@@ -11,7 +11,9 @@ import yaml
 from tools import ROOT
 
 from pvdesc.core.model import Boot, Describe, Placement
-from pvdesc.description.load import MAX_NODES, SourceMap, _compose, loads, parse_quantity, schema
+from pvdesc.description.load import loads, parse_quantity
+from pvdesc.description.marks import MAX_NODES, SourceMap, _compose
+from pvdesc.description.schema_check import schema
 from pvdesc.errors import DescriptionError
 
 

@@ -1,6 +1,6 @@
 """The compiled schema check (fastjsonschema) never accepts what jsonschema refuses.
 
-pvdesc.description.load validates with a compiled check first and asks jsonschema, the
+pvdesc.description.schema_check validates with a compiled check first and asks jsonschema, the
 reference, only when that check refuses.  That is exactly jsonschema's language as
 long as fast-accept implies reference-accept; these tests check the implication on
 every description in the repository and on generated near-valid data, and that the
@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tools import ROOT
 
-from pvdesc.description import load as description
-from pvdesc.description.load import SourceMap, _compile_fast, _compose, schema
+from pvdesc.description import schema_check as description
+from pvdesc.description.marks import SourceMap, _compose
+from pvdesc.description.schema_check import _compile_fast, schema
 
 
 def reference_accepts(data: Any) -> bool:
