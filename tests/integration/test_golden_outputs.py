@@ -18,13 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libfdt
-from tools import EXAMPLES, ROOT
+from helpers import EXAMPLES, ROOT, cli_subprocess
 
 GOLDEN = ROOT / "tests" / "data" / "golden" / "outputs.json"
 RECORD = os.environ.get("PVDESC_GOLDEN_RECORD") == "1"
@@ -36,14 +34,7 @@ def _sha(data: bytes) -> str:
 
 def _cli(*args: str, cwd: Path) -> tuple[int, bytes]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100"}
-    res = subprocess.run(
-        [sys.executable, "-m", "pvdesc", *args],
-        capture_output=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    res = cli_subprocess(*args, cwd=cwd, env=env, text=False)
     assert b"Traceback" not in res.stderr, res.stderr.decode()
     return res.returncode, res.stdout
 

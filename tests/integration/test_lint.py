@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tools import ROOT, run
+from helpers import ROOT, run
 
 
 def test_ruff_clean() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import libfdt
 import pytest
-from tools import ROOT, DtValidate, decode_reg, dtc_check, libfdt_check, pvdesc, run, walk
+from helpers import ROOT, DtValidate, cli_subprocess, decode_reg, dtc_check, libfdt_check, run, walk
 
 from pvdesc.core.model import Describe
 from pvdesc.emit import build, hypervisor
@@ -32,7 +32,7 @@ def built(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[build.BuildResult, Path]:
     out = tmp_path_factory.mktemp(request.param.stem)
-    res = pvdesc("build", str(request.param), "-o", str(out))
+    res = cli_subprocess("build", str(request.param), "-o", str(out))
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     return build.plan(request.param), out

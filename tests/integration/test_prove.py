@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run_cli
+from helpers import EXAMPLES, ROOT, cli_in_process
 
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove import tcg as prove
@@ -109,7 +109,7 @@ def test_unbootable_descriptions_are_refused(
     name: str, line: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    code, out, err = run_cli(["prove", f"examples/{name}.yaml"], capsys)
+    code, out, err = cli_in_process(["prove", f"examples/{name}.yaml"], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"pvdesc: error: {line}"), err
     assert "Traceback" not in err
@@ -145,7 +145,7 @@ def test_region_on_a_qemu_device_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_kernel_file(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(
+    code, out, err = cli_in_process(
         ["prove", str(EXAMPLES / "linux-carve-reserved.yaml"), "--kernel", "/nonexistent/vmlinuz"],
         capsys,
     )
@@ -160,7 +160,7 @@ def test_missing_cached_kernel(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    code, out, err = run_cli(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
+    code, out, err = cli_in_process(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
         f"pvdesc: error: {tmp_path}/pvdesc/guest/vmlinuz: guest kernel/busybox missing: run "
@@ -172,7 +172,7 @@ def test_missing_qemu(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    code, out, err = run_cli(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
+    code, out, err = cli_in_process(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
         "pvdesc: error: qemu-system-aarch64: not found next to this Python or on PATH; "
@@ -185,7 +185,7 @@ def test_missing_edk2(
 ) -> None:
     missing = tmp_path / "QEMU_EFI.fd"
     monkeypatch.setattr(guest, "UEFI_FIRMWARE", missing)
-    code, out, err = run_cli(["prove", str(DATA / "uefi-hole.yaml")], capsys)
+    code, out, err = cli_in_process(["prove", str(DATA / "uefi-hole.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
         f"pvdesc: error: {missing}: EDK2 firmware missing; install it with: "
@@ -194,7 +194,7 @@ def test_missing_edk2(
 
 
 def test_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(
+    code, _, err = cli_in_process(
         ["prove", str(EXAMPLES / "linux-carve-reserved.yaml"), "--timeout", "0"], capsys
     )
     assert code == 2

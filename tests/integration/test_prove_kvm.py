@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run
+from helpers import EXAMPLES, ROOT, cli_subprocess
 
 from pvdesc import kvm
 from pvdesc.commands.prove import kvm as kvmprove
@@ -200,10 +199,9 @@ def test_header_that_disagrees_with_the_config_is_refused(
 
 
 def test_cli_json() -> None:
-    res = run(
-        [sys.executable, "-m", "pvdesc", "prove", "--kvm", str(EXAMPLES / "kvmtool.yaml"),
-         "--format", "json", "--timeout", str(TIMEOUT)],
-        timeout=TIMEOUT + 60,
+    res = cli_subprocess(
+        "prove", "--kvm", str(EXAMPLES / "kvmtool.yaml"), "--format", "json",
+        "--timeout", str(TIMEOUT), timeout=TIMEOUT + 60,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)

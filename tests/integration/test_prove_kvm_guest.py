@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import EXAMPLES, ROOT
 from test_prove_kvm import INSIDE_RAM, region_in_ram
-from tools import EXAMPLES, ROOT
 
 from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest

@@ -14,11 +14,10 @@ from typing import Any
 
 import libfdt
 import pytest
-from checkutil import dtc, memory, root
+from helpers import dtc, memory, qemu_dump, root
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_patch import QEMU_BASE
-from tools import qemu_dump
 
 from pvdesc.audit import check
 from pvdesc.audit.check import Finding, Target

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tools import ROOT
+from helpers import ROOT
 
 from pvdesc.core.model import Boot, Describe, Placement
 from pvdesc.description.load import MAX_NODES, SourceMap, _compose, loads, parse_quantity, schema

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tools import ROOT
 
 from pvdesc.description import load as description
 from pvdesc.description.load import SourceMap, _compile_fast, _compose, schema

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tools import ROOT
+from helpers import ROOT
 
 from pvdesc.emit import build, templating
 
