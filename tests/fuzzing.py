@@ -355,26 +355,28 @@ def apply_bytes(data: bytes, ops: Sequence[tuple[object, ...]]) -> bytes:
     """Apply byte-level mutations (positions taken modulo the length)."""
     buf = bytearray(data)
     for op in ops:
-        kind, args = op[0], [int(a) if isinstance(a, int) else a for a in op[1:]]
+        kind = op[0]
+        args = [a for a in op[1:] if isinstance(a, int)]  # positions, values and sizes
+        blobs = [a for a in op[1:] if isinstance(a, bytes)]  # what "insert" inserts
         n = max(len(buf), 1)
         if kind == "flip" and buf:
-            buf[int(args[0]) % n] ^= 1 << int(args[1])
+            buf[args[0] % n] ^= 1 << args[1]
         elif kind == "set32" and len(buf) >= 4:
-            pos = (int(args[0]) % n) & ~3
-            buf[pos : pos + 4] = int(args[1]).to_bytes(4, "big")
+            pos = (args[0] % n) & ~3
+            buf[pos : pos + 4] = args[1].to_bytes(4, "big")
         elif kind == "header" and len(buf) >= 40:
-            pos = 4 * int(args[0])
-            buf[pos : pos + 4] = int(args[1]).to_bytes(4, "big")
+            pos = 4 * args[0]
+            buf[pos : pos + 4] = args[1].to_bytes(4, "big")
         elif kind == "truncate":
-            del buf[int(args[0]) % n :]
+            del buf[args[0] % n :]
         elif kind == "insert":
-            pos = int(args[0]) % n
-            buf[pos:pos] = bytes(args[1])  # type: ignore[arg-type]
+            pos = args[0] % n
+            buf[pos:pos] = blobs[0]
         elif kind == "delete" and buf:
-            pos = int(args[0]) % n
-            del buf[pos : pos + int(args[1])]
+            pos = args[0] % n
+            del buf[pos : pos + args[1]]
         elif kind == "copy" and buf:
-            src, dst, size = int(args[0]) % n, int(args[1]) % n, int(args[2])
+            src, dst, size = args[0] % n, args[1] % n, args[2]
             buf[dst:dst] = buf[src : src + size]
     return bytes(buf)
 

@@ -170,7 +170,7 @@ def test_fuzz_diff(data: st.DataObject) -> None:
 def json_mutation(seed: bytes, data: st.DataObject) -> bytes:
     """Replace one value anywhere in a JSON document with a hostile one."""
     doc = json.loads(seed)
-    hostile = st.one_of(
+    hostile: st.SearchStrategy[object] = st.one_of(
         st.integers(-(2**70), 2**70),
         st.sampled_from([None, True, "0x10", [], {}, 10**400, 2**64, -1, 1.5, float("inf")]),
         st.lists(st.integers(0, 2**64), max_size=3),
@@ -194,8 +194,8 @@ def json_mutation(seed: bytes, data: st.DataObject) -> bytes:
         parent = doc
         try:
             for part in path[:-1]:
-                parent = parent[part]  # type: ignore[index]
-            parent[path[-1]] = copy.deepcopy(data.draw(hostile))  # type: ignore[index]
+                parent = parent[part]
+            parent[path[-1]] = copy.deepcopy(data.draw(hostile))
         except (KeyError, IndexError, TypeError):
             continue
     text = json.dumps(doc, allow_nan=True)

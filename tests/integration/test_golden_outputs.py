@@ -130,12 +130,8 @@ def _all(work: Path) -> dict[str, dict[str, str]]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(lambda e: _example(e, work), examples))
     table = {e.stem: r for e, r in zip(examples, results, strict=True)}
-    table["(profiles)"] = {
-        f"profiles {fmt}": "{} {}".format(
-            *(lambda c, d: (c, _sha(d)))(*_cli("profiles", "--format", fmt, cwd=work))
-        )
-        for fmt in ("text", "json")
-    }
+    runs = {fmt: _cli("profiles", "--format", fmt, cwd=work) for fmt in ("text", "json")}
+    table["(profiles)"] = {f"profiles {fmt}": f"{c} {_sha(d)}" for fmt, (c, d) in runs.items()}
     return table
 
 

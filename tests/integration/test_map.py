@@ -17,6 +17,7 @@ from pvdesc.commands.map import draw as mapview
 from pvdesc.commands.map import model as addrmap
 from pvdesc.commands.map.model import Describer, Kind, Scaling
 from pvdesc.core import units
+from pvdesc.core.model import Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
 from pvdesc.layout import allocate as layout
@@ -208,7 +209,7 @@ def test_findings_are_shown_inline() -> None:
     lay = layout.allocate(load(ROOT / "examples/uefi-carve-exclude.yaml").description)
     # A broken layout: the /memory node is not cut around the region (as if describe none).
     broken = layout.Layout(**{**lay.__dict__, "memory_nodes": layout.memory_nodes(
-        lay.description, lay.region, layout.Describe.NONE)})  # fmt: skip
+        lay.description, lay.region, Describe.NONE)})  # fmt: skip
     amap = addrmap.build(addrmap.from_layout(broken))
     assert len(amap.findings) == 1 and "ipa-in-ram" in amap.findings[0].message
     region = next(s for s in amap.segments if s.kind is Kind.REGION)

@@ -19,6 +19,7 @@ from pvdesc.commands.prove import tcg as prove
 from pvdesc.core.model import Boot, Describe
 from pvdesc.core.ranges import Range, merged
 from pvdesc.description.load import load, loads
+from pvdesc.errors import ProveError, ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.read import dtb
 
@@ -83,7 +84,7 @@ def test_qemu_makes_exactly_the_layouts_ram(path: Path) -> None:
 def test_qemu_size_is_exact() -> None:
     assert guest.qemu_size(2 << 30) == "2048M"
     assert guest.qemu_size((1 << 30) - (64 << 10)) == "1048512K"
-    with pytest.raises(guest.ToolError, match="8 KiB"):
+    with pytest.raises(ToolError, match="8 KiB"):
         guest.qemu_size(0x1000)
 
 
@@ -125,7 +126,7 @@ memory:
 stolen_time: {placement: carve, describe: exclude}
 """
     lay = layout.allocate(loads(text, "swapped.yaml").description)
-    with pytest.raises(prove.ProveError, match=r"NUMA nodes in address order are \[1, 0\]"):
+    with pytest.raises(ProveError, match=r"NUMA nodes in address order are \[1, 0\]"):
         prove.plan_machine(lay)
 
 
@@ -135,7 +136,7 @@ def test_region_on_a_qemu_device_is_refused(tmp_path: Path) -> None:
     path.write_text(
         "name: bare\nvcpus: 1\nboot: linux-dt\nmemory:\n  - {base: 0x40000000, size: 512M}\n"
     )
-    with pytest.raises(prove.ProveError) as exc:
+    with pytest.raises(ProveError) as exc:
         prove.prove_file(path, timeout=30)
     assert str(exc.value).startswith(f"{path}:1:1: stolen_time: QEMU virt's own devicetree")
     assert "/flash@0" in str(exc.value) and "\n" not in str(exc.value)

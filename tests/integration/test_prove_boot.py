@@ -24,6 +24,7 @@ from pvdesc.commands.prove import tcg as prove
 from pvdesc.core.model import Boot, Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
+from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
 
 pytestmark = pytest.mark.boot
@@ -65,7 +66,7 @@ def unsafe(boot: Boot) -> tuple[prove.Report, layout.Layout]:
     bad = replace(
         safe, description=desc, describe=Describe.RESERVED_MEMORY, reserved=(safe.region,)
     )
-    with pytest.raises(layout.LayoutError, match="no-map-under-uefi"):
+    with pytest.raises(LayoutError, match="no-map-under-uefi"):
         layout.verify(bad)  # the library's own check knows it is unsafe
     return prove.prove(replace(loaded, description=desc), bad, prove.guest_parts(), TIMEOUT), bad
 

@@ -23,6 +23,7 @@ from pvdesc.commands.prove import tcg as prove
 from pvdesc.core.model import Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
+from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout, MemoryNode
 
@@ -51,7 +52,7 @@ def region_in_ram(path: Path = INSIDE_RAM) -> tuple[LoadedDescription, Layout]:
         memory_nodes=(MemoryNode(bank.range, bank.numa_node, bank),),
         reserved=(),
     )
-    with pytest.raises(layout.LayoutError, match="ipa-in-ram"):
+    with pytest.raises(LayoutError, match="ipa-in-ram"):
         layout.verify(bad)  # the library's own check knows it is unsafe
     return loaded, bad
 

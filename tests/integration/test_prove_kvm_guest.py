@@ -22,7 +22,7 @@ from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.commands.prove import tcg as prove
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
-from pvdesc.errors import ToolError
+from pvdesc.errors import LayoutError, ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
 
@@ -43,7 +43,7 @@ LOWER = 0x60000000
 def lower_in_ram() -> tuple[LoadedDescription, Layout]:
     loaded, top = region_in_ram(INSIDE_RAM)
     lower = replace(top, region=Range(LOWER, top.region.size))
-    with pytest.raises(layout.LayoutError):
+    with pytest.raises(LayoutError):
         layout.verify(lower)
     return loaded, lower
 

@@ -11,7 +11,8 @@ import yaml
 from helpers import ROOT
 
 from pvdesc.core.model import Boot, Describe, Placement
-from pvdesc.description.load import MAX_NODES, SourceMap, _compose, loads, parse_quantity, schema
+from pvdesc.core.units import parse_quantity
+from pvdesc.description.load import MAX_NODES, SourceMap, _compose, loads, schema
 from pvdesc.errors import DescriptionError
 
 

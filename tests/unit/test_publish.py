@@ -134,7 +134,7 @@ def fork_publish(outdir: Path, files: Files, kill_at: int) -> bool:
     return False
 
 
-def scenarios(tmp: Path) -> Iterator[tuple[str, Callable[[Path], None], Files, Files]]:
+def scenarios(tmp: Path) -> Iterator[tuple[str, Callable[[Path], object], Files, Files]]:
     """(name, set up the old state in a directory, old outputs, new outputs)."""
     v1 = as_files(rendered(tmp, V1))
     v2 = as_files(rendered(tmp, V2, drop_dts=True))

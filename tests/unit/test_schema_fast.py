@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from pvdesc.description import load as description
 from pvdesc.description.load import SourceMap, _compile_fast, _compose, schema
+from pvdesc.errors import DescriptionError
 
 
 def reference_accepts(data: Any) -> bool:
@@ -35,7 +36,7 @@ def fast_accepts(data: Any) -> bool:
 def _data(path: Path) -> Any:
     try:
         return _compose(yaml.SafeLoader, path.read_text(encoding="utf-8"), SourceMap(str(path)))
-    except (UnicodeDecodeError, yaml.YAMLError, description.DescriptionError, RecursionError):
+    except (UnicodeDecodeError, yaml.YAMLError, DescriptionError, RecursionError):
         return None
 
 
