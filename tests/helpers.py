@@ -114,20 +114,15 @@ def cli_subprocess(
     ``stdin`` is all it reads (never the terminal); ``env`` replaces the environment
     when given; ``text=False`` keeps the output as bytes (a DTB is not text).
     """
-    argv = [sys.executable, "-m", "pvdesc", *args]
-    if text:
-        return subprocess.run(
-            argv,
-            input=stdin.decode(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=cwd,
-            env=env,
-            check=False,
-        )
     return subprocess.run(
-        argv, input=stdin, capture_output=True, timeout=timeout, cwd=cwd, env=env, check=False
+        [sys.executable, "-m", "pvdesc", *args],
+        input=stdin.decode() if text else stdin,
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        check=False,
     )
 
 

@@ -25,24 +25,26 @@ import pytest
 from fuzzing import (
     DIFF_SEPARATOR,
     ROOT,
-    apply_bytes,
-    apply_fdt,
-    apply_yaml,
-    byte_ops,
     dtc_seeds,
-    dump_yaml,
-    fdt_ops,
     pvdesc_outputs,
     qemu_seeds,
-    yaml_ops,
     yaml_seeds,
-    yaml_trees,
 )
 from fuzzing import (
     TARGETS as T,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutators import (
+    apply_bytes,
+    apply_fdt,
+    apply_yaml,
+    byte_ops,
+    dump_yaml,
+    fdt_ops,
+    yaml_ops,
+    yaml_trees,
+)
 
 SCALE = float(os.environ.get("PVDESC_FUZZ_EXAMPLES", "1"))
 CRASHES = ROOT / ".fuzz-crashes"

@@ -13,8 +13,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from fuzzing import Node, fdt_blob, u32
 from helpers import ROOT, cli_subprocess
+from mutators import Node, fdt_blob, u32
 
 from pvdesc.audit import check
 from pvdesc.audit.check import CheckInputError
