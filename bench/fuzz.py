@@ -75,8 +75,8 @@ def seeds(target: str, work: Path) -> list[bytes]:
 
 
 def random_fdt_ops(rng: random.Random) -> list[tuple[object, ...]]:
-    """A few structure mutations like tests/fuzzing.py's ``fdt_ops``, from a plain RNG."""
-    from fuzzing import INTERESTING_U32, NODE_NAMES, PROP_NAMES
+    """A few structure mutations like tests/mutators.py's ``fdt_ops``, from a plain RNG."""
+    from mutators import INTERESTING_U32, NODE_NAMES, PROP_NAMES
 
     def value() -> bytes:
         if rng.random() < 0.5:
@@ -111,6 +111,7 @@ def worker(target: str, seconds: int, runs: int, seed: int, crashes: Path, corpu
 
     with atheris.instrument_imports(include=["pvdesc"]):
         import fuzzing
+        import mutators
 
     crashes.mkdir(parents=True, exist_ok=True)
     stats = {"failures": 0}
@@ -133,7 +134,7 @@ def worker(target: str, seconds: int, runs: int, seed: int, crashes: Path, corpu
     def mutator(data: bytes, max_size: int, mseed: int) -> bytes:
         rng = random.Random(mseed)
         if target in DTB_TARGETS and rng.random() < 0.4:
-            out = fuzzing.apply_fdt(data, random_fdt_ops(rng))
+            out = mutators.apply_fdt(data, random_fdt_ops(rng))
             return out if len(out) <= max_size else data[:max_size]
         result: bytes = atheris.Mutate(data, max_size)
         return result

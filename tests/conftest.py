@@ -1,4 +1,4 @@
-"""Fixtures only; the helpers tests import are in tools.py."""
+"""Fixtures only; the helpers tests import are in helpers.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tools import DtValidate
+from helpers import DtValidate
 
 
 @pytest.fixture(scope="session")

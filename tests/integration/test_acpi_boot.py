@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tools import program
+from helpers import program
 
 from pvdesc.commands.prove import guest
 from pvdesc.core.ranges import Range

@@ -9,12 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from acpi_helpers import EXAMPLES, REPO
-from tools import pvdesc
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return pvdesc(*args, cwd=REPO, env=env, timeout=120)
+from helpers import EXAMPLES, cli_subprocess
 
 
 @pytest.mark.parametrize(
@@ -25,7 +20,7 @@ def test_build_writes_all_files_and_manifest(
     tmp_path: Path, example: str, tables: list[str]
 ) -> None:
     out = tmp_path / "out"
-    proc = run_cli("build", f"examples/{example}.yaml", "-o", str(out))
+    proc = cli_subprocess("build", f"examples/{example}.yaml", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     # generic-kvm examples also get the C header and Rust module (VMM profile outputs).
     suffixes = ("dts", "dtb", "dtso", "dtbo", "hypervisor.json", "manifest.json", "h", "rs")
@@ -66,7 +61,7 @@ def test_region_above_ipa_limit(tmp_path: Path) -> None:
         "stolen_time:\n  placement: fixed\n  base: 0x10000000000\n"
     )
     out = tmp_path / "out"
-    line = _one_line_exit_2(run_cli("build", str(desc), "-o", str(out)), out)
+    line = _one_line_exit_2(cli_subprocess("build", str(desc), "-o", str(out)), out)
     assert f"{desc}:9:" in line  # the base: line
     assert "IPA" in line
 
@@ -76,7 +71,7 @@ def test_oem_id_longer_than_6(tmp_path: Path) -> None:
     desc = tmp_path / "oem.yaml"
     desc.write_text(text.replace("oem_id: PVDESC", "oem_id: PVDESC7"))
     out = tmp_path / "out"
-    line = _one_line_exit_2(run_cli("build", str(desc), "-o", str(out)), out)
+    line = _one_line_exit_2(cli_subprocess("build", str(desc), "-o", str(out)), out)
     lineno = next(i for i, t in enumerate(desc.read_text().splitlines(), 1) if "oem_id:" in t)
     assert f"{desc}:{lineno}:" in line
     assert "acpi.oem_id" in line and "1-6" in line
@@ -88,7 +83,7 @@ def test_iasl_missing(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(empty))
     out = tmp_path / "out"
     line = _one_line_exit_2(
-        run_cli("build", "examples/uefi-acpi-hole.yaml", "-o", str(out), env=env), out
+        cli_subprocess("build", "examples/uefi-acpi-hole.yaml", "-o", str(out), env=env), out
     )
     assert "iasl" in line and "acpica-tools" in line
 
@@ -98,6 +93,6 @@ def test_non_acpi_build_does_not_need_iasl(tmp_path: Path) -> None:
     empty.mkdir()
     env = dict(os.environ, PATH=str(empty))
     out = tmp_path / "out"
-    proc = run_cli("build", "examples/uefi-carve-exclude.yaml", "-o", str(out), env=env)
+    proc = cli_subprocess("build", "examples/uefi-carve-exclude.yaml", "-o", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
     assert not list(out.glob("*.aml"))

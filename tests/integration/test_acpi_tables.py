@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from acpi_helpers import EXAMPLES, REPO, checksum_valid, header, outputs, parse_srat, plan_example
+from helpers import EXAMPLES, ROOT, checksum_valid, header, outputs, parse_srat, plan_example
 
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
@@ -175,7 +175,7 @@ def test_compile_error_maps_to_template_line() -> None:
     source = acpi.ssdt_source(lay)
     broken = source.replace("Memory32Fixed (ReadOnly,", "Memory32Fixed (ReadOnlyX,")
     assert broken != source
-    template = (REPO / "templates" / acpi.SSDT_TEMPLATE).read_text().splitlines()
+    template = (ROOT / "templates" / acpi.SSDT_TEMPLATE).read_text().splitlines()
     want = next(i for i, t in enumerate(template, 1) if "Memory32Fixed" in t)
     with pytest.raises(AcpiError) as info:
         acpica.compile_asl(broken, template=acpi.SSDT_TEMPLATE, name="ssdt")
@@ -188,7 +188,7 @@ def test_compile_error_maps_to_template_line() -> None:
 def test_template_line_follows_loops() -> None:
     lay = plan_example("uefi-acpi-numa").layout
     source = acpi.srat_source(lay)
-    template = (REPO / "templates" / acpi.SRAT_TEMPLATE).read_text().splitlines()
+    template = (ROOT / "templates" / acpi.SRAT_TEMPLATE).read_text().splitlines()
     uid_line = next(i for i, t in enumerate(template, 1) if "Acpi Processor UID" in t)
     rendered = source.splitlines()
     last_uid = max(i for i, t in enumerate(rendered, 1) if "Acpi Processor UID" in t)

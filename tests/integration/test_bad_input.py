@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tools import ROOT, pvdesc
+from helpers import ROOT, cli_subprocess
 
 BAD = sorted((ROOT / "tests" / "data" / "bad").glob("*.yaml"))
 
@@ -21,7 +21,7 @@ def test_corpus_is_large() -> None:
 def test_refusal(case: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rel = case.relative_to(ROOT)
-    res = pvdesc("build", str(rel), "-o", str(out))
+    res = cli_subprocess("build", str(rel), "-o", str(out))
     expected = case.with_suffix(".expected").read_text()
     assert res.returncode == 2
     assert res.stderr == expected
@@ -33,21 +33,21 @@ def test_refusal(case: Path, tmp_path: Path) -> None:
 def test_refusal_leaves_existing_outputs_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     good = ROOT / "examples" / "generic-hole.yaml"
-    assert pvdesc("build", str(good), "-o", str(out)).returncode == 0
+    assert cli_subprocess("build", str(good), "-o", str(out)).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".pvdesc"}
     store = sorted(str(p.relative_to(out)) for p in (out / ".pvdesc").rglob("*"))
     bad = tmp_path / "generic-hole.yaml"
     bad.write_text(
         good.read_text().replace("placement: hole", "placement: carve\n  describe: none")
     )
-    res = pvdesc("build", str(bad), "-o", str(out))
+    res = cli_subprocess("build", str(bad), "-o", str(out))
     assert res.returncode == 2
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".pvdesc"} == before
     assert sorted(str(p.relative_to(out)) for p in (out / ".pvdesc").rglob("*")) == store
 
 
 def test_missing_file_and_unwritable_output(tmp_path: Path) -> None:
-    res = pvdesc("build", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o"))
+    res = cli_subprocess("build", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o"))
     assert res.returncode == 2
     assert (
         res.stderr
@@ -55,13 +55,15 @@ def test_missing_file_and_unwritable_output(tmp_path: Path) -> None:
     )
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    res = pvdesc("build", str(ROOT / "examples" / "generic-hole.yaml"), "-o", str(blocker / "o"))
+    res = cli_subprocess(
+        "build", str(ROOT / "examples" / "generic-hole.yaml"), "-o", str(blocker / "o")
+    )
     assert res.returncode == 2 and res.stderr.startswith(f"pvdesc: error: {blocker / 'o'}: ")
     assert res.stderr.count("\n") == 1
 
 
 def test_usage_errors_exit_2() -> None:
-    res = pvdesc("build")
+    res = cli_subprocess("build")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    res = pvdesc("frobnicate")
+    res = cli_subprocess("frobnicate")
     assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from tools import ROOT, run
+from helpers import ROOT, run
 
 from pvdesc.tools import acpica
 

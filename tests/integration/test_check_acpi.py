@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from checkutil import dtc, memory, root, run_cli
-from tools import program
+from helpers import cli_subprocess, dtc, memory, program, root
 
 from pvdesc.audit import check
 from pvdesc.audit.findings import Severity
@@ -204,11 +203,12 @@ def test_cli_acpi(tmp_path: Path) -> None:
     dtb_path = dtc(root(memory(0x40000000, 0x80000000)), tmp_path)
     table = srat(tmp_path, [(0, 0x09000000, 0x01000000, True)])
     claim = ssdt(tmp_path, qword(REGION.base, REGION.size))
-    res = run_cli("check", "--dtb", str(dtb_path), "--region", "0x090a0000:64K", "--vcpus", "2",
-                  "--boot", "uefi-acpi", "--acpi", str(table), str(claim))  # fmt: skip
+    res = cli_subprocess("check", "--dtb", str(dtb_path), "--region", "0x090a0000:64K",
+                         "--vcpus", "2", "--boot", "uefi-acpi", "--acpi", str(table),
+                         str(claim))  # fmt: skip
     assert res.returncode == 1
     assert "error: srat-covers-region" in res.stdout and "ssdt-claim-matches" in res.stdout
     (tmp_path / "junk.aml").write_bytes(b"junk")
-    res = run_cli("check", "--dtb", str(dtb_path), "--region", "0x090a0000:64K", "--vcpus", "2",
-                  "--acpi", str(tmp_path / "junk.aml"))  # fmt: skip
+    res = cli_subprocess("check", "--dtb", str(dtb_path), "--region", "0x090a0000:64K",
+                         "--vcpus", "2", "--acpi", str(tmp_path / "junk.aml"))  # fmt: skip
     assert res.returncode == 2 and res.stderr.count("\n") == 1

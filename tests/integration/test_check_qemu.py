@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from checkutil import QEMU_PVTIME, QEMU_PVTIME_SIZE, qemu_dtb, run_cli
+from helpers import QEMU_PVTIME, QEMU_PVTIME_SIZE, cli_subprocess, qemu_dtb
 
 from pvdesc.read import dtb
 
@@ -35,15 +35,15 @@ def test_qemu_dtb(
     cpus = [s for s in dtb.load(path).skipped if s.path.startswith("/cpus/cpu@")]
     assert len(cpus) == vcpus  # the DTB really describes the vCPUs asked for
     own = f"{QEMU_PVTIME:#x}:{QEMU_PVTIME_SIZE:#x}"
-    res = run_cli("check", "--dtb", str(path), "--region", own, "--vcpus", str(vcpus),
-                  "--format", "json")  # fmt: skip
+    res = cli_subprocess("check", "--dtb", str(path), "--region", own, "--vcpus", str(vcpus),
+                         "--format", "json")  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)
     assert doc["verdict"] == "safe"
     assert [f["code"] for f in doc["findings"]] == ["memslots-not-checked"]
 
-    bad = run_cli("check", "--dtb", str(path), "--region", f"{inside:#x}:64K", "--vcpus",
-                  str(vcpus), "--format", "json")  # fmt: skip
+    bad = cli_subprocess("check", "--dtb", str(path), "--region", f"{inside:#x}:64K", "--vcpus",
+                         str(vcpus), "--format", "json")  # fmt: skip
     assert bad.returncode == 1, bad.stderr
     doc = json.loads(bad.stdout)
     assert doc["verdict"] == "unsafe"
@@ -54,6 +54,6 @@ def test_qemu_dtb(
 
 def test_qemu_dtb_region_on_a_device(tmp_path: Path) -> None:
     path = qemu_dtb(tmp_path, "dev", "-m", "1G")
-    res = run_cli("check", "--dtb", str(path), "--region", "0x09000000:64K", "--vcpus", "1")
+    res = cli_subprocess("check", "--dtb", str(path), "--region", "0x09000000:64K", "--vcpus", "1")
     assert res.returncode == 1
     assert "region-overlaps-device: /pl011@9000000 reg[0]" in res.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tools import DtValidate, dtc_check, run
+from helpers import DtValidate, dtc_check, run
 
 BAD_RESERVED = """/dts-v1/;
 / {

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tools import ROOT, pvdesc
+from helpers import ROOT, cli_subprocess
 
 from pvdesc.emit import build
 
@@ -15,7 +15,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_example_outputs_pass_check(example: Path, tmp_path: Path) -> None:
-    res = pvdesc("build", "-q", str(example), "-o", str(tmp_path))
+    res = cli_subprocess("build", "-q", str(example), "-o", str(tmp_path))
     assert res.returncode == 0, res.stderr
     desc = build.plan(example).layout.description
     tables = [str(p) for p in sorted(tmp_path.glob(f"{desc.name}.*.aml"))]
@@ -32,7 +32,7 @@ def test_example_outputs_pass_check(example: Path, tmp_path: Path) -> None:
     ]
     if tables:
         args += ["--acpi", *tables]
-    res = pvdesc(*args)
+    res = cli_subprocess(*args)
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)
     assert report["format"] == "pvdesc.check/1" and report["verdict"] == "safe"

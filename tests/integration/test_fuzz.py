@@ -25,24 +25,26 @@ import pytest
 from fuzzing import (
     DIFF_SEPARATOR,
     ROOT,
-    apply_bytes,
-    apply_fdt,
-    apply_yaml,
-    byte_ops,
     dtc_seeds,
-    dump_yaml,
-    fdt_ops,
     pvdesc_outputs,
     qemu_seeds,
-    yaml_ops,
     yaml_seeds,
-    yaml_trees,
 )
 from fuzzing import (
     TARGETS as T,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutators import (
+    apply_bytes,
+    apply_fdt,
+    apply_yaml,
+    byte_ops,
+    dump_yaml,
+    fdt_ops,
+    yaml_ops,
+    yaml_trees,
+)
 
 SCALE = float(os.environ.get("PVDESC_FUZZ_EXAMPLES", "1"))
 CRASHES = ROOT / ".fuzz-crashes"
@@ -170,7 +172,7 @@ def test_fuzz_diff(data: st.DataObject) -> None:
 def json_mutation(seed: bytes, data: st.DataObject) -> bytes:
     """Replace one value anywhere in a JSON document with a hostile one."""
     doc = json.loads(seed)
-    hostile = st.one_of(
+    hostile: st.SearchStrategy[object] = st.one_of(
         st.integers(-(2**70), 2**70),
         st.sampled_from([None, True, "0x10", [], {}, 10**400, 2**64, -1, 1.5, float("inf")]),
         st.lists(st.integers(0, 2**64), max_size=3),
@@ -194,8 +196,8 @@ def json_mutation(seed: bytes, data: st.DataObject) -> bytes:
         parent = doc
         try:
             for part in path[:-1]:
-                parent = parent[part]  # type: ignore[index]
-            parent[path[-1]] = copy.deepcopy(data.draw(hostile))  # type: ignore[index]
+                parent = parent[part]
+            parent[path[-1]] = copy.deepcopy(data.draw(hostile))
         except (KeyError, IndexError, TypeError):
             continue
     text = json.dumps(doc, allow_nan=True)

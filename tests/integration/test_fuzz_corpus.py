@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fuzzing import CORPUS, DIFF_SEPARATOR, ROOT, TARGETS
-from tools import pvdesc
+from helpers import cli_subprocess
 
 CASES = sorted(p for p in CORPUS.iterdir() if p.suffix != ".expected")
 #: ``pvdesc check`` on corpus DTBs: a region inside the usual 0x40000000 + 1 GiB of RAM.
@@ -42,7 +42,9 @@ def test_target_answers_or_refuses_cleanly(case: Path) -> None:
 def base_dtb(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A DTB pvdesc built, for the config and ACPI cases (their errors never name it)."""
     out = tmp_path_factory.mktemp("base")
-    assert pvdesc("build", "-q", "examples/generic-hole.yaml", "-o", str(out)).returncode == 0
+    assert (
+        cli_subprocess("build", "-q", "examples/generic-hole.yaml", "-o", str(out)).returncode == 0
+    )
     return str(out / "generic-hole.dtb")
 
 
@@ -79,7 +81,7 @@ def test_cli_replay(case: Path, tmp_path: Path, base_dtb: str) -> None:
     detail = expected[1].rstrip("\n")
     cwd = tmp_path if _target(case) == "diff" else ROOT
     argv = _argv(case, tmp_path, base_dtb)
-    res = pvdesc(*argv, cwd=cwd)
+    res = cli_subprocess(*argv, cwd=cwd)
     assert "Traceback" not in res.stderr
     assert res.returncode == code, res.stdout + res.stderr
     if code == 2:
@@ -89,6 +91,6 @@ def test_cli_replay(case: Path, tmp_path: Path, base_dtb: str) -> None:
         assert detail in res.stdout
         assert res.stderr == ""
     if _target(case) == "dtb":  # pvdesc map --dtb reads the same tree
-        drawn = pvdesc("map", *argv[1:], "--color", "never")
+        drawn = cli_subprocess("map", *argv[1:], "--color", "never")
         assert drawn.returncode == code or (code < 2 and drawn.returncode < 2), drawn.stderr
         assert "Traceback" not in drawn.stderr and drawn.stderr.count("\n") <= 1

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, SLOW, run
+from helpers import EXAMPLES, SLOW, run
 
 from pvdesc import kvm
 from pvdesc.core.model import Vmm

@@ -19,13 +19,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libfdt
-from tools import EXAMPLES, ROOT
+from helpers import EXAMPLES, ROOT, cli_subprocess
 
 GOLDEN = ROOT / "tests" / "data" / "golden" / "outputs.json"
 RECORD = os.environ.get("PVDESC_GOLDEN_RECORD") == "1"
@@ -37,14 +35,7 @@ def _sha(data: bytes) -> str:
 
 def _cli(*args: str, cwd: Path) -> tuple[int, bytes]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100"}
-    res = subprocess.run(
-        [sys.executable, "-m", "pvdesc", *args],
-        capture_output=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    res = cli_subprocess(*args, cwd=cwd, env=env, text=False)
     assert b"Traceback" not in res.stderr, res.stderr.decode()
     return res.returncode, res.stdout
 
@@ -142,12 +133,8 @@ def _all(work: Path) -> dict[str, dict[str, str]]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(lambda e: _example(e, work), examples))
     table = {e.stem: r for e, r in zip(examples, results, strict=True)}
-    table["(profiles)"] = {
-        f"profiles {fmt}": "{} {}".format(
-            *(lambda c, d: (c, _sha(d)))(*_cli("profiles", "--format", fmt, cwd=work))
-        )
-        for fmt in ("text", "json")
-    }
+    runs = {fmt: _cli("profiles", "--format", fmt, cwd=work) for fmt in ("text", "json")}
+    table["(profiles)"] = {f"profiles {fmt}": f"{c} {_sha(d)}" for fmt, (c, d) in runs.items()}
     return table
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run
+from helpers import EXAMPLES, ROOT, run
 
 from pvdesc.emit import build
 

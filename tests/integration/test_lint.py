@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tools import ROOT, run
+from helpers import ROOT, run
 
 
 def test_ruff_clean() -> None:
@@ -16,3 +16,6 @@ def test_ruff_clean() -> None:
 def test_mypy_clean() -> None:
     res = run([sys.executable, "-m", "mypy"], cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+    # Strict over the package, the benchmarks and the tests themselves: every .py file.
+    files = sum(1 for d in ("pvdesc", "bench", "tests") for _ in (ROOT / d).rglob("*.py"))
+    assert res.stdout.endswith(f" in {files} source files\n"), res.stdout

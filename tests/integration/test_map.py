@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, cli_subprocess, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tools import ROOT, pvdesc, run
 
 from pvdesc.audit.findings import Severity
 from pvdesc.commands.map import command, draw, rows, sources, terminal
@@ -218,7 +218,7 @@ def test_color_decision() -> None:
 
 @pytest.mark.parametrize("name", ["qemu-virt-8cpu", "numa-2node", "linux-carve-reserved"])
 def test_text_snapshot(name: str) -> None:
-    res = pvdesc("map", f"examples/{name}.yaml", env=plain_env())
+    res = cli_subprocess("map", f"examples/{name}.yaml", env=plain_env())
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     assert "\x1b[" not in res.stdout
@@ -226,7 +226,7 @@ def test_text_snapshot(name: str) -> None:
 
 
 def test_color_when_forced() -> None:
-    res = pvdesc("map", "examples/qemu-virt-8cpu.yaml", "--color=always", env=plain_env())
+    res = cli_subprocess("map", "examples/qemu-virt-8cpu.yaml", "--color=always", env=plain_env())
     assert res.returncode == 0, res.stderr
     assert "\x1b[1;30;43m" in res.stdout  # the region
     assert "\x1b[32m" in res.stdout  # RAM
@@ -262,7 +262,7 @@ def test_findings_are_shown_inline() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_svg_is_wellformed_with_labelled_elements(example: Path, tmp_path: Path) -> None:
     svg = tmp_path / "out" / "map.svg"
-    res = pvdesc("map", str(example), "--svg", str(svg), env=plain_env())
+    res = cli_subprocess("map", str(example), "--svg", str(svg), env=plain_env())
     assert res.returncode == 0, res.stderr
     root = ET.parse(svg).getroot()
     assert root.tag == f"{SVG_NS}svg"
@@ -316,7 +316,7 @@ def test_svg_escapes_labels() -> None:
 
 
 def test_no_input_is_one_line_exit_2() -> None:
-    res = pvdesc("map")
+    res = cli_subprocess("map")
     assert res.returncode == 2
     assert res.stderr == (
         "pvdesc: error: map needs a VM description (YAML) or --dtb FILE --region BASE:SIZE\n"
@@ -327,7 +327,7 @@ def test_no_input_is_one_line_exit_2() -> None:
 def test_bad_description_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = ROOT / "tests" / "data" / "bad" / "carve-none.yaml"
     svg = tmp_path / "map.svg"
-    res = pvdesc("map", str(bad.relative_to(ROOT)), "--svg", str(svg))
+    res = cli_subprocess("map", str(bad.relative_to(ROOT)), "--svg", str(svg))
     assert res.returncode == 2
     assert res.stderr == (bad.with_suffix(".expected")).read_text()
     assert res.stdout == "" and not svg.exists()
@@ -337,7 +337,7 @@ def test_unwritable_svg_is_one_line_exit_2_and_nothing_written(tmp_path: Path) -
     blocker = tmp_path / "file"
     blocker.write_text("x")
     html = tmp_path / "map.html"
-    res = pvdesc(
+    res = cli_subprocess(
         "map", "examples/generic-hole.yaml", "--html", str(html), "--svg", str(blocker / "m.svg")
     )
     assert res.returncode == 2 and res.stderr.count("\n") == 1
@@ -352,10 +352,13 @@ def test_unwritable_svg_is_one_line_exit_2_and_nothing_written(tmp_path: Path) -
 
 def test_dtb_mode_draws_the_dtb_and_check_findings(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert pvdesc("build", "examples/linux-carve-reserved.yaml", "-o", str(out)).returncode == 0
+    assert (
+        cli_subprocess("build", "examples/linux-carve-reserved.yaml", "-o", str(out)).returncode
+        == 0
+    )
     dtb = out / "linux-carve-reserved.dtb"
     svg = tmp_path / "d.svg"
-    res = pvdesc(
+    res = cli_subprocess(
         "map", "--dtb", str(dtb), "--region", "0xbfff0000:64K", "--vcpus", "8",
         "--svg", str(svg), env=plain_env(),
     )  # fmt: skip
@@ -366,7 +369,7 @@ def test_dtb_mode_draws_the_dtb_and_check_findings(tmp_path: Path) -> None:
     labels = {g.get("data-label") for g in ET.parse(svg).getroot().iter(f"{SVG_NS}g")}
     assert "/memory@40000000 reg[0]" in labels
     # The same DTB with the region put in usable RAM: check's finding inline, exit 1.
-    res = pvdesc("map", "--dtb", str(dtb), "--region", "0x80000000:64K", env=plain_env())
+    res = cli_subprocess("map", "--dtb", str(dtb), "--region", "0x80000000:64K", env=plain_env())
     assert res.returncode == 1, res.stderr
     assert "findings (1):" in res.stdout and "! ipa-in-ram: vCPUs 0-511" in res.stdout
     assert any(line.startswith("! ") and "STOLEN-TIME" in line for line in res.stdout.splitlines())
@@ -413,7 +416,7 @@ def test_dtb_mode_long_node_paths_keep_the_columns_aligned(tmp_path: Path) -> No
     res = run([proc.program("dtc", "apt-get install device-tree-compiler"), "-q", "-I", "dts",
                "-O", "dtb", "-o", str(dtb), str(src)])  # fmt: skip
     assert res.returncode == 0, res.stderr
-    res = pvdesc("map", "--dtb", str(dtb), "--region", "0x090a0000:64K", env=plain_env())
+    res = cli_subprocess("map", "--dtb", str(dtb), "--region", "0x090a0000:64K", env=plain_env())
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     header = next(line for line in lines if line.lstrip().startswith("start"))
@@ -436,7 +439,7 @@ def test_dtb_mode_long_node_paths_keep_the_columns_aligned(tmp_path: Path) -> No
 
 
 def test_granules_around_the_region_are_drawn() -> None:
-    res = pvdesc("map", "examples/qemu-virt.yaml", env=plain_env())
+    res = cli_subprocess("map", "examples/qemu-virt.yaml", env=plain_env())
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     at = lines.index("  64 KiB granules around the region (what shares each one):")
@@ -471,6 +474,6 @@ def test_granules_around_the_region_are_drawn() -> None:
     ],
 )
 def test_dtb_bad_input_is_one_line_exit_2(args: list[str], stderr: str) -> None:
-    res = pvdesc("map", *args)
+    res = cli_subprocess("map", *args)
     assert res.returncode == 2
     assert res.stderr == stderr and res.stdout == ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import libfdt
 import pytest
-from tools import ROOT, DtValidate, decode_reg, dtc_check, libfdt_check, pvdesc, run, walk
+from helpers import ROOT, DtValidate, cli_subprocess, decode_reg, dtc_check, libfdt_check, run, walk
 
 from pvdesc.core.model import Describe
 from pvdesc.emit import build, hypervisor
@@ -32,7 +32,7 @@ def built(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[build.BuildResult, Path]:
     out = tmp_path_factory.mktemp(request.param.stem)
-    res = pvdesc("build", str(request.param), "-o", str(out))
+    res = cli_subprocess("build", str(request.param), "-o", str(out))
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     return build.plan(request.param), out
@@ -89,8 +89,8 @@ def test_round_trip_ranges(built: tuple[build.BuildResult, Path]) -> None:
     result, out = built
     lay = result.layout
     fdt = libfdt_check((out / f"{lay.description.name}.dtb").read_bytes())
-    assert libfdt.fdt_address_cells(fdt._fdt, 0) == 2  # type: ignore[attr-defined]
-    assert libfdt.fdt_size_cells(fdt._fdt, 0) == 2  # type: ignore[attr-defined]
+    assert libfdt.fdt_address_cells(fdt._fdt, 0) == 2
+    assert libfdt.fdt_size_cells(fdt._fdt, 0) == 2
     memory: list[tuple[int, int, int | None]] = []
     reserved: list[tuple[int, int]] = []
     for path, off in walk(fdt):
@@ -112,8 +112,8 @@ def test_round_trip_ranges(built: tuple[build.BuildResult, Path]) -> None:
         assert covered and reserved == [(lay.region.base, lay.region.size)]
         off = fdt.path_offset("/reserved-memory")
         assert fdt.getprop(off, "ranges") == b""
-        assert libfdt.fdt_address_cells(fdt._fdt, off) == 2  # type: ignore[attr-defined]
-        assert libfdt.fdt_size_cells(fdt._fdt, off) == 2  # type: ignore[attr-defined]
+        assert libfdt.fdt_address_cells(fdt._fdt, off) == 2
+        assert libfdt.fdt_size_cells(fdt._fdt, off) == 2
     else:
         assert not any(b < region[1] and region[0] < b + s for b, s, _ in memory)
         assert reserved == []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import libfdt
 import pytest
-from tools import EXAMPLES, decompile, qemu_dump, qemu_tcg_argv, run, run_cli
+from helpers import EXAMPLES, cli_in_process, decompile, qemu_dump, qemu_tcg_argv, run
 
 from pvdesc.core.units import parse_quantity
 from pvdesc.emit import build, vmmconfig
@@ -129,12 +129,12 @@ def test_overlay_on_qemus_tree_equals_into_and_checks_safe(
     _apply(base, out / f"{name}.dtbo", overlaid)
     config = str(out / f"{name}.hypervisor.json")
     boot = str(result.layout.description.boot)
-    code, _, err = run_cli(
+    code, _, err = cli_in_process(
         ["build", "-q", str(EXAMPLES / example), "-o", str(tmp_path / "into"), "--into", str(base)],
         capsys,
     )
     check = ["check", "--dtb", str(overlaid), "--hypervisor-config", config, "--boot", boot]
-    verdict, report, _ = run_cli(check, capsys)
+    verdict, report, _ = cli_in_process(check, capsys)
     if code == 0:
         assert decompile(overlaid) == decompile(tmp_path / "into" / f"{name}.dtb")
         assert verdict == 0 and report.endswith("verdict: safe\n"), report
@@ -157,14 +157,14 @@ def test_a_base_memory_node_named_otherwise_needs_into(
     _apply(renamed, out / "uefi-carve-exclude.dtbo", overlaid)
     config = str(out / "uefi-carve-exclude.hypervisor.json")
     check = ["check", "--dtb", str(overlaid), "--hypervisor-config", config, "--boot", "uefi-dt"]
-    verdict, report, _ = run_cli(check, capsys)
+    verdict, report, _ = cli_in_process(check, capsys)
     assert verdict == 1 and "ipa-in-ram: " in report and "/memory " in report, report
-    code, _, err = run_cli(
+    code, _, err = cli_in_process(
         ["build", "-q", str(EXAMPLES / "uefi-carve-exclude.yaml"), "-o", str(tmp_path / "into"),
          "--into", str(renamed)],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     check[2] = str(tmp_path / "into" / "uefi-carve-exclude.dtb")
-    verdict, report, _ = run_cli(check, capsys)
+    verdict, report, _ = cli_in_process(check, capsys)
     assert verdict == 0, report

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tools import SCRIPT
+from helpers import SCRIPT
 
 #: 128 + SIGPIPE: what a shell reports for a tool that SIGPIPE killed.
 EXIT_SIGPIPE = 141

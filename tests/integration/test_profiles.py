@@ -8,7 +8,7 @@ from pathlib import Path
 
 import libfdt
 import pytest
-from tools import EXAMPLES, SLOW, dtc_check, qemu_dump, qemu_tcg_argv, run, run_cli
+from helpers import EXAMPLES, SLOW, cli_in_process, dtc_check, qemu_dump, qemu_tcg_argv, run
 
 from pvdesc.core.model import Vmm
 from pvdesc.core.ranges import Range
@@ -28,7 +28,7 @@ PROFILE_EXAMPLES = {
 def test_profile_example_builds(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(
+    code, _, err = cli_in_process(
         ["build", "-q", str(EXAMPLES / f"{name}.yaml"), "-o", str(tmp_path)], capsys
     )
     assert code == 0, err
@@ -67,7 +67,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 def _fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> str:
     desc = _write(tmp_path, text)
     out = tmp_path / "out"
-    code, _, err = run_cli(["build", str(desc), "-o", str(out)], capsys)
+    code, _, err = cli_in_process(["build", str(desc), "-o", str(out)], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()

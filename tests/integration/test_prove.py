@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run_cli
+from helpers import EXAMPLES, ROOT, cli_in_process
 
 from pvdesc.commands.prove import guest, judging
 from pvdesc.commands.prove import machine as prove_machine
@@ -22,7 +22,7 @@ from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.model import Boot, Describe
 from pvdesc.core.ranges import Labelled, Range, merged
 from pvdesc.description.load import load, loads
-from pvdesc.errors import ProveError
+from pvdesc.errors import ProveError, ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.read import dtb, guest_output
 from pvdesc.tools import qemu
@@ -88,7 +88,7 @@ def test_qemu_makes_exactly_the_layouts_ram(path: Path) -> None:
 def test_qemu_size_is_exact() -> None:
     assert qemu.qemu_size(2 << 30) == "2048M"
     assert qemu.qemu_size((1 << 30) - (64 << 10)) == "1048512K"
-    with pytest.raises(guest.ToolError, match="8 KiB"):
+    with pytest.raises(ToolError, match="8 KiB"):
         qemu.qemu_size(0x1000)
 
 
@@ -114,7 +114,7 @@ def test_unbootable_descriptions_are_refused(
     name: str, line: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    code, out, err = run_cli(["prove", f"examples/{name}.yaml"], capsys)
+    code, out, err = cli_in_process(["prove", f"examples/{name}.yaml"], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"pvdesc: error: {line}"), err
     assert "Traceback" not in err
@@ -150,7 +150,7 @@ def test_region_on_a_qemu_device_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_kernel_file(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(
+    code, out, err = cli_in_process(
         ["prove", str(EXAMPLES / "linux-carve-reserved.yaml"), "--kernel", "/nonexistent/vmlinuz"],
         capsys,
     )
@@ -165,7 +165,7 @@ def test_missing_cached_kernel(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    code, out, err = run_cli(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
+    code, out, err = cli_in_process(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
         f"pvdesc: error: {tmp_path}/pvdesc/guest/vmlinuz: guest kernel/busybox missing: run "
@@ -177,7 +177,7 @@ def test_missing_qemu(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    code, out, err = run_cli(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
+    code, out, err = cli_in_process(["prove", str(EXAMPLES / "linux-carve-reserved.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
         "pvdesc: error: qemu-system-aarch64: not found next to this Python or on PATH; "
@@ -190,7 +190,7 @@ def test_missing_edk2(
 ) -> None:
     missing = tmp_path / "QEMU_EFI.fd"
     monkeypatch.setattr(qemu, "UEFI_FIRMWARE", missing)
-    code, out, err = run_cli(["prove", str(DATA / "uefi-hole.yaml")], capsys)
+    code, out, err = cli_in_process(["prove", str(DATA / "uefi-hole.yaml")], capsys)
     assert code == 2 and out == ""
     assert err == (
         f"pvdesc: error: {missing}: EDK2 firmware missing; install it with: "
@@ -199,7 +199,7 @@ def test_missing_edk2(
 
 
 def test_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(
+    code, _, err = cli_in_process(
         ["prove", str(EXAMPLES / "linux-carve-reserved.yaml"), "--timeout", "0"], capsys
     )
     assert code == 2

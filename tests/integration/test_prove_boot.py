@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run_cli
+from helpers import EXAMPLES, ROOT, cli_in_process, cli_subprocess
 
 from pvdesc.commands.prove import guest, judging
 from pvdesc.commands.prove import report as prove_report
@@ -28,6 +26,7 @@ from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.model import Boot, Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load
+from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
 from pvdesc.read import guest_output
 from pvdesc.tools import qemu
@@ -71,7 +70,7 @@ def unsafe(boot: Boot) -> tuple[prove_verdict.ProveReport, layout.Layout]:
     bad = replace(
         safe, description=desc, describe=Describe.RESERVED_MEMORY, reserved=(safe.region,)
     )
-    with pytest.raises(layout.LayoutError, match="no-map-under-uefi"):
+    with pytest.raises(LayoutError, match="no-map-under-uefi"):
         layout.verify(bad)  # the library's own check knows it is unsafe
     return prove.prove(replace(loaded, description=desc), bad, guest.guest_parts(), TIMEOUT), bad
 
@@ -158,10 +157,9 @@ def test_no_system_ram_over_the_region(
 
 
 def test_linux_dt_hole_none_numa_through_the_cli() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "pvdesc", "prove", str(DATA / "linux-hole-numa.yaml"),
-         "--format", "json", "--timeout", str(TIMEOUT)],
-        capture_output=True, text=True, timeout=TIMEOUT + 60, check=False,
+    res = cli_subprocess(
+        "prove", str(DATA / "linux-hole-numa.yaml"), "--format", "json", "--timeout", str(TIMEOUT),
+        timeout=TIMEOUT + 60,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)
@@ -250,7 +248,7 @@ def test_cli_exits_1_on_a_failing_proof(
 ) -> None:
     rep, _ = unsafe_acpi
     monkeypatch.setattr(prove, "prove_file", lambda *a, **k: rep)
-    code, out, err = run_cli(["prove", "unsafe.yaml", "--format", "json"], capsys)
+    code, out, err = cli_in_process(["prove", "unsafe.yaml", "--format", "json"], capsys)
     assert code == 1 and err == ""
     doc = json.loads(out)
     assert doc["verdict"] == "fail" and doc["granules"][0]["status"] == "system-ram"
@@ -298,10 +296,9 @@ def test_timeout_kills_the_guest(tmp_path: Path) -> None:
     """A kernel image of zeros never powers off: the guest is killed at the timeout."""
     hang = tmp_path / "never-powers-off.img"
     hang.write_bytes(bytes(64 << 10))
-    res = subprocess.run(
-        [sys.executable, "-m", "pvdesc", "prove", str(EXAMPLES / "linux-carve-reserved.yaml"),
-         "--kernel", str(hang), "--timeout", "5"],
-        capture_output=True, text=True, timeout=120, check=False,
+    res = cli_subprocess(
+        "prove", str(EXAMPLES / "linux-carve-reserved.yaml"), "--kernel", str(hang),
+        "--timeout", "5",
     )  # fmt: skip
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == (

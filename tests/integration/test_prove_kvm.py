@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run
+from helpers import EXAMPLES, ROOT, cli_subprocess
 
 from pvdesc import kvm
 from pvdesc.commands.prove import guest, kvm_host, kvm_job, kvm_judge, kvm_vmm
@@ -24,6 +23,7 @@ from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.core.model import Describe
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
+from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout, MemoryNode
 
@@ -52,7 +52,7 @@ def region_in_ram(path: Path = INSIDE_RAM) -> tuple[LoadedDescription, Layout]:
         memory_nodes=(MemoryNode.of(bank.range, bank),),
         reserved=(),
     )
-    with pytest.raises(layout.LayoutError, match="ipa-in-ram"):
+    with pytest.raises(LayoutError, match="ipa-in-ram"):
         layout.verify(bad)  # the library's own check knows it is unsafe
     return loaded, bad
 
@@ -200,10 +200,9 @@ def test_header_that_disagrees_with_the_config_is_refused(
 
 
 def test_cli_json() -> None:
-    res = run(
-        [sys.executable, "-m", "pvdesc", "prove", "--kvm", str(EXAMPLES / "kvmtool.yaml"),
-         "--format", "json", "--timeout", str(TIMEOUT)],
-        timeout=TIMEOUT + 60,
+    res = cli_subprocess(
+        "prove", "--kvm", str(EXAMPLES / "kvmtool.yaml"), "--format", "json",
+        "--timeout", str(TIMEOUT), timeout=TIMEOUT + 60,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)

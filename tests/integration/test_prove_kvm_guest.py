@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import EXAMPLES, ROOT
 from test_prove_kvm import INSIDE_RAM, region_in_ram
-from tools import EXAMPLES, ROOT
 
 from pvdesc.commands.prove import guest as prove_guest
 from pvdesc.commands.prove import kvm as kvmprove
@@ -24,7 +24,7 @@ from pvdesc.commands.prove import kvm_guest_plan, kvm_job, kvm_judge
 from pvdesc.commands.prove import verdict as prove_verdict
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import LoadedDescription, load
-from pvdesc.errors import ToolError
+from pvdesc.errors import LayoutError, ToolError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
 from pvdesc.read import guest_output
@@ -46,7 +46,7 @@ LOWER = 0x60000000
 def lower_in_ram() -> tuple[LoadedDescription, Layout]:
     loaded, top = region_in_ram(INSIDE_RAM)
     lower = replace(top, region=Range(LOWER, top.region.size))
-    with pytest.raises(layout.LayoutError):
+    with pytest.raises(LayoutError):
         layout.verify(lower)
     return loaded, lower
 

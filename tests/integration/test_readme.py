@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tools import ROOT, pvdesc
+from helpers import ROOT, cli_subprocess
 
 README = (ROOT / "README.md").read_text()
 
@@ -19,7 +19,7 @@ def test_quick_start_output_is_what_build_prints(tmp_path: Path) -> None:
     blocks = _blocks()
     assert main in blocks
     shown = blocks[blocks.index(main) + 1]
-    res = pvdesc(
+    res = cli_subprocess(
         "build", str(ROOT / "examples" / "qemu-virt-8cpu.yaml"), "-o", "out/", cwd=tmp_path
     )
     assert res.returncode == 0, res.stderr

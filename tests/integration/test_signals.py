@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT
+from helpers import EXAMPLES, ROOT
 
 #: The fake tool: a child in its group, both pids written where the test reads them.
 SLOW_TOOL = """#!/bin/sh

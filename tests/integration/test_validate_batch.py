@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import xmlschema
-from checkutil import dtc
+from helpers import ROOT, cli_subprocess, dtc
 from test_validate_validators import CARVED, _bad_tree
-from tools import ROOT, run
 
 from pvdesc.commands.validate import chunk, reports
 from pvdesc.commands.validate import fleet as validate
@@ -146,7 +144,7 @@ def test_chunks_keep_the_order_and_use_every_worker() -> None:
 
 
 def _validate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "pvdesc", "validate", *args], cwd=cwd, timeout=600)
+    return cli_subprocess("validate", *args, cwd=cwd, timeout=600)
 
 
 def _cases(junit: Path) -> list[bytes]:

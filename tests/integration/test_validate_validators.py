@@ -13,10 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from checkutil import dtc
-from tools import ROOT
+from helpers import ROOT, cli_in_process, dtc
 
-from pvdesc.commands import cli
 from pvdesc.commands.validate import reports
 from pvdesc.commands.validate.results import Externals, Failure, FileReport, FleetReport
 from pvdesc.commands.validate.single import build_failure
@@ -183,8 +181,9 @@ def test_validate_reports_every_rule_an_injected_bad_dtb_trips(
     monkeypatch.setattr(build, "plan", plan_with_bad_dtb)
     rel = str(CARVED.relative_to(ROOT))
     monkeypatch.chdir(ROOT)
-    code = cli.main(["validate", rel, "--jobs", "1", "--external", "--format", "json"])
-    out, err = capsys.readouterr()
+    code, out, err = cli_in_process(
+        ["validate", rel, "--jobs", "1", "--external", "--format", "json"], capsys
+    )
     assert (code, err) == (1, "")
     [entry] = json.loads(out)["files"]
     assert entry["status"] == "failed"
@@ -196,8 +195,7 @@ def test_validate_reports_every_rule_an_injected_bad_dtb_trips(
     line = next(i for i, t in enumerate(CARVED.read_text().splitlines(), 1) if "stolen_time" in t)
     assert {(f["file"], f["line"]) for f in entry["failures"]} == {(rel, line)}
 
-    code = cli.main(["validate", rel, "--jobs", "1", "--external"])
-    out, _ = capsys.readouterr()
+    code, out, _ = cli_in_process(["validate", rel, "--jobs", "1", "--external"], capsys)
     first, summary = out.splitlines()
     assert first.startswith(f"FAIL {rel}:{line}:")
     assert re.search(r" \(\+\d+ more: dt-validate, dtc\)$", first), first

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tools import ROOT, run
+from helpers import ROOT, cli_subprocess, run
 
 #: Debian's copy of the Apache License 2.0 (base-files), the standard text.
 APACHE_2_0 = Path("/usr/share/common-licenses/Apache-2.0")
@@ -86,22 +86,13 @@ def test_wheel_runs_outside_the_repository(wheel: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(unpacked)}
     probe = run([sys.executable, "-c", "import pvdesc; print(pvdesc.__file__)"], cwd=work, env=env)
     assert probe.stdout.strip() == str(unpacked / "pvdesc" / "__init__.py")
-    version = run([sys.executable, "-m", "pvdesc", "--version"], cwd=work, env=env)
+    version = cli_subprocess("--version", cwd=work, env=env)
     assert version.returncode == 0 and version.stdout == "pvdesc 0.1.0\n", version.stderr
     example = ROOT / "examples" / "uefi-acpi-numa.yaml"
-    res = run(
-        [sys.executable, "-m", "pvdesc", "build", "-q", str(example), "-o", "out"],
-        cwd=work,
-        env=env,
-    )
+    res = cli_subprocess("build", "-q", str(example), "-o", "out", cwd=work, env=env)
     assert res.returncode == 0, res.stderr
     assert (work / "out" / "uefi-acpi-numa.srat.aml").is_file()
-    res = run(
-        [sys.executable, "-m", "pvdesc", "validate", "--external", str(example)],
-        cwd=work,
-        env=env,
-        timeout=300,
-    )
+    res = cli_subprocess("validate", "--external", str(example), cwd=work, env=env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, run, run_cli
+from helpers import EXAMPLES, ROOT, cli_in_process, cli_subprocess, run
 
 from pvdesc import api
 
@@ -19,7 +19,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def test_build_gives_the_commands_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["build", "-q", str(CARVE), "-o", str(tmp_path / "cli")], capsys)
+    code, _, err = cli_in_process(["build", "-q", str(CARVE), "-o", str(tmp_path / "cli")], capsys)
     assert code == 0, err
     result = api.build(CARVE)
     assert result.name == "linux-carve-reserved"
@@ -83,7 +83,7 @@ def test_check_on_bytes_is_the_commands_check(
     result.write(tmp_path)
     dtb = result.output("dtb")
     config_path = tmp_path / "linux-carve-reserved.hypervisor.json"
-    code, text, _ = run_cli(
+    code, text, _ = cli_in_process(
         ["check", "--dtb", str(tmp_path / "linux-carve-reserved.dtb"), "--hypervisor-config",
          str(config_path), "--format", "json"],
         capsys,
@@ -114,9 +114,9 @@ def test_into_takes_bytes_or_a_path(tmp_path: Path) -> None:
 
 
 def test_python_m_pvdesc_is_the_command(tmp_path: Path) -> None:
-    res = run([sys.executable, "-m", "pvdesc", "--version"], cwd=tmp_path)
+    res = cli_subprocess("--version", cwd=tmp_path)
     assert res.returncode == 0 and res.stdout == f"pvdesc {api.__version__}\n"
-    res = run([sys.executable, "-m", "pvdesc", "build", str(CARVE), "--only", "h", "-o", "-"])
+    res = cli_subprocess("build", str(CARVE), "--only", "h", "-o", "-")
     assert res.returncode == 0 and res.stdout.encode() == api.build(CARVE).output("h")
 
 

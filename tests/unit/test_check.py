@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from checkutil import dtc, memory, root, run_cli
+from helpers import cli_subprocess, dtc, memory, root
 
 from pvdesc.audit import check
 from pvdesc.audit.findings import Finding, Severity
@@ -237,7 +237,7 @@ def test_granule_shared_with_ram(tmp_path: Path) -> None:
 
 def test_json_and_text_output_and_exit_codes(tmp_path: Path) -> None:
     path = dtc(root(RAM), tmp_path)
-    res = run_cli(
+    res = cli_subprocess(
         "check",
         "--dtb",
         str(path),
@@ -260,14 +260,14 @@ def test_json_and_text_output_and_exit_codes(tmp_path: Path) -> None:
         "range": [0x50000000, 0x50000000 + 128],
         "source": "/memory@40000000 reg[0]",
     }
-    ok = run_cli("check", "--dtb", str(path), "--region", "0x090a0000:64K", "--vcpus", "2")
+    ok = cli_subprocess("check", "--dtb", str(path), "--region", "0x090a0000:64K", "--vcpus", "2")
     assert ok.returncode == 0 and ok.stdout.splitlines()[-1] == "verdict: safe"
     for bad in (
         ["--region", "nonsense", "--vcpus", "2"],
         ["--region", "0x0:64K"],
         ["--region", "0:64K", "--vcpus", "9999"],
     ):
-        res = run_cli("check", "--dtb", str(path), *bad)
+        res = cli_subprocess("check", "--dtb", str(path), *bad)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
         assert "Traceback" not in res.stderr
 
@@ -277,7 +277,7 @@ def test_cli_hypervisor_config_errors_are_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "x.hypervisor.json"
     for text in ("{", '{"format": "nope"}', '{"format": "pvdesc.hypervisor/1", "ipa_bits": 40}'):
         cfg.write_text(text)
-        res = run_cli("check", "--dtb", str(path), "--hypervisor-config", str(cfg))
+        res = cli_subprocess("check", "--dtb", str(path), "--hypervisor-config", str(cfg))
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
         assert str(cfg) in res.stderr
 

@@ -31,7 +31,7 @@ def descriptions(draw: st.DrawFn) -> bytes:
     for i in range(draw(st.integers(1, 3))):
         addr += draw(st.integers(0, 64)) * G64K
         size = draw(st.integers(2, 0x4000)) * G64K
-        bank = {"base": hex(addr), "size": hex(size)}
+        bank: dict[str, str | int] = {"base": hex(addr), "size": hex(size)}
         if numa:
             bank["numa_node"] = i
         banks.append(bank)

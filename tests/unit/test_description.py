@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
-from tools import ROOT
+from helpers import ROOT
 
 from pvdesc.core.model import Boot, Describe, Placement
-from pvdesc.description.load import loads, parse_quantity
+from pvdesc.core.units import parse_quantity
+from pvdesc.description.load import loads
 from pvdesc.description.marks import MAX_NODES, SourceMap, _compose
 from pvdesc.description.schema_check import schema
 from pvdesc.errors import DescriptionError

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tools import EXAMPLES, run_cli
+from helpers import EXAMPLES, cli_in_process
 
 from pvdesc.audit import diff, sides
 from pvdesc.audit.findings import Severity
@@ -59,10 +59,10 @@ def write_config(tmp: Path, name: str, data: dict[str, Any]) -> str:
 def run_diff(
     capsys: pytest.CaptureFixture[str], old: str, new: str
 ) -> tuple[int, dict[str, Any], str]:
-    code, out, err = run_cli(["diff", old, new, "--format", "json"], capsys)
+    code, out, err = cli_in_process(["diff", old, new, "--format", "json"], capsys)
     assert err == ""
     doc = json.loads(out)
-    text_code, text, _ = run_cli(["diff", old, new], capsys)
+    text_code, text, _ = cli_in_process(["diff", old, new], capsys)
     assert text_code == code
     return code, doc, text
 
@@ -234,7 +234,7 @@ def test_bad_input_is_one_line_exit_2(
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     bad = str(path)
     for argv in (["diff", good, bad], ["diff", bad, good]):
-        code, out, err = run_cli(argv, capsys)
+        code, out, err = cli_in_process(argv, capsys)
         assert code == 2 and out == ""
         assert err.startswith(f"pvdesc: error: {bad}") and err.count("\n") == 1
         assert message in err
@@ -270,7 +270,7 @@ def test_json_description_with_a_bad_value_reports_the_description_error(
     data = json.loads(_json_syntax("generic-hole.yaml", indent=2))
     data["vcpus"] = 0
     path = write(tmp_path, "desc.json", json.dumps(data, indent=2))
-    code, out, err = run_cli(["diff", path, path], capsys)
+    code, out, err = cli_in_process(["diff", path, path], capsys)
     assert (code, out) == (2, "")
     assert err.startswith(f"pvdesc: error: {path}:") and err.count("\n") == 1
     assert "vcpus: 0 is less than the minimum of 1" in err
@@ -293,12 +293,12 @@ def test_hypervisor_config_is_a_config_whatever_its_name(
 
 def test_missing_file_and_duplicate_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = str(tmp_path / "nope.yaml")
-    code, _, err = run_cli(["diff", missing, missing], capsys)
+    code, _, err = cli_in_process(["diff", missing, missing], capsys)
     assert (code, err) == (2, f"pvdesc: error: {missing}: cannot read: No such file or directory\n")
     data = config_of(tmp_path, str(EXAMPLES / "generic-hole.yaml"))
     data["vcpus"][1]["id"] = 0
     dup = write_config(tmp_path, "dup.json", data)
-    code, _, err = run_cli(["diff", dup, dup], capsys)
+    code, _, err = cli_in_process(["diff", dup, dup], capsys)
     assert (code, err) == (2, f"pvdesc: error: {dup}: vcpus lists a vCPU id twice\n")
 
 

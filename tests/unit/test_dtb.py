@@ -7,7 +7,7 @@ from pathlib import Path
 
 import libfdt
 import pytest
-from checkutil import dtc, memory, root, run_cli
+from helpers import cli_subprocess, dtc, memory, root
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
@@ -223,7 +223,7 @@ def test_cli_hostile_inputs_one_line_exit_2(tmp_path: Path) -> None:
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        res = run_cli(
+        res = cli_subprocess(
             "check", "--dtb", str(tmp_path / name), "--region", "0x90a0000:64K", "--vcpus", "4"
         )
         if res.returncode == 0:  # a flip that libfdt accepts must still give an answer
@@ -237,9 +237,11 @@ def test_cli_hostile_inputs_one_line_exit_2(tmp_path: Path) -> None:
 def test_cli_100k_node_tree_answers(tmp_path: Path) -> None:
     path = tmp_path / "big.dtb"
     path.write_bytes(_wide_tree(100_000))
-    res = run_cli("check", "--dtb", str(path), "--region", "0x90a0000:64K", "--vcpus", "8")
+    res = cli_subprocess("check", "--dtb", str(path), "--region", "0x90a0000:64K", "--vcpus", "8")
     assert res.returncode == 0, res.stderr
     assert "verdict: safe" in res.stdout
-    inside = run_cli("check", "--dtb", str(path), "--region", "0x40000000:64K", "--vcpus", "8")
+    inside = cli_subprocess(
+        "check", "--dtb", str(path), "--region", "0x40000000:64K", "--vcpus", "8"
+    )
     assert inside.returncode == 1
     assert "/memory@40000000 reg[0]" in inside.stdout

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tools import ROOT, pvdesc, run
+from helpers import ROOT, cli_subprocess, run
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
@@ -47,11 +47,13 @@ def test_malformed_numa_node_is_one_line_error(tmp_path: Path) -> None:
 def test_map_dtb_shows_numa_nodes(tmp_path: Path) -> None:
     out = tmp_path / "o"
     assert (
-        pvdesc("build", "-q", str(ROOT / "examples" / "numa-2node.yaml"), "-o", str(out)).returncode
+        cli_subprocess(
+            "build", "-q", str(ROOT / "examples" / "numa-2node.yaml"), "-o", str(out)
+        ).returncode
         == 0
     )
     env = {**os.environ, "NO_COLOR": "1"}
-    res = pvdesc(
+    res = cli_subprocess(
         "map", "--dtb", str(out / "numa-2node.dtb"), "--region", "0x23fff0000:64K", env=env
     )
     assert res.returncode == 0, res.stderr

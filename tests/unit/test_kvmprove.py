@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, run_cli
+from helpers import EXAMPLES, cli_in_process
 
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.commands.prove import kvm_guest_plan, kvm_host, kvm_job, kvm_judge, kvm_vmm
@@ -143,7 +143,7 @@ def test_vmm_build_is_cached_and_a_bad_header_is_one_error() -> None:
 
 def test_help_names_kvm(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        run_cli(["prove", "--help"], capsys)
+        cli_in_process(["prove", "--help"], capsys)
     out = capsys.readouterr().out
     assert "--kvm" in out and "PV_TIME_ST" in out
 

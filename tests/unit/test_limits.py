@@ -13,8 +13,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from fuzzing import Node, fdt_blob, u32
-from tools import ROOT, run
+from helpers import ROOT, cli_subprocess
+from mutators import Node, fdt_blob, u32
 
 from pvdesc.description import load as description
 from pvdesc.emit import hypervisor
@@ -26,13 +26,6 @@ from pvdesc.tools import inputs
 #: Seconds a pathological input may take before the test calls it a hang.
 HANG = 120.0
 CELLS = [("#address-cells", u32(2)), ("#size-cells", u32(2))]
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    import sys
-
-    res = run([sys.executable, "-m", "pvdesc", *args], cwd=ROOT, timeout=HANG)
-    return res.returncode, res.stdout, res.stderr
 
 
 def one_line_error(err: str, path: Path | str) -> str:
@@ -50,7 +43,8 @@ def test_100_mb_description_is_refused_by_its_size(tmp_path: Path) -> None:
     with big.open("wb") as fh:
         fh.write(b"name: big\n")
         fh.truncate(100 << 20)
-    code, out, err = cli("build", str(big), "-o", str(tmp_path / "out"))
+    res = cli_subprocess("build", str(big), "-o", str(tmp_path / "out"), timeout=HANG)
+    code, out, err = res.returncode, res.stdout, res.stderr
     assert code == 2 and out == ""
     assert one_line_error(err, big) == (
         f"file is {100 << 20} bytes; descriptions are limited to {description.MAX_FILE_BYTES}"
@@ -60,7 +54,8 @@ def test_100_mb_description_is_refused_by_its_size(tmp_path: Path) -> None:
 
 def test_endless_input_is_read_only_up_to_the_limit() -> None:
     """/dev/zero never ends: reading stops one byte past the limit."""
-    code, _, err = cli("build", "/dev/zero", "-o", "/nonexistent/out")
+    res = cli_subprocess("build", "/dev/zero", "-o", "/nonexistent/out", timeout=HANG)
+    code, _, err = res.returncode, res.stdout, res.stderr
     assert code == 2
     assert one_line_error(err, "/dev/zero") == (
         f"file is more than {description.MAX_FILE_BYTES} bytes; descriptions are limited to "
@@ -90,10 +85,14 @@ def test_check_and_into_refuse_oversized_dtbs(tmp_path: Path) -> None:
     big = tmp_path / "big.dtb"
     with big.open("wb") as fh:
         fh.truncate(dtb.MAX_DTB_BYTES + 1)
-    code, _, err = cli("check", "--dtb", str(big), "--region", "0x090a0000:64K", "--vcpus", "1")
+    res = cli_subprocess(
+        "check", "--dtb", str(big), "--region", "0x090a0000:64K", "--vcpus", "1", timeout=HANG
+    )
+    code, _, err = res.returncode, res.stdout, res.stderr
     assert code == 2 and "DTBs are limited to" in one_line_error(err, big)
     desc = str(ROOT / "examples" / "qemu-virt.yaml")
-    code, _, err = cli("build", desc, "-o", str(tmp_path / "o"), "--into", str(big))
+    res = cli_subprocess("build", desc, "-o", str(tmp_path / "o"), "--into", str(big), timeout=HANG)
+    code, _, err = res.returncode, res.stdout, res.stderr
     assert code == 2 and "base DTBs are limited to" in one_line_error(err, big)
 
 
@@ -118,9 +117,11 @@ def test_largest_legal_description_builds(tmp_path: Path) -> None:
     devs = "".join(f"  - {{name: d{i}, base: {i * 0x1000:#x}, size: 4K}}\n" for i in range(4096))
     path = tmp_path / "big.yaml"
     path.write_text(f"name: big\nvcpus: 1\nmax_vcpus: 512\nmemory:\n{banks}devices:\n{devs}")
-    code, _, err = cli("build", "-q", str(path), "-o", str(tmp_path / "out"))
+    res = cli_subprocess("build", "-q", str(path), "-o", str(tmp_path / "out"), timeout=HANG)
+    code, _, err = res.returncode, res.stdout, res.stderr
     assert (code, err) == (0, "")
-    code, out, err = cli("map", str(path), "--color", "never")
+    res = cli_subprocess("map", str(path), "--color", "never", timeout=HANG)
+    code, out, err = res.returncode, res.stdout, res.stderr
     assert code == 0 and err == "" and out.count("\n") > 5000
 
 
@@ -169,10 +170,11 @@ def stacked(tmp: Path, count: int) -> Path:
 
 def test_stacked_memory_and_reservations_are_answered(tmp_path: Path) -> None:
     path = stacked(tmp_path, 16_000)
-    code, out, err = cli(
+    res = cli_subprocess(
         "check", "--dtb", str(path), "--region", "0x7fff0000:64K", "--vcpus", "512",
-        "--format", "json",
+        "--format", "json", timeout=HANG,
     )  # fmt: skip
+    code, out, err = res.returncode, res.stdout, res.stderr
     assert code == 0, err
     assert json.loads(out)["verdict"] == "safe"  # every structure is inside a no-map child
 
@@ -187,10 +189,12 @@ def test_map_of_many_devices_is_answered_and_too_many_refused(tmp_path: Path) ->
         return path
 
     args = ("--region", "0x7fff0000:64K", "--vcpus", "4", "--color", "never")
-    code, out, err = cli("map", "--dtb", str(devices(5000)), *args)
+    res = cli_subprocess("map", "--dtb", str(devices(5000)), *args, timeout=HANG)
+    code, out, err = res.returncode, res.stdout, res.stderr
     assert code == 0 and err == "" and out.count("\n") > 5000
     many = devices(20_000)
-    code, _, err = cli("map", "--dtb", str(many), *args)
+    res = cli_subprocess("map", "--dtb", str(many), *args, timeout=HANG)
+    code, _, err = res.returncode, res.stdout, res.stderr
     assert code == 2
     assert one_line_error(err, many).startswith(
         "the map would have 40003 rows, more than the 20000"
@@ -216,10 +220,11 @@ def test_acpi_table_with_many_scopes(tmp_path: Path) -> None:
         acpitables.parse(_ssdt(b"\x5b\x82\x05PVTM" * 70_000))
     path = tmp_path / "ssdt.aml"
     path.write_bytes(ok)
-    code, _, err = cli(
+    res = cli_subprocess(
         "check", "--dtb", str(stacked(tmp_path, 1)), "--region", "0x090a0000:64K", "--vcpus", "1",
-        "--boot", "uefi-acpi", "--acpi", str(path),
+        "--boot", "uefi-acpi", "--acpi", str(path), timeout=HANG,
     )  # fmt: skip
+    code, _, err = res.returncode, res.stdout, res.stderr
     assert code == 0, err
 
 

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from tools import program, pvdesc
+from helpers import cli_subprocess, program
 
 WINDOW = (1240, 1000)
 
@@ -116,7 +116,7 @@ def test_html_renders_in_chromium(name: str, tmp_path: Path) -> None:
     from pvdesc.commands.map.model import Describer, SegmentKind
 
     html = tmp_path / "out" / f"{name}.html"
-    res = pvdesc("map", f"examples/{name}.yaml", "--html", str(html))
+    res = cli_subprocess("map", f"examples/{name}.yaml", "--html", str(html))
     assert res.returncode == 0, res.stderr
     png = tmp_path / f"{name}.png"
     screenshot(html.as_uri(), png, tmp_path / "profile")

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, decompile, dtc_check, qemu_dump, run_cli
+from helpers import EXAMPLES, cli_in_process, decompile, dtc_check, qemu_dump
 
 QEMU_BASE = [
     "qemu-system-aarch64", "-accel", "tcg", "-cpu", "max", "-smp", "4", "-m", "2G",
@@ -34,7 +34,7 @@ def _blocks(dts: str) -> dict[str, str]:
 def _build(
     tmp_path: Path, desc: Path, base: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
-    code, _, err = run_cli(
+    code, _, err = cli_in_process(
         ["build", "-q", str(desc), "-o", str(tmp_path / "out"), "--into", str(base)], capsys
     )
     return code, err

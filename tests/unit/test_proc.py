@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, pvdesc, run_cli
+from helpers import EXAMPLES, cli_in_process, cli_subprocess
 
 from pvdesc.description.load import load
 from pvdesc.emit import acpi, build
@@ -126,7 +126,7 @@ def test_failing_iasl_stderr_and_status_in_the_error(fakebin: Path) -> None:
 def test_failing_iasl_through_the_cli_is_one_line_exit_2(fakebin: Path, tmp_path: Path) -> None:
     _fake(fakebin, "iasl", FAIL)
     out = tmp_path / "out"
-    res = pvdesc(
+    res = cli_subprocess(
         "build", str(EXAMPLES / "uefi-acpi-hole.yaml"), "-o", str(out), env=dict(os.environ)
     )
     assert res.returncode == 2
@@ -354,7 +354,9 @@ def test_no_temporary_directory_is_a_one_line_error(
     missing = tmp_path / "missing"
     monkeypatch.setattr(tempfile, "tempdir", str(missing))
     out = tmp_path / "out"
-    code, _, err = run_cli(["build", str(EXAMPLES / "uefi-acpi-numa.yaml"), "-o", str(out)], capsys)
+    code, _, err = cli_in_process(
+        ["build", str(EXAMPLES / "uefi-acpi-numa.yaml"), "-o", str(out)], capsys
+    )
     assert code == 2
     assert err.startswith(
         "pvdesc: error: iasl: cannot create a temporary directory for its files: "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tools import EXAMPLES, run_cli
+from helpers import EXAMPLES, cli_in_process
 
 from pvdesc import api
 from pvdesc.core.model import Vmm
@@ -16,12 +17,12 @@ from pvdesc.layout import profiles, vmms
 TEXT_OUTPUTS = ("dts", "dtso", "h", "rs", "qemu.args", "lkvm.args", "crosvm.args", "ssdt.dsl")
 
 
-def _listed(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
-    code, out, err = run_cli(["profiles", "--format", "json"], capsys)
+def _listed(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    code, out, err = cli_in_process(["profiles", "--format", "json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
     assert doc["format"] == "pvdesc.profiles/1"
-    listed: list[dict[str, object]] = doc["profiles"]
+    listed: list[dict[str, Any]] = doc["profiles"]  # JSON: checked by the assertions
     return listed
 
 
@@ -58,15 +59,13 @@ def test_crosvm_lists_both_maps(capsys: pytest.CaptureFixture[str]) -> None:
     crosvm = [p for p in _listed(capsys) if p["vmm"] == "crosvm"]
     slots = {
         (p["version"], p["default"]): next(
-            r["base"]
-            for r in p["memory_map"]  # type: ignore[attr-defined]
-            if r["kind"] == "stolen-time"
+            r["base"] for r in p["memory_map"] if r["kind"] == "stolen-time"
         )
         for p in crosvm
     }
     # AARCH64_MMIO_BASE - 64 KiB since 0465b61b; AARCH64_PROTECTED_VM_FW_START - 64 KiB before
     assert slots == {("f1e797a6", True): 0x01FF0000, ("00ab01e9", False): 0x7FDF0000}
-    code, text, _ = run_cli(["profiles"], capsys)
+    code, text, _ = cli_in_process(["profiles"], capsys)
     assert code == 0
     assert "crosvm  crosvm 00ab01e9 (2022-03-10); the map before 0465b61b" in text
     assert "(vmm_version: 00ab01e9)" in text

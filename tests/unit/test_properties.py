@@ -9,9 +9,9 @@ granule shares nothing with RAM the guest may use or with any device.
 from __future__ import annotations
 
 import libfdt
+from helpers import decode_reg, libfdt_check, walk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tools import decode_reg, libfdt_check, walk
 
 from pvdesc import kvm
 from pvdesc.core.model import (
@@ -20,12 +20,12 @@ from pvdesc.core.model import (
     Device,
     Placement,
     RamBank,
-    Range,
     StolenTimeSpec,
     VmDescription,
     Vmm,
-    validate,
+    check_consistent,
 )
+from pvdesc.core.ranges import Range
 from pvdesc.emit import devicetree as dt
 from pvdesc.layout import allocate as layout
 
@@ -79,7 +79,7 @@ def descriptions(draw: st.DrawFn) -> VmDescription:
         devices=tuple(devices),
         stolen_time=StolenTimeSpec(placement, None, describe),
     )
-    validate(desc)
+    check_consistent(desc)
     return desc
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tools import EXAMPLES, ROOT, SLOW, pvdesc, run_cli
+from helpers import EXAMPLES, ROOT, SLOW, cli_in_process, cli_subprocess
 
 from pvdesc.emit import build, publish
 from pvdesc.errors import OutputError
@@ -134,7 +134,7 @@ def fork_publish(outdir: Path, files: Files, kill_at: int) -> bool:
     return False
 
 
-def scenarios(tmp: Path) -> Iterator[tuple[str, Callable[[Path], None], Files, Files]]:
+def scenarios(tmp: Path) -> Iterator[tuple[str, Callable[[Path], object], Files, Files]]:
     """(name, set up the old state in a directory, old outputs, new outputs)."""
     v1 = as_files(rendered(tmp, V1))
     v2 = as_files(rendered(tmp, V2, drop_dts=True))
@@ -205,10 +205,10 @@ def test_killing_a_real_build_process(tmp_path: Path) -> None:
     v1.write_text(V1)
     v2.write_text(V2)
     template = tmp_path / "template"
-    assert pvdesc("build", "-q", str(v1), "-o", str(template), timeout=SLOW).returncode == 0
+    assert cli_subprocess("build", "-q", str(v1), "-o", str(template), timeout=SLOW).returncode == 0
     old = observe(template)
     new_dir = tmp_path / "fresh"
-    assert pvdesc("build", "-q", str(v2), "-o", str(new_dir), timeout=SLOW).returncode == 0
+    assert cli_subprocess("build", "-q", str(v2), "-o", str(new_dir), timeout=SLOW).returncode == 0
     new = observe(new_dir)
     script = KILLER.format(calls=CALLS)
     for kills, pause_at in enumerate(range(1, 200, 4)):
@@ -258,7 +258,7 @@ def test_foreign_file_is_refused_in_one_line(
     out.mkdir()
     (out / "generic-hole.dtb").write_bytes(b"my own DTB")
     desc = str(EXAMPLES / "generic-hole.yaml")
-    code, stdout, err = run_cli(["build", desc, "-o", str(out)], capsys)
+    code, stdout, err = cli_in_process(["build", desc, "-o", str(out)], capsys)
     assert code == 2 and stdout == ""
     assert err == (
         f"pvdesc: error: {out / 'generic-hole.dtb'}: exists and pvdesc did not write it (it is "
@@ -267,7 +267,7 @@ def test_foreign_file_is_refused_in_one_line(
     )
     assert sorted(p.name for p in out.iterdir()) == ["generic-hole.dtb"]  # nothing else written
     assert (out / "generic-hole.dtb").read_bytes() == b"my own DTB"
-    code, _, err = run_cli(["build", "-q", desc, "-o", str(out), "--force"], capsys)
+    code, _, err = cli_in_process(["build", "-q", desc, "-o", str(out), "--force"], capsys)
     assert (code, err) == (0, "")
     assert (out / "generic-hole.dtb").read_bytes() == publish.read_outputs(out, "generic-hole")[
         "generic-hole.dtb"
@@ -437,7 +437,7 @@ def test_links_in_the_store_are_refused_never_followed(
         store.symlink_to(elsewhere)
         where = store
     else:
-        assert run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)[0] == 0
+        assert cli_in_process(["build", "-q", str(v1), "-o", str(out)], capsys)[0] == 0
         where = store / link
         if link == "lock":
             where.unlink()
@@ -452,7 +452,7 @@ def test_links_in_the_store_are_refused_never_followed(
             where.symlink_to(DECOY)
             where = store / DECOY
     before, outputs = snapshot(elsewhere), observe(out)
-    code, stdout, err = run_cli(["build", str(v2), "-o", str(out)], capsys)
+    code, stdout, err = cli_in_process(["build", str(v2), "-o", str(out)], capsys)
     if link == "current":
         assert err == (
             f"pvdesc: error: {where}: points to '../../../elsewhere/{DECOY}', not to a "
@@ -473,20 +473,23 @@ def test_hand_edit_through_a_link_is_refused(
     v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
     v1.write_text(V1)
     v2.write_text(V2)
-    assert run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)[0] == 0
+    assert cli_in_process(["build", "-q", str(v1), "-o", str(out)], capsys)[0] == 0
     if os.geteuid() != 0:  # only root ignores the mode; anyone else has to chmod first
         (out / "vm.dtb").resolve().chmod(0o644)
     with (out / "vm.dtb").open("r+b") as fh:  # in place, through the link
         fh.write(b"\xd0\x0d\xfe\xed edited by hand")
     edited = (out / "vm.dtb").read_bytes()
-    code, stdout, err = run_cli(["build", str(v2), "-o", str(out)], capsys)
+    code, stdout, err = cli_in_process(["build", str(v2), "-o", str(out)], capsys)
     assert (code, stdout) == (2, "")
     assert err == (
         f"pvdesc: error: {out / 'vm.dtb'}: was edited after pvdesc wrote it (its sha256 is not "
         "the one its manifest lists); keep your copy elsewhere, or pass --force to replace it\n"
     )
     assert (out / "vm.dtb").read_bytes() == edited
-    assert run_cli(["build", "-q", str(v2), "-o", str(out), "--force"], capsys)[:2] == (0, "")
+    assert cli_in_process(["build", "-q", str(v2), "-o", str(out), "--force"], capsys)[:2] == (
+        0,
+        "",
+    )
     assert observe(out) == publish.read_outputs(out, "vm")
 
 
@@ -612,10 +615,10 @@ def test_full_tmpfs_keeps_outputs_and_generations(
         v1.write_text(V1)
         v2.write_text(V2)
         for desc in (v1, v2):
-            assert run_cli(["build", "-q", str(desc), "-o", str(out)], capsys)[:2] == (0, "")
+            assert cli_in_process(["build", "-q", str(desc), "-o", str(out)], capsys)[:2] == (0, "")
         old, kept = observe(out), generations(out)
         fill(mnt)
-        code, stdout, err = run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)
+        code, stdout, err = cli_in_process(["build", "-q", str(v1), "-o", str(out)], capsys)
         assert (code, stdout) == (2, "")
         assert re.fullmatch(
             rf"pvdesc: error: {re.escape(str(out))}/\.pvdesc/vm/g-[0-9a-f]{{16}}(/vm\.[a-z.]+)?: "
@@ -626,7 +629,7 @@ def test_full_tmpfs_keeps_outputs_and_generations(
         assert generations(out) == kept  # the failed one removed, the previous one kept
         assert leftovers(out) == []
         (mnt / "filler").unlink()
-        assert run_cli(["build", "-q", str(v1), "-o", str(out)], capsys)[:2] == (0, "")
+        assert cli_in_process(["build", "-q", str(v1), "-o", str(out)], capsys)[:2] == (0, "")
         assert len(generations(out)) == 2
 
 

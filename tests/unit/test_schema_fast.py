@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tools import ROOT
 
 from pvdesc.description import schema_check as description
 from pvdesc.description.marks import SourceMap, _compose
 from pvdesc.description.schema_check import _compile_fast, schema
+from pvdesc.errors import DescriptionError
 
 
 def reference_accepts(data: Any) -> bool:
@@ -36,7 +37,7 @@ def fast_accepts(data: Any) -> bool:
 def _data(path: Path) -> Any:
     try:
         return _compose(yaml.SafeLoader, path.read_text(encoding="utf-8"), SourceMap(str(path)))
-    except (UnicodeDecodeError, yaml.YAMLError, description.DescriptionError, RecursionError):
+    except (UnicodeDecodeError, yaml.YAMLError, DescriptionError, RecursionError):
         return None
 
 

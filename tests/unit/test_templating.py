@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import jinja2
 import pytest
-from tools import ROOT
+from helpers import ROOT
 
 from pvdesc.emit import build, templating
 
@@ -50,7 +51,7 @@ def test_templates_come_from_their_modules(fresh: None) -> None:
 
 
 def _outputs() -> dict[str, bytes]:
-    out = {}
+    out: dict[str, bytes] = {}
     for path in EXAMPLES:
         result = build.plan(path)
         out |= {f"{path.name}/{o.name}": o.data for o in result.outputs}
@@ -87,7 +88,7 @@ def test_a_stale_module_is_not_used(fresh: None, monkeypatch: pytest.MonkeyPatch
 def test_the_key_covers_text_jinja_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     key = templating.template_key("x")
     assert templating.template_key("y") != key
-    monkeypatch.setattr(templating.jinja2, "__version__", "0.0")
+    monkeypatch.setattr(jinja2, "__version__", "0.0")  # the module templating reads
     assert templating.template_key("x") != key
     monkeypatch.undo()
     monkeypatch.setitem(templating.OPTIONS, "trim_blocks", False)

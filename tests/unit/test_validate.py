@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 import xmlschema
-from tools import ROOT, run
+from helpers import ROOT, cli_subprocess
 
 from pvdesc.core.model import Boot, Describe, Placement, Vmm
 from pvdesc.emit import build
@@ -34,12 +33,7 @@ TIMEOUT = 900
 
 def validate(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Any:
     """``python -m pvdesc validate ARGS`` in a fresh interpreter."""
-    return run(
-        [sys.executable, "-m", "pvdesc", "validate", *args],
-        cwd=cwd,
-        env=env,
-        timeout=TIMEOUT,
-    )
+    return cli_subprocess("validate", *args, cwd=cwd, env=env, timeout=TIMEOUT)
 
 
 def rel(path: Path) -> str:
