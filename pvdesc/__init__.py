@@ -18,7 +18,7 @@ Layers, each with its own error class (see :mod:`pvdesc.errors`):
 - :mod:`pvdesc.emit.devicetree`: Layout -> DTS/DTB (the only module that touches ``fdt``).
 - :mod:`pvdesc.read.dtb`: reading untrusted DTBs with libfdt.
 - :mod:`pvdesc.emit.hypervisor`: Layout -> hypervisor config JSON.
-- :mod:`pvdesc.layout.profiles`, :mod:`pvdesc.emit.vmmconfig`: VMM memory maps as data; their
+- :mod:`pvdesc.description.profiles`, :mod:`pvdesc.emit.vmmconfig`: VMM memory maps as data; their
   command lines.
 - :mod:`pvdesc.emit.patch`: ``build --into``, patching a VMM's own DTB.
 - :mod:`pvdesc.emit.acpi`, :mod:`pvdesc.tools.acpica`: SSDT/SRAT, and the iasl/acpiexec wrapper.

@@ -30,9 +30,8 @@ from pathlib import Path
 
 from pvdesc import __version__
 from pvdesc.audit import check as _check
-from pvdesc.audit.findings import Finding
-from pvdesc.core.model import Boot, Purpose
-from pvdesc.core.model import Memslot as _Memslot
+from pvdesc.core.findings import Finding
+from pvdesc.core.model import Boot, Memslot, Target
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import load, loads
 from pvdesc.emit import build as _build
@@ -58,26 +57,6 @@ __all__ = [
 
 #: A file, as a path (``str`` or :class:`os.PathLike`).
 PathArg = str | os.PathLike[str]
-
-
-@dataclass(frozen=True)
-class Memslot:
-    """One memslot to create with ``KVM_SET_USER_MEMORY_REGION``.
-
-    The stable API's view of :class:`pvdesc.core.model.Memslot`, under the names of
-    ``struct kvm_userspace_memory_region`` and of the config's JSON.
-
-    Attributes:
-        slot: the KVM memslot number.
-        guest_phys_addr: its first guest physical address.
-        memory_size: its size in bytes.
-        purpose: ``"ram"`` or ``"stolen-time"`` (the region's own slot).
-    """
-
-    slot: int
-    guest_phys_addr: int
-    memory_size: int
-    purpose: str
 
 
 @dataclass(frozen=True)
@@ -175,10 +154,7 @@ def _config(data: bytes, source: str) -> HypervisorConfig:
     target = _hypervisor.target_from_config(data, source)
     return HypervisorConfig(
         ipa_bits=target.ipa_bits,
-        memslots=tuple(
-            Memslot(s.slot, s.range.base, s.range.size, str(s.purpose))
-            for s in target.memslots or ()
-        ),
+        memslots=tuple(target.memslots or ()),
         region_base=target.region.base,
         region_size=target.region.size,
         pvtime_ipas=tuple(ipa for _, ipa in sorted(target.vcpu_ipas)),
@@ -195,15 +171,6 @@ def read_hypervisor_config(config: bytes | PathArg) -> HypervisorConfig:
         path, _hypervisor.MAX_CONFIG_BYTES, _hypervisor.ConfigError, "hypervisor configs"
     )
     return _config(data, display_name(path))
-
-
-def _purpose(slot: Memslot, config: HypervisorConfig) -> Purpose:
-    try:
-        return Purpose(slot.purpose)
-    except ValueError:
-        raise PvdescError(
-            f'memslot {slot.slot}: purpose must be "ram" or "stolen-time"', config.source
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -249,14 +216,11 @@ def check(
         raise PvdescError(f"boot {boot!r} is not linux-dt, uefi-dt or uefi-acpi") from None
     tree = _dtb.parse(dtb, dtb_name)
     if isinstance(config, HypervisorConfig):
-        target = _hypervisor.Target(
+        target = Target(
             region=Range(config.region_base, config.region_size),
             vcpu_ipas=tuple(enumerate(config.pvtime_ipas)),
             ipa_bits=config.ipa_bits,
-            memslots=tuple(
-                _Memslot(m.slot, Range(m.guest_phys_addr, m.memory_size), _purpose(m, config))
-                for m in config.memslots
-            ),
+            memslots=config.memslots,
             source=config.source,
         )
     else:

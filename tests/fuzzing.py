@@ -22,9 +22,9 @@ from functools import cache
 from pathlib import Path
 
 from pvdesc.audit import check
-from pvdesc.audit.findings import Severity
 from pvdesc.commands.map import draw, rows, sources, terminal
-from pvdesc.core.model import Boot
+from pvdesc.core.findings import Severity
+from pvdesc.core.model import Boot, Target
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.emit import build, hypervisor, patch
@@ -103,7 +103,7 @@ def _carve_layout() -> layout.Layout:
     return build.plan(ROOT / "examples" / "linux-carve-reserved.yaml").layout
 
 
-def _target_of(lay: layout.Layout) -> hypervisor.Target:
+def _target_of(lay: layout.Layout) -> Target:
     return hypervisor.target_from_config(hypervisor.dumps(lay).encode(), "fuzz.hypervisor.json")
 
 

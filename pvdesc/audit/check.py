@@ -3,7 +3,7 @@
 Pure functions over immutable data: a :class:`~pvdesc.read.dtb.DeviceTree`, a
 :class:`~pvdesc.emit.hypervisor.Target` (the region, per-vCPU IPAs, IPA size and,
 from a hypervisor config, the memslots), the boot mode and optional ACPI tables in,
-a tuple of :class:`~pvdesc.audit.findings.Finding` out, rendered here as
+a tuple of :class:`~pvdesc.core.findings.Finding` out, rendered here as
 ``pvdesc.check/1`` JSON or text.  The verdict is ``unsafe`` iff any finding is an error.
 
 :func:`check` asks :func:`pvdesc.layout.beliefs.believe` what the boot mode's consumer
@@ -51,11 +51,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pvdesc import kvm
-from pvdesc.audit.findings import Finding, any_error
-from pvdesc.core.model import Boot, Memslot
+from pvdesc.core.findings import Finding, any_error
+from pvdesc.core.model import Boot, Memslot, Target
 from pvdesc.core.ranges import Range
 from pvdesc.core.units import parse_quantity
-from pvdesc.emit.hypervisor import Target
 from pvdesc.errors import PvdescError
 from pvdesc.layout import beliefs
 from pvdesc.layout.rules import judge

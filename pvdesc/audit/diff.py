@@ -2,7 +2,7 @@
 
 Pure functions: two :class:`~pvdesc.audit.sides.Side` values in (each from a VM
 description or a ``pvdesc.hypervisor/1`` config, :mod:`pvdesc.audit.sides`), a tuple of
-:class:`~pvdesc.audit.findings.Finding` out, rendered here as ``pvdesc.diff/1`` JSON or
+:class:`~pvdesc.core.findings.Finding` out, rendered here as ``pvdesc.diff/1`` JSON or
 text.  The guest
 keeps what it learnt at boot, so the destination must reproduce it exactly
 (``docs/pvtime-and-dt.md`` §6):
@@ -45,8 +45,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pvdesc import kvm
-from pvdesc.audit.findings import Finding, Severity, any_error
 from pvdesc.audit.sides import Side
+from pvdesc.core.findings import Finding, Severity, any_error
 from pvdesc.core.model import Memslot, Purpose
 from pvdesc.core.ranges import RangeIndex
 from pvdesc.core.units import vcpus_text

@@ -16,11 +16,10 @@ from itertools import islice
 import yaml
 
 from pvdesc import kvm
-from pvdesc.core.model import Memslot, Purpose
+from pvdesc.core.model import Memslot, Purpose, Target
 from pvdesc.core.ranges import Range, sweep_overlaps
 from pvdesc.description.load import FAST_LOADER, loads
 from pvdesc.emit import hypervisor
-from pvdesc.emit.hypervisor import Target
 from pvdesc.errors import PvdescError
 from pvdesc.layout import allocate as layout
 
@@ -121,7 +120,7 @@ def side_from_config(text: bytes, source: str) -> Side:
 def side_from_layout(lay: layout.Layout, source: str) -> Side:
     """A side from an allocated layout: what its config states plus what its DT says is RAM."""
     return _side(
-        hypervisor.target(lay, source),
+        layout.target(lay, source),
         revision=kvm.PVTIME_REVISION,
         stride=kvm.PVTIME_STRUCT_SIZE,
         usable_ram=layout.belief(lay).usable_ram,

@@ -240,7 +240,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from pvdesc.layout import profiles_list
+    from pvdesc.description import profiles_list
 
     write(profiles_list.to_json() if args.format == "json" else profiles_list.to_text())
     return EXIT_OK

@@ -66,7 +66,7 @@ class Describe(enum.StrEnum):
 
 
 class Vmm(enum.StrEnum):
-    """The VMM whose conventions the outputs follow (its profile: :mod:`pvdesc.layout.profiles`)."""
+    """The VMM whose conventions the outputs follow (its profile: :mod:`.description.profiles`)."""
 
     GENERIC_KVM = "generic-kvm"
     QEMU_VIRT = "qemu-virt"
@@ -118,6 +118,35 @@ class Memslot:
     range: Range
     purpose: Purpose
     bank: RamBank | None = None
+
+    @property
+    def guest_phys_addr(self) -> int:
+        """``kvm_userspace_memory_region.guest_phys_addr`` (the config's name)."""
+        return self.range.base
+
+    @property
+    def memory_size(self) -> int:
+        """``kvm_userspace_memory_region.memory_size`` (the config's name)."""
+        return self.range.size
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the hypervisor will program.
+
+    Attributes:
+        region: the stolen-time region.
+        vcpu_ipas: ``(vcpu id, PVTIME_IPA)`` for every possible vCPU.
+        ipa_bits: the guest's IPA size.
+        memslots: the memslots, or ``None`` when unknown (``check --region``).
+        source: where it came from (the config file, or ``--region``).
+    """
+
+    region: Range
+    vcpu_ipas: tuple[tuple[int, int], ...]
+    ipa_bits: int
+    memslots: tuple[Memslot, ...] | None
+    source: str
 
 
 @dataclass(frozen=True)
@@ -188,7 +217,7 @@ class VmDescription:
         devices: MMIO windows, in the order written.
         stolen_time: the region's placement and description.
         acpi: ACPI table header identification (used with describe acpi).
-        vmm_version: which of the VMM's memory maps (:mod:`pvdesc.layout.profiles`), ``None`` for
+        vmm_version: which of the VMM's memory maps (:mod:`.description.profiles`), ``None`` for
             the newest pvdesc knows.
     """
 

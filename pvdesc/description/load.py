@@ -31,12 +31,11 @@ from pvdesc.core.model import (
 )
 from pvdesc.core.ranges import Range
 from pvdesc.core.units import parse_quantity
-from pvdesc.description import schema_check
+from pvdesc.description import profiles, schema_check
 from pvdesc.description.marks import FAST_LOADER as FAST_LOADER
 from pvdesc.description.marks import MAX_FILE_BYTES as MAX_FILE_BYTES
 from pvdesc.description.marks import SourceMap, compose
 from pvdesc.errors import DescriptionError, KeyPath
-from pvdesc.layout import profiles
 from pvdesc.tools.inputs import display_name, read_bounded, too_big
 
 

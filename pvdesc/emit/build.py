@@ -20,12 +20,12 @@ from typing import Any
 
 from pvdesc import __version__
 from pvdesc.core.model import Describe
+from pvdesc.description import profiles
 from pvdesc.description.load import LoadedDescription, load
 from pvdesc.emit import acpi, hypervisor, publish, store, templating, vmmconfig
 from pvdesc.emit import devicetree as dt
 from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.layout import allocate as layout
-from pvdesc.layout import profiles
 from pvdesc.layout.allocate import Layout
 from pvdesc.tools.inputs import display_name, read_bounded
 

@@ -13,15 +13,14 @@ vCPU, sets ``KVM_ARM_VCPU_PVTIME_CTRL``/``KVM_ARM_VCPU_PVTIME_IPA`` to
 ``pvtime_ipa`` with ``KVM_SET_DEVICE_ATTR`` on the vCPU fd (vcpu.rst §3).
 The writer is :func:`config`/:func:`dumps`; the reader (:func:`target_from_config`)
 gives the :class:`Target` that ``check``, ``diff``, ``validate`` and ``prove --kvm``
-judge, and :func:`target` gives the same from a layout without the JSON round trip.
+judge; :func:`pvdesc.layout.allocate.target` gives the same from a layout without the
+JSON round trip.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pvdesc import kvm
-from pvdesc.core.model import Memslot, Purpose
+from pvdesc.core.model import Memslot, Purpose, Target
 from pvdesc.core.ranges import Range
 from pvdesc.errors import PvdescError
 from pvdesc.tools.inputs import too_big
@@ -44,25 +43,6 @@ MAX_CONFIG_MEMSLOTS = 1 << 15
 
 class ConfigError(PvdescError):
     """A ``pvdesc.hypervisor/1`` config cannot be used."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the hypervisor will program.
-
-    Attributes:
-        region: the stolen-time region.
-        vcpu_ipas: ``(vcpu id, PVTIME_IPA)`` for every possible vCPU.
-        ipa_bits: the guest's IPA size.
-        memslots: the memslots, or ``None`` when unknown (``check --region``).
-        source: where it came from (the config file, or ``--region``).
-    """
-
-    region: Range
-    vcpu_ipas: tuple[tuple[int, int], ...]
-    ipa_bits: int
-    memslots: tuple[Memslot, ...] | None
-    source: str
 
 
 # --------------------------------------------------------------------------- writer
@@ -101,17 +81,6 @@ def dumps(layout: Layout) -> str:
     import json
 
     return json.dumps(config(layout), indent=2) + "\n"
-
-
-def target(layout: Layout, source: str = "layout") -> Target:
-    """What the config written for ``layout`` tells the hypervisor, straight from the layout."""
-    return Target(
-        region=layout.region,
-        vcpu_ipas=tuple(enumerate(layout.vcpu_ipas)),
-        ipa_bits=layout.description.ipa_bits,
-        memslots=tuple(Memslot(s.slot, s.range, s.purpose) for s in layout.memslots),
-        source=source,
-    )
 
 
 # --------------------------------------------------------------------------- reader

@@ -28,14 +28,14 @@ from collections.abc import Iterator
 
 import libfdt
 
-from pvdesc.audit.findings import Severity
+from pvdesc.core.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Range
+from pvdesc.description import profiles
 from pvdesc.emit.devicetree import REGION_NODE, unit_address
-from pvdesc.emit.hypervisor import target
 from pvdesc.errors import DTError
-from pvdesc.layout import beliefs, profiles, rules
-from pvdesc.layout.allocate import Layout
+from pvdesc.layout import beliefs, rules
+from pvdesc.layout.allocate import Layout, target
 from pvdesc.layout.allocate import belief as layout_belief
 from pvdesc.read import dtb
 

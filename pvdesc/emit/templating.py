@@ -26,7 +26,7 @@ from typing import Any
 import jinja2
 
 from pvdesc.core.units import human
-from pvdesc.layout import profiles
+from pvdesc.description import profiles
 
 #: The package of compiled templates, and the script that writes it.
 COMPILED_PACKAGE = "pvdesc.emit.templates_compiled"

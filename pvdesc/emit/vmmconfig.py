@@ -1,6 +1,6 @@
 """Per-VMM outputs: command lines (QEMU, kvmtool, crosvm) and generic-KVM C/Rust sources.
 
-Each VMM's values come from its profile (:mod:`pvdesc.layout.profiles`); the text comes
+Each VMM's values come from its profile (:mod:`pvdesc.description.profiles`); the text comes
 from Jinja templates in ``templates/``.  Pure: returns (file name, kind, bytes).
 The ``pvdesc.hypervisor/1`` JSON keeps its documented shape; command lines live
 in their own files (``<name>.qemu.args``, ``<name>.lkvm.args``, ``<name>.crosvm.args``).
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from pvdesc import __version__, kvm
 from pvdesc.core.model import Vmm
+from pvdesc.description.vmms.kvmtool import KVMTOOL_RAM_BASE
 from pvdesc.emit import templating
 from pvdesc.layout.allocate import Layout
-from pvdesc.layout.vmms.kvmtool import KVMTOOL_RAM_BASE
 
 #: (file name, kind, bytes): what :mod:`pvdesc.emit.build` wraps into outputs.
 VmmOutput = tuple[str, str, bytes]

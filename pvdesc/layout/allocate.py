@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pvdesc import kvm
-from pvdesc.audit.findings import Severity
-from pvdesc.core.model import Describe, Memslot, Placement, Purpose, RamBank, VmDescription
+from pvdesc.core.findings import Severity
+from pvdesc.core.model import Describe, Memslot, Placement, Purpose, RamBank, Target, VmDescription
 from pvdesc.core.ranges import Labelled, Range
-from pvdesc.emit.hypervisor import target
+from pvdesc.description import profiles
 from pvdesc.errors import LayoutError
-from pvdesc.layout import beliefs, profiles, rules
+from pvdesc.layout import beliefs, rules
 from pvdesc.layout.placement import choose_region, resolve_describe
 
 
@@ -235,4 +235,15 @@ def rationale(layout: Layout) -> str:
         f"memory[{bank.index}]'s /memory node covers it but /reserved-memory marks it no-map, so "
         "Linux (booted directly from the DT) drops it from the linear map and never allocates "
         f"it; KVM reaches it through RAM memslot {slot}"
+    )
+
+
+def target(layout: Layout, source: str = "layout") -> Target:
+    """What the config written for ``layout`` tells the hypervisor, straight from the layout."""
+    return Target(
+        region=layout.region,
+        vcpu_ipas=tuple(enumerate(layout.vcpu_ipas)),
+        ipa_bits=layout.description.ipa_bits,
+        memslots=tuple(Memslot(s.slot, s.range, s.purpose) for s in layout.memslots),
+        source=source,
     )

@@ -13,8 +13,8 @@ from pvdesc import kvm
 from pvdesc.core.model import Boot, Describe, Placement, RamBank, VmDescription
 from pvdesc.core.ranges import Range, merged
 from pvdesc.core.units import human
+from pvdesc.description import profiles
 from pvdesc.errors import LayoutError
-from pvdesc.layout import profiles
 
 
 def occupied_granules(desc: VmDescription) -> list[Range]:

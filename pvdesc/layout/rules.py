@@ -15,10 +15,10 @@ import bisect
 from collections.abc import Callable, Iterator, Sequence
 
 from pvdesc import kvm
-from pvdesc.audit.findings import Finding, Severity
+from pvdesc.core.findings import Finding, Severity
+from pvdesc.core.model import Target
 from pvdesc.core.ranges import Labelled, Range, RangeIndex, merged, sweep_overlaps
 from pvdesc.core.units import vcpus_text
-from pvdesc.emit.hypervisor import Target
 from pvdesc.layout.beliefs import Belief
 from pvdesc.layout.linux_memory import PAGE_MIN
 

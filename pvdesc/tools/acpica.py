@@ -39,7 +39,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvdesc.emit import templating
 from pvdesc.errors import AcpiError, ToolError
 from pvdesc.tools import proc, signals
 
@@ -204,8 +203,9 @@ def template_line(template: str, rendered: str, line: int) -> int | None:
     static text was damaged) is attributed to the template line after the
     previous match.  ``None`` when nothing can be attributed.
     """
-    env = templating.environment()
-    source = env.loader.get_source(env, template)[0].splitlines() if env.loader else []
+    from importlib import resources  # only when a message needs a template line
+
+    source = resources.files("pvdesc.templates").joinpath(template).read_text().splitlines()
     usable = [(i + 1, p) for i, t in enumerate(source) if (p := _line_pattern(t)) is not None]
     if not usable:
         return None

@@ -10,9 +10,9 @@ import pytest
 from helpers import cli_subprocess, dtc, memory, program, root
 
 from pvdesc.audit import check
-from pvdesc.audit.findings import Severity
+from pvdesc.core.findings import Severity
+from pvdesc.core.model import Target
 from pvdesc.core.ranges import Range
-from pvdesc.emit.hypervisor import Target
 from pvdesc.errors import AcpiError
 from pvdesc.read import acpitables, dtb
 

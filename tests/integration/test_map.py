@@ -13,11 +13,11 @@ from helpers import ROOT, cli_subprocess, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvdesc.audit.findings import Severity
 from pvdesc.commands.map import command, draw, rows, sources, terminal
 from pvdesc.commands.map.model import AddressMap, Describer, MapSource, SegmentKind
 from pvdesc.commands.map.scale import Scaling, scale
 from pvdesc.core import units
+from pvdesc.core.findings import Severity
 from pvdesc.core.model import Describe, Memslot, Purpose
 from pvdesc.core.ranges import Labelled, Range
 from pvdesc.description.load import load

@@ -12,9 +12,9 @@ from helpers import EXAMPLES, SLOW, cli_in_process, dtc_check, qemu_dump, qemu_t
 
 from pvdesc.core.model import Vmm
 from pvdesc.core.ranges import Range
+from pvdesc.description import profiles, vmms
+from pvdesc.description.vmms import qemu_virt
 from pvdesc.emit import build
-from pvdesc.layout import profiles, vmms
-from pvdesc.layout.vmms import qemu_virt
 
 PROFILE_EXAMPLES = {
     "qemu-virt": ["qemu-virt.qemu.args"],

@@ -20,13 +20,12 @@ from hypothesis import strategies as st
 from test_patch import QEMU_BASE
 
 from pvdesc.audit import check
-from pvdesc.audit.findings import Finding, Severity
-from pvdesc.core.model import Boot, Describe
+from pvdesc.core.findings import Finding, Severity
+from pvdesc.core.model import Boot, Describe, Target
 from pvdesc.core.ranges import Range
 from pvdesc.description.load import loads
 from pvdesc.emit import devicetree as dt
-from pvdesc.emit import hypervisor, patch
-from pvdesc.emit.hypervisor import Target
+from pvdesc.emit import patch
 from pvdesc.errors import DTError, LayoutError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout import beliefs, rules
@@ -467,8 +466,8 @@ def test_verify_and_check_give_the_same_codes(boot: Boot) -> None:
         memory_nodes=layout.memory_nodes(good.description, good.region, Describe.NONE),
     )
     for lay, codes in ((good, set()), (bad, {"ipa-in-ram"})):
-        judged = rules.judge(layout.belief(lay), hypervisor.target(lay))
-        on_dtb = check.check(dtb.parse(dt.render(lay).dtb), hypervisor.target(lay), boot)
+        judged = rules.judge(layout.belief(lay), layout.target(lay))
+        on_dtb = check.check(dtb.parse(dt.render(lay).dtb), layout.target(lay), boot)
         for found in (judged, on_dtb):
             assert {f.code for f in found if f.severity is Severity.ERROR} == codes
     with pytest.raises(LayoutError, match="ipa-in-ram"):
@@ -550,7 +549,7 @@ def test_into_and_check_agree_on_every_base(tmp_path: Path, boot: Boot, qemu_bas
                 continue
             lay = fixed_layout(probe, boot, ram)
             replaced = dtb.parse(_replaced(blob, ram), name)
-            found = check.check(replaced, hypervisor.target(lay), boot)
+            found = check.check(replaced, layout.target(lay), boot)
             # check's errors, and its 64 KiB warnings (pvdesc's own policy refuses those).
             expect = any(f.severity is not Severity.INFO for f in found)
             try:
@@ -559,7 +558,7 @@ def test_into_and_check_agree_on_every_base(tmp_path: Path, boot: Boot, qemu_bas
                 assert expect, f"{name} at {probe:#x}: --into refused, check did not: {err}"
             else:
                 assert not expect, f"{name} at {probe:#x}: check refused, --into did not"
-                after = check.check(dtb.parse(out), hypervisor.target(lay), boot)
+                after = check.check(dtb.parse(out), layout.target(lay), boot)
                 assert check.verdict(after) == "safe", (name, hex(probe))
             compared += 1
     assert compared > 50

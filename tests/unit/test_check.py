@@ -9,11 +9,10 @@ import pytest
 from helpers import cli_subprocess, dtc, memory, root
 
 from pvdesc.audit import check
-from pvdesc.audit.findings import Finding, Severity
-from pvdesc.core.model import Boot
+from pvdesc.core.findings import Finding, Severity
+from pvdesc.core.model import Boot, Target
 from pvdesc.core.ranges import Range, sweep_overlaps
 from pvdesc.emit import hypervisor
-from pvdesc.emit.hypervisor import Target
 from pvdesc.read import dtb
 
 RAM = memory(0x40000000, 0x40000000)  # 0x40000000-0x7fffffff

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from pvdesc.audit import check
-from pvdesc.audit.findings import Severity
+from pvdesc.core.findings import Severity
 from pvdesc.core.model import Boot
 from pvdesc.description import load as description
 from pvdesc.emit import build, hypervisor

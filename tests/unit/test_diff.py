@@ -12,8 +12,9 @@ import yaml
 from helpers import EXAMPLES, cli_in_process
 
 from pvdesc.audit import diff, sides
-from pvdesc.audit.findings import Severity
+from pvdesc.core.findings import Severity
 from pvdesc.emit import build, hypervisor
+from pvdesc.layout import allocate
 
 CARVE = """name: g
 vcpus: 4
@@ -352,7 +353,7 @@ def test_a_layouts_side_is_what_its_config_reads_back(example: str) -> None:
     """hypervisor.target (Layout -> Target) agrees with the writer read back by the reader."""
     lay = build.plan(EXAMPLES / example).layout
     written = hypervisor.dumps(lay).encode()
-    assert hypervisor.target(lay, "a") == hypervisor.target_from_config(written, "a")
+    assert allocate.target(lay, "a") == hypervisor.target_from_config(written, "a")
     side = sides.side_from_layout(lay, "a")
     assert side.usable_ram is not None and side.online == lay.description.vcpus
     assert replace(side, usable_ram=None, online=None) == sides.side_from_config(written, "a")

@@ -9,10 +9,11 @@ import pytest
 from pvdesc import kvm
 from pvdesc.core.model import Describe
 from pvdesc.core.ranges import Range
+from pvdesc.description import profiles
 from pvdesc.description.load import loads
 from pvdesc.errors import LayoutError
 from pvdesc.layout import allocate as layout
-from pvdesc.layout import placement, profiles
+from pvdesc.layout import placement
 
 
 def alloc(text: str) -> layout.Layout:

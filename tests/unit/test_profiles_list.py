@@ -11,8 +11,8 @@ from helpers import EXAMPLES, cli_in_process
 
 from pvdesc import api
 from pvdesc.core.model import Vmm
+from pvdesc.description import profiles, vmms
 from pvdesc.description.load import load
-from pvdesc.layout import profiles, vmms
 
 TEXT_OUTPUTS = ("dts", "dtso", "h", "rs", "qemu.args", "lkvm.args", "crosvm.args", "ssdt.dsl")
 

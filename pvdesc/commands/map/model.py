@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pvdesc.audit.findings import Finding
+from pvdesc.core.findings import Finding
 from pvdesc.core.model import Memslot
 from pvdesc.core.ranges import Labelled, Range
 

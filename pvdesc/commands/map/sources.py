@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pvdesc.audit.findings import Finding, Severity
 from pvdesc.commands.map.model import MapSource
-from pvdesc.core.model import Boot, Describe, Memslot, Purpose
+from pvdesc.core.findings import Finding, Severity
+from pvdesc.core.model import Boot, Describe, Memslot, Purpose, Target
 from pvdesc.core.ranges import Labelled
-from pvdesc.emit.hypervisor import Target
 from pvdesc.errors import LayoutError
 from pvdesc.layout import beliefs
 from pvdesc.layout.allocate import Layout, verify

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 
 from pvdesc import kvm
 from pvdesc.audit import check
-from pvdesc.audit.findings import Finding, Severity
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.commands.prove.kvm_host import HostInfo, JobOutput
 from pvdesc.commands.prove.kvm_job import Job
+from pvdesc.core.findings import Finding, Severity
 from pvdesc.core.ranges import Range
 from pvdesc.core.units import vcpus_text
 from pvdesc.emit import hypervisor

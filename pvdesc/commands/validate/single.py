@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvdesc.audit import check
-from pvdesc.audit.findings import Severity
 from pvdesc.commands.validate.results import Externals, Failure, FileReport
+from pvdesc.core.findings import Severity
 from pvdesc.emit import build, hypervisor
 from pvdesc.errors import (
     AcpiError,

@@ -3,7 +3,7 @@
 A :class:`Profile` says where a VMM puts RAM, its MMIO windows (:class:`MemMapEntry`,
 in the spirit of QEMU's ``base_memmap[]``), where and how large it makes the
 stolen-time region (:class:`SizeRule`), and which description values that VMM lets
-a user configure.  The tables themselves are in :mod:`pvdesc.layout.vmms`.
+a user configure.  The tables themselves are in :mod:`pvdesc.description.vmms`.
 """
 
 from __future__ import annotations

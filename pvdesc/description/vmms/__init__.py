@@ -9,12 +9,12 @@ newest map, :data:`OLDER` the older maps a description can ask for with
 from __future__ import annotations
 
 from pvdesc.core.model import Vmm
-from pvdesc.layout.vmm_profile import Profile
-from pvdesc.layout.vmms.crosvm import CROSVM, CROSVM_2022
-from pvdesc.layout.vmms.firecracker import FIRECRACKER
-from pvdesc.layout.vmms.kvmtool import KVMTOOL
-from pvdesc.layout.vmms.others import CLOUD_HYPERVISOR, GENERIC_KVM
-from pvdesc.layout.vmms.qemu_virt import QEMU_VIRT
+from pvdesc.description.vmm_profile import Profile
+from pvdesc.description.vmms.crosvm import CROSVM, CROSVM_2022
+from pvdesc.description.vmms.firecracker import FIRECRACKER
+from pvdesc.description.vmms.kvmtool import KVMTOOL
+from pvdesc.description.vmms.others import CLOUD_HYPERVISOR, GENERIC_KVM
+from pvdesc.description.vmms.qemu_virt import QEMU_VIRT
 
 PROFILES: dict[Vmm, Profile] = {
     p.vmm: p for p in (QEMU_VIRT, KVMTOOL, CROSVM, FIRECRACKER, CLOUD_HYPERVISOR, GENERIC_KVM)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pvdesc.core.units import human
-from pvdesc.layout.profiles import versions
-from pvdesc.layout.vmm_profile import Profile
-from pvdesc.layout.vmms import PROFILES
+from pvdesc.description.profiles import versions
+from pvdesc.description.vmm_profile import Profile
+from pvdesc.description.vmms import PROFILES
 
 #: ``pvdesc profiles --format json``'s format.
 LIST_FORMAT = "pvdesc.profiles/1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pvdesc import kvm
 from pvdesc.core.model import Describe, Vmm
 from pvdesc.core.ranges import Range
-from pvdesc.layout.vmm_profile import MemMapEntry, Profile, SizeRule
+from pvdesc.description.vmm_profile import MemMapEntry, Profile, SizeRule
 
 # layouts §5: src/vmm/src/arch/aarch64/layout.rs, builder.rs:540-581 (firecracker 81b38b9d).
 FIRECRACKER_MEMMAP: tuple[MemMapEntry, ...] = (

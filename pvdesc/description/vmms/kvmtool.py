@@ -7,7 +7,7 @@ section names.
 from __future__ import annotations
 
 from pvdesc.core.model import Describe, Vmm
-from pvdesc.layout.vmm_profile import MemMapEntry, Profile, SizeRule
+from pvdesc.description.vmm_profile import MemMapEntry, Profile, SizeRule
 
 # layouts §2: arm/include/arm-common/kvm-arch.h:15-67 (kvmtool b48735e5).
 KVMTOOL_MEMMAP: tuple[MemMapEntry, ...] = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pvdesc.core.model import Describe, Vmm
-from pvdesc.layout.vmm_profile import MemMapEntry, Profile, SizeRule
+from pvdesc.description.vmm_profile import MemMapEntry, Profile, SizeRule
 
 # layouts §3: aarch64/src/lib.rs:101-170 and docs/book/src/appendix/memory_layout.md:61-81
 # (crosvm f1e797a6).

@@ -1,7 +1,7 @@
 """Find a description's VMM profile and merge it in, refusing any value the VMM fixes.
 
-The profiles are data (:mod:`pvdesc.layout.vmms`, the types in
-:mod:`pvdesc.layout.vmm_profile`).  :func:`apply` merges a profile into a
+The profiles are data (:mod:`pvdesc.description.vmms`, the types in
+:mod:`pvdesc.description.vmm_profile`).  :func:`apply` merges a profile into a
 description: the profile's MMIO windows become devices (after the user's own), the
 region's placement becomes the VMM's, and any description value that contradicts a
 value the VMM fixes is refused with an error naming the VMM's value.
@@ -18,11 +18,11 @@ from dataclasses import replace
 from pvdesc import kvm
 from pvdesc.core.model import Describe, Device, Placement, StolenTimeSpec, VmDescription, Vmm
 from pvdesc.core.units import human
+from pvdesc.description.vmm_profile import MemMapEntry, Profile, SizeRule, round_up
+from pvdesc.description.vmms import OLDER, PROFILES
+from pvdesc.description.vmms.kvmtool import KVMTOOL_GIC_REDIST_PER_VCPU
+from pvdesc.description.vmms.qemu_virt import qemu_high_memmap
 from pvdesc.errors import DescriptionError, KeyPath
-from pvdesc.layout.vmm_profile import MemMapEntry, Profile, SizeRule, round_up
-from pvdesc.layout.vmms import OLDER, PROFILES
-from pvdesc.layout.vmms.kvmtool import KVMTOOL_GIC_REDIST_PER_VCPU
-from pvdesc.layout.vmms.qemu_virt import qemu_high_memmap
 
 
 def versions(vmm: Vmm) -> tuple[Profile, ...]:

@@ -7,7 +7,7 @@ Cloud Hypervisor ae44c297 has no arm64 stolen time (``docs/vmm-layouts.md`` §4)
 from __future__ import annotations
 
 from pvdesc.core.model import Vmm
-from pvdesc.layout.vmm_profile import Profile
+from pvdesc.description.vmm_profile import Profile
 
 CLOUD_HYPERVISOR = Profile(
     vmm=Vmm.CLOUD_HYPERVISOR,

@@ -7,7 +7,7 @@ section names.
 from __future__ import annotations
 
 from pvdesc.core.model import Describe, Vmm
-from pvdesc.layout.vmm_profile import GiB, KiB, MemMapEntry, MiB, Profile, SizeRule, round_up
+from pvdesc.description.vmm_profile import GiB, KiB, MemMapEntry, MiB, Profile, SizeRule, round_up
 
 # layouts §1 "Rest of the memory map": QEMU v10.2.0 hw/arm/virt.c:171-206, base_memmap[].
 # Sizes the reference table leaves blank are base_memmap[]'s own (same file; the test suite
