@@ -8,32 +8,20 @@ description (devicetree, ACPI, or a deliberate omission) and the hypervisor
 configuration (memslots, per-vCPU IPAs), proven never to let the region overlap
 RAM the guest was told it may use.
 
-Layers, each with its own error class (see :mod:`pvdesc.errors`):
+The sub-packages follow the pipeline, each importing only itself and those listed
+before it (``tests/unit/test_structure.py`` checks this; the README's "How it is built"
+table names every module's job):
 
-- :mod:`pvdesc.kvm`: the KVM/SMCCC ABI facts (constants, with sources).
-- :mod:`pvdesc.core.model`: the immutable description of a VM.
-- :mod:`pvdesc.description.load`: YAML -> model, with file:line:column errors.
-- :mod:`pvdesc.layout.allocate`: the pure allocation rules ->
-  :class:`pvdesc.layout.allocate.Layout`.
-- :mod:`pvdesc.emit.devicetree`: Layout -> DTS/DTB (the only module that touches ``fdt``).
-- :mod:`pvdesc.read.dtb`: reading untrusted DTBs with libfdt.
-- :mod:`pvdesc.emit.hypervisor`: Layout -> hypervisor config JSON.
-- :mod:`pvdesc.description.profiles`, :mod:`pvdesc.emit.vmmconfig`: VMM memory maps as data; their
-  command lines.
-- :mod:`pvdesc.emit.patch`: ``build --into``, patching a VMM's own DTB.
-- :mod:`pvdesc.emit.acpi`, :mod:`pvdesc.tools.acpica`: SSDT/SRAT, and the iasl/acpiexec wrapper.
-- :mod:`pvdesc.read.acpitables`: decoding SRAT and ``_CRS`` claims from AML.
-- :mod:`pvdesc.audit.check`: findings for any DTB + region (``pvdesc check``).
-- :mod:`pvdesc.audit.diff`: migration compatibility of two layouts (``pvdesc diff``).
-- :mod:`pvdesc.commands.prove.guest`: booting a real arm64 guest under QEMU.
-- :mod:`pvdesc.tools.proc`: the one way tools are run (process groups, timeouts, stderr).
-- :mod:`pvdesc.tools.inputs`: reading untrusted files within a size limit.
-- :mod:`pvdesc.emit.build`: all outputs; :mod:`pvdesc.emit.publish` switches them in as one
-  generation.
-- :mod:`pvdesc.commands.validate.fleet`, :mod:`pvdesc.tools.validators`,
-  :mod:`pvdesc.commands.validate.reports`: ``pvdesc validate``
-  (CI: every description built, checked and run through dtc, dt-validate and ACPICA).
-- :mod:`pvdesc.commands.cli`: the ``pvdesc`` command (also ``python -m pvdesc``).
+- :mod:`pvdesc.errors`, :mod:`pvdesc.kvm`: one error class per layer; the ABI constants.
+- :mod:`pvdesc.core`: ranges, sizes, findings and the VM model every layer shares.
+- :mod:`pvdesc.tools`: external programs run the one safe way (iasl, acpiexec, QEMU,
+  the validators), signals, bounded input.
+- :mod:`pvdesc.read`: untrusted DTBs, ACPI tables and guest output, read.
+- :mod:`pvdesc.description`: YAML -> model, with file:line:column errors; VMM profiles.
+- :mod:`pvdesc.layout`: the allocation, the one model of what the guest believes, the rules.
+- :mod:`pvdesc.emit`: DT, ACPI, hypervisor config, VMM arguments; publishing.
+- :mod:`pvdesc.audit`: ``pvdesc check`` and ``pvdesc diff``.
+- :mod:`pvdesc.commands`: the ``pvdesc`` command, and ``validate``, ``prove`` and ``map``.
 - :mod:`pvdesc.api`: the stable Python API for build scripts (imported only when asked for).
 """
 

@@ -1,1 +1,1 @@
-"""Reading a VM description: YAML with marks, the schema check, the model it builds."""
+"""Reading a VM description: YAML with marks, the schema check, its VMM profile, the model."""

@@ -1,1 +1,1 @@
-"""Where things go: the VMM profiles, the allocator, the one model of what the guest believes."""
+"""Where things go: the allocator, and the one model of what the guest believes, with its rules."""

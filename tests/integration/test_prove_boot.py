@@ -61,7 +61,7 @@ def proved() -> Iterator[Callable[[str], prove_verdict.ProveReport]]:
 def unsafe(boot: Boot) -> tuple[prove_verdict.ProveReport, layout.Layout]:
     """The negative control: linux-carve-reserved's /memory + /reserved-memory, booted via UEFI.
 
-    ``layout.resolve_describe`` refuses reserved-memory under UEFI; the Layout is built by
+    ``placement.resolve_describe`` refuses reserved-memory under UEFI; the Layout is built by
     hand from the linux-dt one, with only the boot mode changed.
     """
     loaded = load(EXAMPLES / "linux-carve-reserved.yaml")

@@ -160,7 +160,7 @@ _IMAGES: dict[tuple[str, int, int], kvm_guest_plan.Image] = {}
 
 
 def kernel_image(path: Path) -> kvm_guest_plan.Image:
-    """:func:`pvdesc.commands.prove.kvm_guest.read_image`, once per file version."""
+    """:func:`pvdesc.commands.prove.kvm_guest_plan.read_image`, once per file version."""
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _IMAGES:
