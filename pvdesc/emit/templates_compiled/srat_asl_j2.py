@@ -4,7 +4,7 @@ Jinja2 3.1.6's code for the template (see pvdesc.emit.templating).
 """
 # mypy: ignore-errors
 
-KEY = "cb44a6f8effba72ac6a1347574f88278de3731409d4b057c534239374424c402"
+KEY = "79ccccfe07e4ec7fbd63bc1a3458ed38e20a8f7d7adeb979578befc139fea08e"
 
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'srat.asl.j2'
@@ -47,7 +47,7 @@ def root(context, missing=missing):
     yield str(t_2(environment.getattr((undefined(name='region') if l_0_region is missing else l_0_region), 'last')))
     yield ' where it was carved), never the region itself (docs/acpi.md s1.4, s6.3).\n * GICC Affinity: every possible vCPU 0..'
     yield str((environment.getattr((undefined(name='desc') if l_0_desc is missing else l_0_desc), 'max_vcpus') - 1))
-    yield ', ACPI Processor UID = vCPU index,\n * node = contiguous blocks over the sorted node ids (pvdesc.acpi.vcpu_node).\n */\n[0004]                          Signature : "SRAT"    [System Resource Affinity Table]\n[0004]                       Table Length : 00000000\n[0001]                           Revision : 03\n[0001]                           Checksum : 00\n[0006]                             Oem ID : "'
+    yield ', ACPI Processor UID = vCPU index,\n * node = contiguous blocks over the sorted node ids (pvdesc.emit.acpi.vcpu_node).\n */\n[0004]                          Signature : "SRAT"    [System Resource Affinity Table]\n[0004]                       Table Length : 00000000\n[0001]                           Revision : 03\n[0001]                           Checksum : 00\n[0006]                             Oem ID : "'
     yield str(environment.getattr((undefined(name='ids') if l_0_ids is missing else l_0_ids), 'oem_id'))
     yield '"\n[0008]                       Oem Table ID : "'
     yield str(environment.getattr((undefined(name='ids') if l_0_ids is missing else l_0_ids), 'oem_table_id'))
