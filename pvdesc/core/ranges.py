@@ -134,6 +134,30 @@ def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
     return pieces
 
 
+def difference(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
+    """``ranges`` minus ``holes``, both merged first: one sweep, O((n + m) log(n + m)).
+
+    The set difference, merged; :func:`subtract` keeps each input range's pieces apart
+    (for callers that name them) and is meant for a handful of holes.
+    """
+    out: list[Range] = []
+    hs = merged(h for h in holes if h.size > 0)
+    k = 0
+    for r in merged(x for x in ranges if x.size > 0):
+        lo = r.base
+        while k < len(hs) and hs[k].end <= lo:
+            k += 1
+        j = k
+        while j < len(hs) and hs[j].base < r.end:
+            if hs[j].base > lo:
+                out.append(Range(lo, hs[j].base - lo))
+            lo = max(lo, hs[j].end)
+            j += 1
+        if lo < r.end:
+            out.append(Range(lo, r.end - lo))
+    return out
+
+
 @dataclass(frozen=True)
 class Labelled:
     """A guest-physical range and the name messages give it.

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pvdesc.core.model import Boot
-from pvdesc.core.ranges import Labelled, Range, merged
+from pvdesc.core.ranges import Labelled, Range, difference, merged
 from pvdesc.layout.edk2_memory import edk2_ram
 from pvdesc.layout.linux_memory import (
     initrd_memory,
@@ -89,26 +89,6 @@ class Belief:
     def ram_ranges(self) -> tuple[Range, ...]:
         """``ram`` merged into disjoint ranges."""
         return tuple(merged(a.range for a in self.ram if a.range.size > 0))
-
-
-def difference(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
-    """``ranges`` minus ``holes``, both merged first: one sweep, O((n + m) log(n + m))."""
-    out: list[Range] = []
-    hs = merged(h for h in holes if h.size > 0)
-    k = 0
-    for r in merged(x for x in ranges if x.size > 0):
-        lo = r.base
-        while k < len(hs) and hs[k].end <= lo:
-            k += 1
-        j = k
-        while j < len(hs) and hs[j].base < r.end:
-            if hs[j].base > lo:
-                out.append(Range(lo, hs[j].base - lo))
-            lo = max(lo, hs[j].end)
-            j += 1
-        if lo < r.end:
-            out.append(Range(lo, r.end - lo))
-    return out
 
 
 def _devices(tree: DeviceTree) -> tuple[Labelled, ...]:

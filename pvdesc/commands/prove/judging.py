@@ -17,7 +17,7 @@ from pvdesc.commands.prove.verdict import (
     Status,
 )
 from pvdesc.core.model import Boot, Describe
-from pvdesc.core.ranges import Range, merged, subtract
+from pvdesc.core.ranges import Range, difference, merged
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
 from pvdesc.read.guest_output import (
@@ -157,7 +157,7 @@ def _memory(
     mmio = [r.range for r in efi if r.kind in EFI_MMIO]
     ram = [e.range for e in iomem if e.depth == 0 and e.name in ("System RAM", "reserved")]
     sources: list[tuple[str, tuple[Range, ...]]] = [
-        ("/proc/iomem System RAM + reserved", tuple(merged(subtract(ram, mmio))))
+        ("/proc/iomem System RAM + reserved", tuple(difference(ram, mmio)))
     ]
     boot = lay.description.boot
     if boot.uefi:
