@@ -99,3 +99,28 @@ def test_each_shared_concept_has_one_definition() -> None:
             if isinstance(node, ast.ClassDef) and node.name in homes:
                 homes[node.name].append(str(path.relative_to(PACKAGE)))
     assert homes == {name: [home] for name, home in ONE_HOME.items()}
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    return any(
+        (isinstance(d, ast.Name) and d.id == "dataclass")
+        or (isinstance(d, ast.Call) and isinstance(d.func, ast.Name) and d.func.id == "dataclass")
+        for d in node.decorator_list
+    )
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_dataclass_docstrings_list_their_attributes(path: Path) -> None:
+    """Every public field of a dataclass is named in its docstring's ``Attributes:``."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef) and _is_dataclass(node):
+            doc = ast.get_docstring(node) or ""
+            fields = [
+                s.target.id
+                for s in node.body
+                if isinstance(s, ast.AnnAssign)
+                and isinstance(s.target, ast.Name)
+                and not s.target.id.startswith("_")
+            ]
+            missing = [f for f in fields if f"{f}:" not in doc.partition("Attributes:")[2]]
+            assert not missing, f"{path.name}: {node.name} does not describe {missing}"
