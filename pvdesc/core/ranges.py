@@ -1,15 +1,16 @@
-"""Guest-physical address ranges: the one range type, the one labelled range, the one sweep.
+"""Guest-physical address ranges: the one range type, the one labelled range, the sweeps.
 
 Everything that asks "which of these ranges overlap" asks it here: :class:`RangeIndex`
-(stabbing queries with one witness each) and :func:`sweep_overlaps` (every overlapping
-pair), both O(n log n) whatever the input.
+(stabbing queries with one witness each), :func:`sweep_overlaps` (every overlapping
+pair), :class:`ContainingSweep` (the best range over each piece, left to right) and
+:func:`difference`, each O(n log n) whatever the input.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pvdesc import kvm
@@ -173,6 +174,46 @@ class Labelled:
     range: Range
     label: str
     numa_node: int | None = None
+
+
+class ContainingSweep:
+    """The best range containing each piece, as the pieces are visited left to right.
+
+    :class:`RangeIndex` answers "is there a range here" with one witness (the one
+    reaching furthest), and :func:`sweep_overlaps` lists every overlapping pair (as many
+    as pieces x depth when ranges nest).  This sweep picks one range by ``key`` (the map
+    names each row after the smallest RAM bank or device, or the first memslot) in
+    O(log n) per piece however deep the nesting, with a heap ordered by ``key``.  Every
+    input boundary is a cut, so a range either contains a piece or
+    misses it; ranges enter the heap when the sweep reaches their base and are dropped
+    lazily once it passes their end.
+
+    Attributes:
+        ranges: the ranges.
+        key: the order among ranges containing the same piece (best first).
+        order: indexes by base.
+        pending: the next index into ``order`` not yet in the heap.
+        heap: ``(key, index)`` of ranges entered so far.
+    """
+
+    def __init__(self, ranges: Sequence[Range], key: Callable[[int], tuple[int, ...]]) -> None:
+        self.ranges = ranges
+        self.key = key
+        self.order = sorted(range(len(ranges)), key=lambda i: ranges[i].base)
+        self.pending = 0
+        self.heap: list[tuple[tuple[int, ...], int]] = []
+
+    def at(self, lo: int) -> int | None:
+        """The best range containing the piece that starts at ``lo`` (pieces in order)."""
+        while self.pending < len(self.order):
+            i = self.order[self.pending]
+            if self.ranges[i].base > lo:
+                break
+            heapq.heappush(self.heap, (self.key(i), i))
+            self.pending += 1
+        while self.heap and self.ranges[self.heap[0][1]].end <= lo:
+            heapq.heappop(self.heap)
+        return self.heap[0][1] if self.heap else None
 
 
 def sweep_overlaps(queries: Sequence[Range], ranges: Sequence[Range]) -> Iterator[tuple[int, int]]:

@@ -10,9 +10,8 @@ number of inputs.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from pvdesc import kvm
@@ -24,7 +23,7 @@ from pvdesc.commands.map.model import (
     SegmentKind,
     Structure,
 )
-from pvdesc.core.ranges import Labelled, Range, RangeIndex
+from pvdesc.core.ranges import ContainingSweep, Labelled, Range, RangeIndex
 from pvdesc.errors import PvdescError
 
 #: The detail strip shows this many structures at each end before eliding.
@@ -36,54 +35,14 @@ MAX_PIECES = 20_000
 REGION_LABEL = "stolen-time region"
 
 
-class _Best:
-    """The best range containing each piece, as the pieces are visited left to right.
-
-    :class:`~pvdesc.core.ranges.RangeIndex` answers "is there a range here" with one
-    witness (the one reaching furthest), and :func:`~pvdesc.core.ranges.sweep_overlaps`
-    lists every overlapping pair (as many as pieces x depth when ranges nest).  A row
-    needs one *chosen* range (the smallest RAM bank or device, the first memslot) in
-    O(log n) per piece however deep the nesting, so this sweep keeps a heap ordered by
-    ``key``.  Every input boundary is a cut, so a range either contains a piece or
-    misses it; ranges enter the heap when the sweep reaches their base and are dropped
-    lazily once it passes their end.
-
-    Attributes:
-        ranges: the ranges.
-        key: the order among ranges containing the same piece (best first).
-        order: indexes by base.
-        pending: the next index into ``order`` not yet in the heap.
-        heap: ``(key, index)`` of ranges entered so far.
-    """
-
-    def __init__(self, ranges: Sequence[Range], key: Callable[[int], tuple[int, ...]]) -> None:
-        self.ranges = ranges
-        self.key = key
-        self.order = sorted(range(len(ranges)), key=lambda i: ranges[i].base)
-        self.pending = 0
-        self.heap: list[tuple[tuple[int, ...], int]] = []
-
-    def at(self, lo: int) -> int | None:
-        """The best range containing the piece that starts at ``lo`` (pieces in order)."""
-        while self.pending < len(self.order):
-            i = self.order[self.pending]
-            if self.ranges[i].base > lo:
-                break
-            heapq.heappush(self.heap, (self.key(i), i))
-            self.pending += 1
-        while self.heap and self.ranges[self.heap[0][1]].end <= lo:
-            heapq.heappop(self.heap)
-        return self.heap[0][1] if self.heap else None
-
-
-def _smallest(ranges: Sequence[Range]) -> _Best:
+def _smallest(ranges: Sequence[Range]) -> ContainingSweep:
     """The smallest (then lowest, then first) containing range: the one a row is named after."""
-    return _Best(ranges, lambda i: (ranges[i].size, ranges[i].base, i))
+    return ContainingSweep(ranges, lambda i: (ranges[i].size, ranges[i].base, i))
 
 
-def _first(ranges: Sequence[Range]) -> _Best:
+def _first(ranges: Sequence[Range]) -> ContainingSweep:
     """The containing range listed first."""
-    return _Best(ranges, lambda i: (i,))
+    return ContainingSweep(ranges, lambda i: (i,))
 
 
 def _described(
@@ -127,7 +86,7 @@ def _cuts(src: MapSource) -> list[int]:
 def segments(src: MapSource) -> tuple[Segment, ...]:
     """Cut ``[0, limit)`` at every input boundary; merge neighbours that read the same.
 
-    One left-to-right pass: a :class:`_Best` sweep where a row needs a chosen range,
+    One left-to-right pass: a :class:`ContainingSweep` sweep where a row needs a chosen range,
     a :class:`~pvdesc.core.ranges.RangeIndex` where it only asks whether one is there.
     O(n log n) for n inputs, so a foreign DTB with many thousands of nodes still maps
     quickly.  A row always starts where a memslot does.
