@@ -17,7 +17,7 @@ import yaml
 
 from pvdesc import kvm
 from pvdesc.core.model import Memslot, Purpose, Target
-from pvdesc.core.ranges import Range, sweep_overlaps
+from pvdesc.core.ranges import Range
 from pvdesc.description.load import FAST_LOADER, loads
 from pvdesc.emit import hypervisor
 from pvdesc.errors import PvdescError
@@ -75,9 +75,10 @@ class Side(Target):
                 s.range for s in self.memslots if s.purpose is Purpose.RAM and s is not home
             )
         out = []
-        for _, k in sweep_overlaps([r], ram):
-            lo, hi = max(ram[k].base, r.base), min(ram[k].end, r.end)
-            out.append(Range(lo, hi - lo))
+        for piece in ram:
+            lo, hi = max(piece.base, r.base), min(piece.end, r.end)
+            if lo < hi:
+                out.append(Range(lo, hi - lo))
         return tuple(sorted(out))
 
 
