@@ -89,6 +89,7 @@ def _example(example: Path, work: Path) -> dict[str, str]:
             *_cli("validate", "--no-external", "-j", "1", "--format", fmt, desc, cwd=out),
         )
     # An unsafe region (the first byte of RAM, as the DTB says) and the map of a DTB.
+    unsafe = _first_ram(out / "o" / f"{name}.dtb")
     for fmt in ("text", "json"):
         record(
             f"check unsafe {fmt}",
@@ -97,7 +98,7 @@ def _example(example: Path, work: Path) -> dict[str, str]:
                 "--dtb",
                 f"o/{name}.dtb",
                 "--region",
-                _first_ram(out / "o" / f"{name}.dtb"),
+                unsafe,
                 "--vcpus",
                 "2",
                 "--format",
@@ -112,7 +113,7 @@ def _example(example: Path, work: Path) -> dict[str, str]:
             "--dtb",
             f"o/{name}.dtb",
             "--region",
-            _first_ram(out / "o" / f"{name}.dtb"),
+            unsafe,
             "--color",
             "never",
             cwd=out,
