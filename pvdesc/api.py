@@ -39,7 +39,7 @@ from pvdesc.emit import hypervisor as _hypervisor
 from pvdesc.errors import PvdescError
 from pvdesc.read import acpitables
 from pvdesc.read import dtb as _dtb
-from pvdesc.tools.inputs import display_name, read_bounded
+from pvdesc.tools.inputs import display_name
 
 __all__ = [
     "Build",
@@ -105,7 +105,8 @@ class Build:
     @property
     def hypervisor_config(self) -> HypervisorConfig:
         """The build's ``NAME.hypervisor.json``, read back as :func:`read_hypervisor_config`."""
-        return _config(self.output("hypervisor.json"), f"{self.name}.hypervisor.json")
+        data = self.output("hypervisor.json")
+        return _config(_hypervisor.target_from_config(data, f"{self.name}.hypervisor.json"))
 
     def write(self, outdir: PathArg, *, force: bool = False) -> None:
         """Publish the outputs into ``outdir`` as ``pvdesc build -o`` does (one generation).
@@ -150,27 +151,22 @@ def build_text(
     return _wrap(_build.plan_loaded(loaded, base, base_name))
 
 
-def _config(data: bytes, source: str) -> HypervisorConfig:
-    target = _hypervisor.target_from_config(data, source)
+def _config(target: Target) -> HypervisorConfig:
     return HypervisorConfig(
         ipa_bits=target.ipa_bits,
         memslots=tuple(target.memslots or ()),
         region_base=target.region.base,
         region_size=target.region.size,
         pvtime_ipas=tuple(ipa for _, ipa in sorted(target.vcpu_ipas)),
-        source=source,
+        source=target.source,
     )
 
 
 def read_hypervisor_config(config: bytes | PathArg) -> HypervisorConfig:
     """Read and validate a ``pvdesc.hypervisor/1`` config: its bytes, or its path."""
     if isinstance(config, bytes):
-        return _config(config, "<bytes>")
-    path = os.fspath(config)
-    data = read_bounded(
-        path, _hypervisor.MAX_CONFIG_BYTES, _hypervisor.ConfigError, "hypervisor configs"
-    )
-    return _config(data, display_name(path))
+        return _config(_hypervisor.target_from_config(config, "<bytes>"))
+    return _config(_hypervisor.read_target(os.fspath(config)))
 
 
 @dataclass(frozen=True)

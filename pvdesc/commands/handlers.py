@@ -108,7 +108,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pvdesc.core.model import Boot
     from pvdesc.emit import hypervisor
     from pvdesc.read import dtb
-    from pvdesc.tools.inputs import display_name, read_bounded
 
     one_stdio(
         "input",
@@ -123,13 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "--vcpus/--ipa-bits go with --region; the hypervisor config has its own",
                 "--hypervisor-config",
             )
-        text = read_bounded(
-            args.hypervisor_config,
-            hypervisor.MAX_CONFIG_BYTES,
-            hypervisor.ConfigError,
-            "hypervisor configs",
-        )
-        target = hypervisor.target_from_config(text, display_name(args.hypervisor_config))
+        target = hypervisor.read_target(args.hypervisor_config)
     else:
         if args.vcpus is None:
             raise check.CheckInputError("--region needs --vcpus N", "--region")

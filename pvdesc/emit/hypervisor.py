@@ -23,7 +23,7 @@ from pvdesc import kvm
 from pvdesc.core.model import Memslot, Purpose, Target
 from pvdesc.core.ranges import Range
 from pvdesc.errors import PvdescError
-from pvdesc.tools.inputs import too_big
+from pvdesc.tools.inputs import display_name, read_bounded, too_big
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true):
 #: ``pvdesc check`` reads configs without typing, and without the allocator.
@@ -99,6 +99,12 @@ def _purpose(data: Any, file: str, where: str) -> Purpose:
     if not isinstance(value, str) or value not in set(Purpose):
         raise ConfigError(f'{where}.purpose must be "ram" or "stolen-time"', file)
     return Purpose(value)
+
+
+def read_target(path: str) -> Target:
+    """A config file (``-``: standard input), read within :data:`MAX_CONFIG_BYTES`, validated."""
+    data = read_bounded(path, MAX_CONFIG_BYTES, ConfigError, "hypervisor configs")
+    return target_from_config(data, display_name(path))
 
 
 def target_from_config(text: bytes, file: str) -> Target:
