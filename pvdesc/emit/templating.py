@@ -1,37 +1,32 @@
-"""Render text outputs from ``templates/`` with Jinja2 (strict: an undefined name is an error).
+"""Render text outputs from ``templates/``: each template runs as the Python module made from it.
 
-Compiling a template (Jinja2 parses it and generates Python) cost 30 ms of every
-``pvdesc build`` of a uefi-acpi VM (bench/run), each time a process starts.  So
-every template is also shipped compiled, as a module of
-:mod:`pvdesc.emit.templates_compiled` that ``scripts/generate-compiled`` writes with
-this very environment (:func:`compiled_source`), and Python caches as bytecode
-like any module.  Each module records a key (:func:`template_key`): a SHA-256
-of the template's text, the Jinja2 version and the environment's options.  A
-template whose module is missing or holds another key (the template was edited,
-Jinja2 upgraded) is compiled from its text as before, so the output never
-depends on the modules being current; ``tests/unit/test_templating.py`` fails until
-they are.  This is not a cache written at run time: nothing is written outside
-the output directory.
+The templates in ``templates/*.j2`` are the one source of truth, written in Jinja2's
+syntax.  Importing Jinja2 and compiling a template cost tens of milliseconds of
+every ``pvdesc build``, so ``scripts/generate-compiled`` translates each template,
+when the package is built, into a plain module of :mod:`pvdesc.emit.templates_compiled`
+with one ``render(context)`` function (:mod:`pvdesc.emit.templategen` does the
+translation and refuses any construct it cannot render exactly as Jinja2 does).
+Jinja2 is not needed to run pvdesc: the generated module is what renders, and
+``tests/unit/test_templating.py`` fails while a module is not what the generator
+writes for the current template, and compares its output with Jinja2's.
+
+This module holds what the generated code calls: name, attribute and item look-ups
+with Jinja2's rules (an attribute first for ``a.b``, an item first for ``a[b]``; a
+missing one is an error, like Jinja2's ``StrictUndefined``), and the filters.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-from collections.abc import MutableMapping
-from functools import cache
-from types import ModuleType
+from collections.abc import Callable, Mapping
 from typing import Any
-
-import jinja2
 
 from pvdesc.core.units import human
 from pvdesc.description import profiles
 
-#: The package of compiled templates, and the script that writes it.
+#: The package of generated template modules, and the script that writes it.
 COMPILED_PACKAGE = "pvdesc.emit.templates_compiled"
 GENERATOR = "scripts/generate-compiled"
-#: Jinja2 options for every template (part of each compiled template's key).
+#: Jinja2 options the templates are written for (part of each generated module's key).
 OPTIONS: dict[str, bool] = {
     "keep_trailing_newline": True,
     "trim_blocks": True,
@@ -41,48 +36,13 @@ OPTIONS: dict[str, bool] = {
 ESCAPED = ("svg.j2", "html.j2")
 
 
+class UndefinedError(Exception):
+    """A template used a name, attribute or item its context lacks (a bug, not bad input)."""
+
+
 def hexa(value: int, width: int = 0) -> str:
     """``0x``-prefixed lowercase hex, zero-padded to ``width`` digits."""
     return f"{value:#0{width + 2}x}" if width else f"{value:#x}"
-
-
-def module_name(template: str) -> str:
-    """The compiled module's name for ``template``: ``ssdt.asl.j2`` -> ``ssdt_asl_j2``."""
-    return "".join(ch if ch.isalnum() else "_" for ch in template)
-
-
-def template_key(source: str) -> str:
-    """What a compiled template is valid for: its text, Jinja2's version, the options."""
-    signature = f"jinja2 {jinja2.__version__}\0{sorted(OPTIONS.items())}\0escaped {ESCAPED}\0"
-    return hashlib.sha256((signature + source).encode("utf-8")).hexdigest()
-
-
-def _compiled(template: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(f"{COMPILED_PACKAGE}.{module_name(template)}")
-    except ImportError:
-        return None
-
-
-class _Loader(jinja2.PackageLoader):
-    """``templates/`` of the package; a template whose compiled module is current comes from it."""
-
-    def load(
-        self,
-        environment: jinja2.Environment,
-        name: str,
-        globals: MutableMapping[str, Any] | None = None,
-    ) -> jinja2.Template:
-        source, filename, uptodate = self.get_source(environment, name)
-        module = _compiled(name)
-        if module is None or getattr(module, "KEY", None) != template_key(source):
-            return super().load(environment, name, globals)
-        template = environment.template_class.from_module_dict(
-            environment, module.__dict__, {} if globals is None else globals
-        )
-        template.filename = filename  # errors name the template, not the module
-        template._uptodate = uptodate
-        return template
 
 
 def rust_hex(value: int, width: int = 0) -> str:
@@ -97,48 +57,140 @@ def rust_hex(value: int, width: int = 0) -> str:
     return "0x" + format(value, "_x")
 
 
-@cache
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=_Loader("pvdesc.templates", "."),
-        undefined=jinja2.StrictUndefined,
-        # SVG/HTML templates (``*.svg.j2``, ``*.html.j2``) escape every value; text ones do not.
-        autoescape=jinja2.select_autoescape(ESCAPED, default_for_string=False, default=False),
-        keep_trailing_newline=OPTIONS["keep_trailing_newline"],
-        trim_blocks=OPTIONS["trim_blocks"],
-        lstrip_blocks=OPTIONS["lstrip_blocks"],
-    )
-    env.filters["hex"] = hexa
-    env.filters["rust_hex"] = rust_hex
-    env.globals["vmm_model"] = profiles.model_text
-    env.filters["human"] = human
-    return env
+#: Names every template sees unless its context has them too.
+GLOBALS: dict[str, Any] = {"range": range, "vmm_model": profiles.model_text}
 
 
-def compiled_source(template: str) -> str:
-    """The module :mod:`.templates_compiled` ships for ``template`` (the generator's text)."""
-    env = environment()
-    assert env.loader is not None
-    source, _filename, _ = env.loader.get_source(env, template)
-    # defer_init: the module's functions find ``environment`` when rendering, not at import.
-    code = env.compile(source, template, f"templates/{template}", raw=True, defer_init=True)
-    head = (
-        f'"""GENERATED by {GENERATOR} from pvdesc/templates/{template}: do not edit.\n\n'
-        f"Jinja2 {jinja2.__version__}'s code for the template (see pvdesc.emit.templating).\n"
-        '"""\n'
-        "# mypy: ignore-errors\n\n"
-        f'KEY = "{template_key(source)}"\n\n'
-    )
-    return head + code + "\n"
+def _soft_str(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
-def templates() -> list[str]:
-    """Every template in ``templates/``, sorted."""
-    env = environment()
-    assert env.loader is not None
-    return sorted(t for t in env.loader.list_templates() if t.endswith(".j2"))
+def f_format(value: Any, *args: Any) -> str:
+    """Jinja2's ``format``: printf-style ``value % args``."""
+    return _soft_str(value) % args
+
+
+def f_int(value: Any, default: int = 0, base: int = 10) -> int:
+    """Jinja2's ``int``: ``"42.23"`` gives 42; what is not a number gives ``default``."""
+    try:
+        if isinstance(value, str):
+            return int(value, base)
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return default
+
+
+def f_round(value: float, precision: int = 0) -> float:
+    """Jinja2's ``round`` (its default method, ``common``): Python's ``round``."""
+    return round(value, precision)
+
+
+def f_join(value: Any, separator: Any = "") -> str:
+    """Jinja2's ``join`` in a template that escapes nothing."""
+    return str(separator).join(map(str, value))
+
+
+def f_upper(value: Any) -> str:
+    """Jinja2's ``upper``."""
+    return _soft_str(value).upper()
+
+
+#: Every filter the templates may use, by name; ``templategen`` refuses any other.
+FILTERS: dict[str, Callable[..., Any]] = {
+    "format": f_format,
+    "int": f_int,
+    "round": f_round,
+    "join": f_join,
+    "upper": f_upper,
+    "length": len,
+    "hex": hexa,
+    "rust_hex": rust_hex,
+    "human": human,
+}
+
+
+def lookup(context: Mapping[str, Any], name: str) -> Any:
+    """``name`` in the template: the context's, else a global; else an error."""
+    try:
+        return context[name]
+    except KeyError:
+        pass
+    try:
+        return GLOBALS[name]
+    except KeyError:
+        raise UndefinedError(f"{name!r} is undefined") from None
+
+
+def attr(obj: Any, name: str) -> Any:
+    """``obj.name`` in the template: the attribute, else the item ``obj[name]``."""
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        pass
+    try:
+        return obj[name]
+    except (TypeError, LookupError, AttributeError):
+        raise UndefinedError(f"{type(obj).__name__} object has no attribute {name!r}") from None
+
+
+def item(obj: Any, key: Any) -> Any:
+    """``obj[key]`` in the template: the item, else (a string key) the attribute."""
+    try:
+        return obj[key]
+    except (AttributeError, TypeError, LookupError):
+        if isinstance(key, str):
+            try:
+                return getattr(obj, key)
+            except AttributeError:
+                pass
+        raise UndefinedError(f"{type(obj).__name__} object has no item {key!r}") from None
+
+
+class Missing:
+    """A name the template sets on some paths only, read where it was not set.
+
+    Any use of its value (text, truth, iteration, comparison, an attribute) is an
+    error, as with Jinja2's ``StrictUndefined``; ``x is none`` is false, as there.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _fail(self, *_args: Any) -> Any:
+        raise UndefinedError(f"{self.name!r} is undefined")
+
+    __str__ = __bool__ = __iter__ = __len__ = __eq__ = __ne__ = __contains__ = _fail
+    __lt__ = __le__ = __gt__ = __ge__ = __add__ = __radd__ = __sub__ = __rsub__ = _fail
+    __mul__ = __rmul__ = __truediv__ = __floordiv__ = __mod__ = __neg__ = __call__ = _fail
+    __getitem__ = __format__ = __int__ = __float__ = __index__ = _fail
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return self._fail()
+
+
+def lookup_or_missing(context: Mapping[str, Any], name: str) -> Any:
+    """What a name a template sets holds before the template sets it."""
+    try:
+        return lookup(context, name)
+    except UndefinedError:
+        return Missing(name)
+
+
+def module_name(template: str) -> str:
+    """The generated module's name for ``template``: ``ssdt.asl.j2`` -> ``ssdt_asl_j2``."""
+    return "".join(ch if ch.isalnum() else "_" for ch in template)
 
 
 def render(name: str, **context: Any) -> str:
     """Render ``templates/<name>`` with ``context``."""
-    return environment().get_template(name).render(**context)
+    # ``__import__``, not ``importlib.import_module``: the same import, but ``-X importtime``
+    # sees it (tests/integration/test_imports.py checks which modules a build imports).
+    module = __import__(f"{COMPILED_PACKAGE}.{module_name(name)}", fromlist=["render"])
+    text: str = module.render(context)
+    return text

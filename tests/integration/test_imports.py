@@ -48,9 +48,9 @@ CHECK_FORBIDDEN = (
 CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m != "json")
 CHECK_ACPI_FORBIDDEN = tuple(m for m in CHECK_CONFIG_FORBIDDEN if m != "pvdesc.read.acpitables")
 #: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
-#: DTB reader (only --into), the schema validators of the slow path, and every other
-#: command's modules.  (``pvdesc.audit.check`` is imported: ``layout.verify`` judges every layout
-#: with check's one rule set, :func:`pvdesc.audit.check.judge`.)
+#: DTB reader (only --into), the schema validators of the slow path, every other
+#: command's modules, and Jinja2.  (``pvdesc.audit.check`` is imported: ``layout.verify``
+#: judges every layout with check's one rule set, :func:`pvdesc.audit.check.judge`.)
 BUILD_FORBIDDEN = (
     "jsonschema",
     "fastjsonschema",
@@ -64,6 +64,12 @@ BUILD_FORBIDDEN = (
     "pvdesc.commands.prove.tcg",
     "pvdesc.commands.validate",
     "pvdesc.tools.validators",
+    # Templates render with their generated modules: no Jinja2 (nor what it brings: pickle,
+    # tempfile ...), no template translator, and no escaping for the text outputs.
+    "jinja2",
+    "pvdesc.emit.templategen",
+    "markupsafe",
+    "pickle",
 )
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)\s*$")
 
@@ -141,7 +147,9 @@ def test_check_acpi_imports_the_table_decoder_only(outputs: Path) -> None:
 def test_build_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
     modules = imported("build", str(EXAMPLES / "numa-4node-acpi.yaml"), "-o", str(tmp_path), "-q")
     names = {name for _, name in modules}
-    assert {"pvdesc.emit.build", "pvdesc.tools.acpica", "yaml", "jinja2"} <= names
+    assert {"pvdesc.emit.build", "pvdesc.tools.acpica", "yaml"} <= names
+    assert "pvdesc.emit.templating" in names
+    assert "pvdesc.emit.templates_compiled.ssdt_asl_j2" in names
     assert offenders(modules, BUILD_FORBIDDEN) == []
 
 
