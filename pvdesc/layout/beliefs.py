@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import cached_property
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Labelled, Range, difference, merged
@@ -40,8 +40,6 @@ from pvdesc.layout.linux_memory import (
     usable_range_added,
 )
 
-#: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
-TYPE_CHECKING = False
 if TYPE_CHECKING:  # only named in annotations: a build never loads libfdt, a check no ACPI parser
     from pvdesc.read.acpitables import AcpiTable
     from pvdesc.read.dtb import DeviceTree, Reservation
