@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc import __version__
 from pvdesc.audit import check as _check
@@ -59,8 +59,7 @@ __all__ = [
 PathArg = str | os.PathLike[str]
 
 
-@dataclass(frozen=True)
-class HypervisorConfig:
+class HypervisorConfig(NamedTuple):
     """A ``pvdesc.hypervisor/1`` config, validated field by field.
 
     Attributes:
@@ -81,9 +80,11 @@ class HypervisorConfig:
     source: str
 
 
-@dataclass(frozen=True)
 class Build:
     """Every output of one build, in memory.
+
+    Compared and printed by its name and outputs, as a record is; it also holds the
+    build's own result, which :meth:`write` publishes.
 
     Attributes:
         name: the description's ``name`` (the outputs are ``NAME.<suffix>``).
@@ -91,9 +92,22 @@ class Build:
             (manifest last): the bytes the command writes.
     """
 
-    name: str
-    outputs: Mapping[str, bytes]
-    _result: _build.BuildResult = field(repr=False, compare=False)
+    __slots__ = ("_result", "name", "outputs")
+
+    def __init__(self, name: str, outputs: Mapping[str, bytes], result: _build.BuildResult) -> None:
+        self.name = name
+        self.outputs = outputs
+        self._result = result
+
+    def __repr__(self) -> str:
+        return f"Build(name={self.name!r}, outputs={self.outputs!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Build):
+            return NotImplemented
+        return (self.name, self.outputs) == (other.name, other.outputs)
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and the outputs are a dict
 
     def output(self, suffix: str) -> bytes:
         """The bytes of ``NAME.<suffix>`` (``"dtb"``, ``"dtbo"``, ``"hypervisor.json"``, ``"rs"``).
@@ -169,8 +183,7 @@ def read_hypervisor_config(config: bytes | PathArg) -> HypervisorConfig:
     return _config(_hypervisor.read_target(os.fspath(config)))
 
 
-@dataclass(frozen=True)
-class CheckReport:
+class CheckReport(NamedTuple):
     """What ``pvdesc check`` found.
 
     Attributes:

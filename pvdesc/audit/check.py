@@ -60,7 +60,7 @@ from pvdesc.layout import beliefs
 from pvdesc.layout.rules import judge
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true):
-#: ``pvdesc check`` starts without typing, json or acpitables (names in annotations only).
+#: ``pvdesc check`` starts without json or acpitables (names in annotations only).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

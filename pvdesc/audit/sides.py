@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
 from itertools import islice
+from typing import NamedTuple
 
 import yaml
 
@@ -28,23 +28,29 @@ class DiffInputError(PvdescError):
     """One side of ``pvdesc diff`` cannot be used."""
 
 
-@dataclass(frozen=True)
-class Side(Target):
-    """One end of a migration: a :class:`~pvdesc.emit.hypervisor.Target` and what the guest knows.
+class Side(NamedTuple):
+    """One end of a migration: what the hypervisor programs (a :class:`Target`'s fields) and what
+    the guest knows.
 
     Attributes:
+        region: the stolen-time region.
+        vcpu_ipas: ``(vcpu id, PVTIME_IPA)`` for every possible vCPU, sorted by vCPU id.
+        ipa_bits: the guest's IPA size.
         memslots: every memslot (always known on a side).
+        source: the file name.
         revision: the structure revision the config states.
         stride: bytes between consecutive vCPUs' structures.
         usable_ram: what the firmware description tells the guest it may use, or
             ``None`` when only a hypervisor config is known.
         online: vCPUs online at boot (ids ``0..online-1``, the description's
             ``vcpus``), or ``None`` when only a hypervisor config is known.
-
-    The target's ``vcpu_ipas`` are sorted by vCPU id and ``source`` is the file name.
     """
 
+    region: Range
+    vcpu_ipas: tuple[tuple[int, int], ...]
+    ipa_bits: int
     memslots: tuple[Memslot, ...]
+    source: str
     revision: int
     stride: int
     usable_ram: tuple[Range, ...] | None = None

@@ -1,6 +1,7 @@
 """The immutable model of a VM description, and the model-level rules.
 
-Everything here is a frozen dataclass or an enum; nothing does I/O.  The YAML
+Everything here is a :class:`typing.NamedTuple` record (immutable, compared field by
+field) or an enum; nothing does I/O.  The YAML
 loader (:mod:`pvdesc.description.load`) builds a :class:`VmDescription` and calls
 :func:`check_consistent`; the allocator (:mod:`pvdesc.layout.allocate`) turns it into a layout.
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from pvdesc import kvm
 from pvdesc.core.ranges import Labelled, Range, RangeIndex
@@ -76,8 +77,7 @@ class Vmm(enum.StrEnum):
     CLOUD_HYPERVISOR = "cloud-hypervisor"
 
 
-@dataclass(frozen=True)
-class RamBank:
+class RamBank(NamedTuple):
     """One bank of guest RAM; each bank is one KVM memslot.
 
     Attributes:
@@ -88,7 +88,7 @@ class RamBank:
 
     range: Range
     numa_node: int | None
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
 
     @property
     def path(self) -> KeyPath:
@@ -102,8 +102,7 @@ class Purpose(enum.StrEnum):
     STOLEN_TIME = "stolen-time"
 
 
-@dataclass(frozen=True)
-class Memslot:
+class Memslot(NamedTuple):
     """One ``KVM_SET_USER_MEMORY_REGION`` slot.
 
     Attributes:
@@ -130,8 +129,7 @@ class Memslot:
         return self.range.size
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What the hypervisor will program.
 
     Attributes:
@@ -149,8 +147,7 @@ class Target:
     source: str
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     """An MMIO window the guest sees.
 
     Attributes:
@@ -161,15 +158,14 @@ class Device:
 
     name: str
     range: Range
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
 
     @property
     def path(self) -> KeyPath:
         return ("devices", self.index)
 
 
-@dataclass(frozen=True)
-class StolenTimeSpec:
+class StolenTimeSpec(NamedTuple):
     """The ``stolen_time`` section as written.
 
     Attributes:
@@ -187,8 +183,7 @@ ACPI_OEM_ID_RE = re.compile(r"^[ -~]{1,6}$")
 ACPI_OEM_TABLE_ID_RE = re.compile(r"^[ -~]{1,8}$")
 
 
-@dataclass(frozen=True)
-class AcpiIds:
+class AcpiIds(NamedTuple):
     """Identification written into every ACPI table header pvdesc emits.
 
     Attributes:
@@ -202,8 +197,23 @@ class AcpiIds:
     oem_revision: int = 1
 
 
-@dataclass(frozen=True)
-class VmDescription:
+class _VmDescriptionFields(NamedTuple):
+    """The fields of :class:`VmDescription`, which documents them."""
+
+    name: str
+    vcpus: int
+    max_vcpus: int
+    ipa_bits: int
+    boot: Boot
+    vmm: Vmm
+    memory: tuple[RamBank, ...]
+    devices: tuple[Device, ...]
+    stolen_time: StolenTimeSpec
+    acpi: AcpiIds = AcpiIds()
+    vmm_version: str | None = None
+
+
+class VmDescription(_VmDescriptionFields):
     """A whole VM description.
 
     Attributes:
@@ -221,17 +231,7 @@ class VmDescription:
             the newest pvdesc knows.
     """
 
-    name: str
-    vcpus: int
-    max_vcpus: int
-    ipa_bits: int
-    boot: Boot
-    vmm: Vmm
-    memory: tuple[RamBank, ...]
-    devices: tuple[Device, ...]
-    stolen_time: StolenTimeSpec
-    acpi: AcpiIds = AcpiIds()
-    vmm_version: str | None = None
+    # No __slots__: the instance dict holds what cached_property computes.
 
     @property
     def ipa_limit(self) -> int:

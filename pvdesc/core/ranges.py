@@ -11,13 +11,12 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc import kvm
 
 
-@dataclass(frozen=True, order=True)
-class Range:
+class Range(NamedTuple):
     """A half-open guest-physical address range ``[base, base + size)``.
 
     Attributes:
@@ -159,8 +158,7 @@ def difference(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
     return out
 
 
-@dataclass(frozen=True)
-class Labelled:
+class Labelled(NamedTuple):
     """A guest-physical range and the name messages give it.
 
     Attributes:

@@ -10,9 +10,8 @@ the JSON Schema shipped in ``pvdesc/description/schema/description.schema.json``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvdesc import kvm
 
@@ -39,8 +38,7 @@ from pvdesc.errors import DescriptionError, KeyPath
 from pvdesc.tools.inputs import display_name, read_bounded, too_big
 
 
-@dataclass(frozen=True)
-class LoadedDescription:
+class LoadedDescription(NamedTuple):
     """A parsed, validated description and where it came from.
 
     Attributes:

@@ -9,8 +9,7 @@ PyYAML cannot build are refused at their ``file:line:column``.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
@@ -35,9 +34,11 @@ if TYPE_CHECKING:  # yaml.CSafeLoader exists only when PyYAML was built with lib
 FAST_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@dataclass(frozen=True)
-class SourceMap:
+class SourceMap(NamedTuple):
     """Where each key path of a description was written.
+
+    Its two tables are filled in while the YAML is composed (start with empty ones:
+    ``SourceMap(file, {}, {})``), then only read.
 
     Attributes:
         file: the description's path as given.
@@ -46,8 +47,8 @@ class SourceMap:
     """
 
     file: str
-    values: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    values: dict[KeyPath, tuple[int, int]]
+    keys: dict[KeyPath, tuple[int, int]]
 
     def locate(self, path: KeyPath, *, key: bool = False) -> str:
         """``file:line:col`` of the longest known prefix of ``path``."""
@@ -265,7 +266,7 @@ def compose(decoded: str, file: str) -> tuple[Any, SourceMap]:
 
     Every YAML error becomes a :class:`DescriptionError` at its ``file:line:column``.
     """
-    smap = SourceMap(file)
+    smap = SourceMap(file, {}, {})
     try:
         try:
             if len(decoded) > COUNT_ABOVE_CHARS:
@@ -282,7 +283,7 @@ def compose(decoded: str, file: str) -> tuple[Any, SourceMap]:
                 raise
             # libyaml's messages are vaguer ("found character that cannot start any
             # token"): let the pure-Python parser, the reference, say what is wrong.
-            smap = SourceMap(file)
+            smap = SourceMap(file, {}, {})
             if len(decoded) <= REPARSE_CHARS:
                 data = _compose(_CountingLoader, decoded, smap)
             else:  # reading no further than the line libyaml stopped at (or 1 KiB past it)

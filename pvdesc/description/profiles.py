@@ -13,7 +13,6 @@ Pure functions; no I/O.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import replace
 
 from pvdesc import kvm
 from pvdesc.core.model import Describe, Device, Placement, StolenTimeSpec, VmDescription, Vmm
@@ -198,7 +197,7 @@ def _stolen_time(p: Profile, desc: VmDescription, written: Collection[KeyPath]) 
                 f"(inside {p.system_memory}); give placement: fixed with the base it uses",
                 ("stolen_time", "placement"),
             )
-        return replace(st, describe=describe)
+        return st._replace(describe=describe)
     return st
 
 
@@ -231,4 +230,4 @@ def apply(desc: VmDescription, written: Collection[KeyPath] = ()) -> VmDescripti
     extra = tuple(
         Device(f"{p.vmm.value}:{e.name}", e.range, start + i) for i, e in enumerate(memmap(p, desc))
     )
-    return replace(desc, devices=desc.devices + extra, stolen_time=spec)
+    return desc._replace(devices=desc.devices + extra, stolen_time=spec)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc.core.units import human
 from pvdesc.description.profiles import versions
@@ -13,8 +13,7 @@ from pvdesc.description.vmms import PROFILES
 LIST_FORMAT = "pvdesc.profiles/1"
 
 
-@dataclass(frozen=True)
-class MapRow:
+class MapRow(NamedTuple):
     """One range of a profile's memory map, as ``pvdesc profiles`` lists it.
 
     Attributes:

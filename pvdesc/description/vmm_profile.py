@@ -9,7 +9,7 @@ a user configure.  The tables themselves are in :mod:`pvdesc.description.vmms`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc import kvm
 from pvdesc.core.model import Describe, Vmm
@@ -25,8 +25,7 @@ def round_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
-@dataclass(frozen=True)
-class MemMapEntry:
+class MemMapEntry(NamedTuple):
     """One MMIO window of a VMM's guest address map.
 
     Attributes:
@@ -62,8 +61,7 @@ class SizeRule(enum.StrEnum):
     PER_VCPU = "per-vcpu"
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     """Everything pvdesc knows about one VMM.
 
     Attributes:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc import __version__
 from pvdesc.core.model import VmDescription
@@ -53,8 +53,7 @@ SSDT_TEMPLATE = "ssdt.asl.j2"
 SRAT_TEMPLATE = "srat.asl.j2"
 
 
-@dataclass(frozen=True)
-class GiccAffinity:
+class GiccAffinity(NamedTuple):
     """One SRAT GICC Affinity entry.
 
     Attributes:
@@ -66,8 +65,7 @@ class GiccAffinity:
     node: int
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(NamedTuple):
     """One generated ACPI table.
 
     Attributes:

@@ -14,9 +14,8 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvdesc import __version__
 from pvdesc.core.model import Describe
@@ -30,8 +29,7 @@ from pvdesc.layout.allocate import Layout
 from pvdesc.tools.inputs import display_name, read_bounded
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     """One output file.
 
     Attributes:
@@ -49,8 +47,7 @@ class Output:
         return hashlib.sha256(self.data).hexdigest()
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(NamedTuple):
     """What a build produced.
 
     Attributes:

@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import DTError
@@ -66,8 +65,7 @@ def _fdt() -> Any:
         return fdt
 
 
-@dataclass(frozen=True)
-class EmittedTree:
+class EmittedTree(NamedTuple):
     """The emitted devicetree: the DTS source and the blob dtc makes of it.
 
     Attributes:

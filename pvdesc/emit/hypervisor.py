@@ -26,7 +26,7 @@ from pvdesc.errors import PvdescError
 from pvdesc.tools.inputs import display_name, read_bounded, too_big
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true):
-#: ``pvdesc check`` reads configs without typing, and without the allocator.
+#: ``pvdesc check`` reads configs without the allocator.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

@@ -30,8 +30,8 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.emit.dirfd import at, cannot, lstat, open_dir, read_plain, refusal
 from pvdesc.errors import OutputError
@@ -56,7 +56,6 @@ def link_target(vm: str, name: str) -> str:
     return f"{STORE}/{vm}/{POINTER}/{name}"
 
 
-@dataclass
 class Dirs:
     """The output directory and VM ``vm``'s store, opened without following links.
 
@@ -67,10 +66,13 @@ class Dirs:
         store: a descriptor of ``DIR/.pvdesc/NAME``, or None when it does not exist.
     """
 
-    outdir: Path
-    vm: str
-    out: int
-    store: int | None
+    __slots__ = ("out", "outdir", "store", "vm")
+
+    def __init__(self, outdir: Path, vm: str, out: int, store: int | None) -> None:
+        self.outdir = outdir
+        self.vm = vm
+        self.out = out
+        self.store = store
 
     @property
     def store_path(self) -> Path:
@@ -117,8 +119,7 @@ def opened(outdir: Path, vm: str, *, create: bool) -> Iterator[Dirs | None]:
         dirs.close()
 
 
-@dataclass(frozen=True)
-class State:
+class State(NamedTuple):
     """What an output directory holds for one VM before a publish.
 
     Attributes:

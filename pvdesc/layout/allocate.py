@@ -14,8 +14,8 @@ Each rule is a small function whose docstring cites its source.  References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from pvdesc import kvm
 from pvdesc.core.findings import Severity
@@ -27,8 +27,7 @@ from pvdesc.layout import beliefs, rules
 from pvdesc.layout.placement import choose_region, resolve_describe
 
 
-@dataclass(frozen=True)
-class MemoryNode:
+class MemoryNode(NamedTuple):
     """A range the firmware description states is RAM (a DT ``/memory`` node), and its bank.
 
     Attributes:
@@ -56,8 +55,21 @@ class MemoryNode:
         return self.ram.numa_node
 
 
-@dataclass(frozen=True)
-class Layout:
+class _LayoutFields(NamedTuple):
+    """The fields of :class:`Layout`, which documents them."""
+
+    description: VmDescription
+    region: Range
+    placement: Placement
+    describe: Describe
+    memslots: tuple[Memslot, ...]
+    region_memslot: int
+    memory_nodes: tuple[MemoryNode, ...]
+    reserved: tuple[Range, ...]
+    host_bank: RamBank | None
+
+
+class Layout(_LayoutFields):
     """The allocated guest address map.
 
     Attributes:
@@ -73,15 +85,7 @@ class Layout:
         host_bank: the RAM bank the region was cut from, or ``None`` (outside RAM).
     """
 
-    description: VmDescription
-    region: Range
-    placement: Placement
-    describe: Describe
-    memslots: tuple[Memslot, ...]
-    region_memslot: int
-    memory_nodes: tuple[MemoryNode, ...]
-    reserved: tuple[Range, ...]
-    host_bank: RamBank | None
+    # No __slots__: the instance dict holds what cached_property computes.
 
     @property
     def vcpu_ipas(self) -> tuple[int, ...]:

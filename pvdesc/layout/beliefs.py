@@ -27,8 +27,8 @@ DT (or the layout) said so, e.g. ``/memory@40000000 reg[0]`` or
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING, NamedTuple
 
 from pvdesc.core.model import Boot
 from pvdesc.core.ranges import Labelled, Range, difference, merged
@@ -40,8 +40,6 @@ from pvdesc.layout.linux_memory import (
     usable_range_added,
 )
 
-#: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
-TYPE_CHECKING = False
 if TYPE_CHECKING:  # only named in annotations: a build never loads libfdt, a check no ACPI parser
     from pvdesc.read.acpitables import AcpiTable
     from pvdesc.read.dtb import DeviceTree, Reservation
@@ -50,8 +48,23 @@ LINUX = "Linux"
 EDK2 = "EDK2"
 
 
-@dataclass(frozen=True)
-class Belief:
+class _BeliefFields(NamedTuple):
+    """The fields of :class:`Belief`, which documents them."""
+
+    boot: Boot
+    consumer: str
+    ram: tuple[Labelled, ...]
+    no_map: tuple[Labelled, ...] = ()
+    mapped: tuple[Labelled, ...] = ()
+    refused: tuple[Labelled, ...] = ()
+    ignored: tuple[Labelled, ...] = ()
+    memreserve: tuple[Labelled, ...] = ()
+    devices: tuple[Labelled, ...] = ()
+    reserved_ignored: str | None = None
+    acpi: tuple[AcpiTable, ...] = ()
+
+
+class Belief(_BeliefFields):
     """What one boot consumer believes about the guest's address space.
 
     Attributes:
@@ -68,17 +81,7 @@ class Belief:
         acpi: ACPI tables given with the description (SRAT, SSDT).
     """
 
-    boot: Boot
-    consumer: str
-    ram: tuple[Labelled, ...]
-    no_map: tuple[Labelled, ...] = ()
-    mapped: tuple[Labelled, ...] = ()
-    refused: tuple[Labelled, ...] = ()
-    ignored: tuple[Labelled, ...] = ()
-    memreserve: tuple[Labelled, ...] = ()
-    devices: tuple[Labelled, ...] = ()
-    reserved_ignored: str | None = None
-    acpi: tuple[AcpiTable, ...] = ()
+    # No __slots__: the instance dict holds what cached_property computes.
 
     @cached_property
     def usable_ram(self) -> tuple[Range, ...]:

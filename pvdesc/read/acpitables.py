@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import heapq
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import AcpiError
@@ -55,8 +55,7 @@ _NAME_CRS_BUFFER = b"\x08_CRS\x11"
 _DEVICE_OP = b"\x5b\x82"
 
 
-@dataclass(frozen=True)
-class MemoryAffinity:
+class MemoryAffinity(NamedTuple):
     """One SRAT Memory Affinity structure.
 
     Attributes:
@@ -67,15 +66,14 @@ class MemoryAffinity:
         hotpluggable: flags bit 1.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
     proximity_domain: int
     range: Range
     enabled: bool
     hotpluggable: bool
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     """A memory range claimed by a static ``_CRS``.
 
     Attributes:
@@ -86,12 +84,11 @@ class Claim:
     """
 
     device: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
     range: Range
 
 
-@dataclass(frozen=True)
-class AcpiTable:
+class AcpiTable(NamedTuple):
     """One ACPI table as far as ``pvdesc check`` cares.
 
     Attributes:

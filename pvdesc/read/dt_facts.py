@@ -9,7 +9,7 @@ believes is :mod:`pvdesc.layout.beliefs`'s job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc.core.ranges import Labelled, Range
 from pvdesc.read.fdt_blob import DEFAULT_ADDRESS_CELLS, DEFAULT_SIZE_CELLS
@@ -17,7 +17,13 @@ from pvdesc.read.of_address import Skipped
 
 
 class _HoldsLabelled:
-    """Reads of the held :class:`Labelled`: ``range``, ``source`` (its label), ``numa_node``."""
+    """Reads of the held :class:`Labelled`: ``range``, ``source`` (its label), ``numa_node``.
+
+    A mixin after a record's fields (a :class:`NamedTuple` base): no slots of its own,
+    so the record stays a plain tuple.
+    """
+
+    __slots__ = ()
 
     labelled: Labelled
 
@@ -37,8 +43,16 @@ class _HoldsLabelled:
         return self.labelled.numa_node
 
 
-@dataclass(frozen=True)
-class RegEntry(_HoldsLabelled):
+class _RegEntryFields(NamedTuple):
+    """The fields of :class:`RegEntry`, which documents them."""
+
+    path: str
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
+    labelled: Labelled
+    prop: str = "reg"
+
+
+class RegEntry(_RegEntryFields, _HoldsLabelled):
     """One ``reg`` entry (or ``ranges`` window) of a node, translated to the root's address space.
 
     Attributes:
@@ -50,10 +64,7 @@ class RegEntry(_HoldsLabelled):
             ``ranges`` for a bus window.
     """
 
-    path: str
-    index: int
-    labelled: Labelled
-    prop: str = "reg"
+    __slots__ = ()
 
     @classmethod
     def at(
@@ -63,8 +74,16 @@ class RegEntry(_HoldsLabelled):
         return cls(path, index, Labelled(range_, f"{path} {prop}[{index}]", numa_node), prop)
 
 
-@dataclass(frozen=True)
-class Reservation(_HoldsLabelled):
+class _ReservationFields(NamedTuple):
+    """The fields of :class:`Reservation`, which documents them."""
+
+    entry: RegEntry
+    no_map: bool
+    reusable: bool
+    compatible: bool = False
+
+
+class Reservation(_ReservationFields, _HoldsLabelled):
     """A static ``/reserved-memory`` child (one with ``reg``) that Linux honours.
 
     A child whose ``status`` is not ``okay``/``ok`` is skipped (listed in
@@ -81,10 +100,7 @@ class Reservation(_HoldsLabelled):
             succeeds, as ``shared-dma-pool``, hands it out for DMA buffers).
     """
 
-    entry: RegEntry
-    no_map: bool
-    reusable: bool
-    compatible: bool = False
+    __slots__ = ()
 
     @property
     def labelled(self) -> Labelled:  # type: ignore[override]
@@ -97,7 +113,7 @@ class Reservation(_HoldsLabelled):
         return self.entry.path
 
     @property
-    def index(self) -> int:
+    def index(self) -> int:  # type: ignore[override]  # shadows tuple.index, which no caller uses
         """The ``reg`` entry's position."""
         return self.entry.index
 
@@ -107,8 +123,7 @@ class Reservation(_HoldsLabelled):
         return self.no_map and not self.reusable and not self.compatible
 
 
-@dataclass(frozen=True)
-class MemoryNode:
+class MemoryNode(NamedTuple):
     """A node whose ``device_type``'s first string is ``"memory"``, at any depth, as found.
 
     Which consumer counts it, and how, is :mod:`pvdesc.layout.beliefs`'s business; this
@@ -142,8 +157,14 @@ class MemoryNode:
     pei_only: bool = False
 
 
-@dataclass(frozen=True)
-class MemReserve(_HoldsLabelled):
+class _MemReserveFields(NamedTuple):
+    """The fields of :class:`MemReserve`, which documents them."""
+
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
+    labelled: Labelled
+
+
+class MemReserve(_MemReserveFields, _HoldsLabelled):
     """One entry of the header's memory reservation block (``/memreserve/``).
 
     Attributes:
@@ -151,8 +172,7 @@ class MemReserve(_HoldsLabelled):
         labelled: address and size, labelled ``/memreserve/[INDEX]``.
     """
 
-    index: int
-    labelled: Labelled
+    __slots__ = ()
 
     @classmethod
     def at(cls, index: int, range_: Range) -> MemReserve:
@@ -160,8 +180,7 @@ class MemReserve(_HoldsLabelled):
         return cls(index, Labelled(range_, f"/memreserve/[{index}]"))
 
 
-@dataclass(frozen=True)
-class DeviceTree:
+class DeviceTree(NamedTuple):
     """The address facts of one DTB.
 
     Attributes:

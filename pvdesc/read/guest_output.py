@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc.core.ranges import Labelled, Range
 from pvdesc.errors import ToolError
@@ -39,8 +39,7 @@ _KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
 _DT_RE = re.compile(r"^(?P<path>[^\s:][^:]*):(?P<hex>(?: [0-9a-f]{2})*)\s*$")
 
 
-@dataclass(frozen=True)
-class IomemEntry:
+class IomemEntry(NamedTuple):
     """One ``/proc/iomem`` line.
 
     Attributes:
@@ -54,8 +53,7 @@ class IomemEntry:
     depth: int
 
 
-@dataclass(frozen=True)
-class EfiRegion:
+class EfiRegion(NamedTuple):
     """One UEFI memory map entry as ``efi=debug`` printed it.
 
     Attributes:
@@ -69,8 +67,7 @@ class EfiRegion:
     line: str
 
 
-@dataclass(frozen=True)
-class DtReservation:
+class DtReservation(NamedTuple):
     """A ``/reserved-memory`` child in the DT the guest saw.
 
     Attributes:
@@ -84,8 +81,7 @@ class DtReservation:
     no_map: bool
 
 
-@dataclass(frozen=True)
-class GuestDt:
+class GuestDt(NamedTuple):
     """The memory facts of the devicetree the guest kernel saw (``/sys/firmware/devicetree``).
 
     Attributes:

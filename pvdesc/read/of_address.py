@@ -24,7 +24,7 @@ in all, and at most :data:`MAX_TRANSLATION_STEPS` window comparisons.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc.core.ranges import Range
 from pvdesc.read.fdt_blob import err
@@ -38,8 +38,7 @@ MAX_TRANSLATION_STEPS = 5_000_000
 MASK64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
-class Skipped:
+class Skipped(NamedTuple):
     """A node whose ``reg`` is not a CPU-physical range, and why.
 
     Attributes:
@@ -51,8 +50,7 @@ class Skipped:
     reason: str
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(NamedTuple):
     """Counters that bound the work on one blob (mutable cells in a frozen holder).
 
     Attributes:
@@ -83,8 +81,7 @@ class Budget:
             )
 
 
-@dataclass(frozen=True)
-class Bus:
+class Bus(NamedTuple):
     """What a node's children need: its cells and how to reach the root.
 
     Attributes:

@@ -36,8 +36,8 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.errors import AcpiError, ToolError
 from pvdesc.tools import proc, signals
@@ -59,8 +59,7 @@ ACPIEXEC_FAILURES = ("failed with status", "ACPI Error", "Firmware Error", "Firm
 _TRACE_RE = re.compile(r"^\s*(rscalc|rslist|rsdump|rsxface)-\d+", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class Diagnostic:
+class Diagnostic(NamedTuple):
     """One iasl message.
 
     Attributes:
@@ -76,7 +75,6 @@ class Diagnostic:
     text: str
 
 
-@dataclass
 class ToolTimes:
     """How long pvdesc waited for the ACPICA runs made inside one :func:`timing` block.
 
@@ -89,7 +87,10 @@ class ToolTimes:
         runs: ``(tool name, seconds)`` per subprocess, in the order waited for.
     """
 
-    runs: list[tuple[str, float]] = field(default_factory=list)
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, float]] = []
 
     @property
     def total(self) -> float:

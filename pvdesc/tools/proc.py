@@ -39,9 +39,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from pvdesc.errors import ToolError, one_line
 from pvdesc.tools import signals
@@ -72,8 +71,7 @@ def program(name: str, install: str) -> str:
     return path
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """A finished, or killed, tool run.
 
     Attributes:

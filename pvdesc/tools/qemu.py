@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.errors import ToolError
 from pvdesc.tools import proc
@@ -34,8 +34,7 @@ BOOT_TIMEOUT = 300.0
 QEMU_RAM_ALIGN = 8 << 10
 
 
-@dataclass(frozen=True)
-class Machine:
+class Machine(NamedTuple):
     """The QEMU ``virt`` machine to boot.
 
     Attributes:
@@ -58,10 +57,10 @@ class Machine:
     dtb: Path | None = None
     append: str = "console=ttyAMA0"
     cpu: str = "max"
-    extra: tuple[str, ...] = field(default_factory=tuple)
+    extra: tuple[str, ...] = ()
     machine: str = "virt"
     maxcpus: int | None = None
-    shape: tuple[str, ...] = field(default_factory=tuple)
+    shape: tuple[str, ...] = ()
 
 
 def qemu() -> str:

@@ -28,10 +28,9 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import PvdescError, ToolError
@@ -82,8 +81,7 @@ INSTALL: dict[Validator, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing an external validator rejected.
 
     Attributes:

@@ -90,12 +90,7 @@ def test_memslot_boundary_splits_rows() -> None:
     # Pretend RAM were two memslots: the rows must split where the second begins.
     half = Range(0x80000000, 2 << 30)
     rest = Range(half.end, 2 << 30)
-    split = MapSource(
-        **{
-            **src.__dict__,
-            "memslots": (Memslot(0, half, Purpose.RAM), Memslot(1, rest, Purpose.RAM)),
-        }
-    )
+    split = src._replace(memslots=(Memslot(0, half, Purpose.RAM), Memslot(1, rest, Purpose.RAM)))
     ram_rows = [s for s in rows.build(split).segments if s.kind is SegmentKind.RAM]
     assert [(r.range, r.memslot) for r in ram_rows] == [(half, 0), (rest, 1)]
 
@@ -239,8 +234,9 @@ def test_color_when_forced() -> None:
 def test_findings_are_shown_inline() -> None:
     lay = layout.allocate(load(ROOT / "examples/uefi-carve-exclude.yaml").description)
     # A broken layout: the /memory node is not cut around the region (as if describe none).
-    broken = layout.Layout(**{**lay.__dict__, "memory_nodes": layout.memory_nodes(
-        lay.description, lay.region, Describe.NONE)})  # fmt: skip
+    broken = lay._replace(
+        memory_nodes=layout.memory_nodes(lay.description, lay.region, Describe.NONE)
+    )
     amap = rows.build(sources.layout_source(broken))
     assert len(amap.findings) == 1 and "ipa-in-ram" in amap.findings[0].message
     finding = amap.findings[0]
@@ -302,8 +298,9 @@ def test_svg_is_wellformed_with_labelled_elements(example: Path, tmp_path: Path)
 def test_svg_escapes_labels() -> None:
     amap = amap_of("qemu-virt-8cpu")
     src = amap.source
-    evil = MapSource(**{**src.__dict__, "title": "<a&b>", "devices": (
-        Labelled(Range(0, 0x1000), "</text><script>x</script>"),)})  # fmt: skip
+    evil = src._replace(
+        title="<a&b>", devices=(Labelled(Range(0, 0x1000), "</text><script>x</script>"),)
+    )
     text = draw.render_svg(rows.build(evil))
     root = ET.fromstring(text.encode())
     assert root.find(f".//{SVG_NS}script") is None

@@ -8,7 +8,6 @@ The serial snippets below are copied from real boots of Debian's 6.1 arm64 kerne
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,7 +261,7 @@ def reserved_lay() -> layout.Layout:
 def exclude_lay(reserved_lay: layout.Layout) -> layout.Layout:
     desc = reserved_lay.description
     return layout.allocate(
-        replace(desc, stolen_time=replace(desc.stolen_time, describe=Describe.EXCLUDE))
+        desc._replace(stolen_time=desc.stolen_time._replace(describe=Describe.EXCLUDE))
     )
 
 
@@ -366,7 +365,7 @@ def test_numa_node_mismatch_is_reported() -> None:
 
 def test_uefi_map_ram_fails_even_when_linux_reserves_it(reserved_lay: layout.Layout) -> None:
     """uefi-dt + no-map, as measured: Linux shows reserved, EDK2 used the region for Boot Data."""
-    lay = replace(reserved_lay, description=replace(reserved_lay.description, boot=Boot.UEFI_DT))
+    lay = reserved_lay._replace(description=reserved_lay.description._replace(boot=Boot.UEFI_DT))
     iomem = "04000000-07ffffff : reserved\n40000000-bffeffff : System RAM\n"
     iomem += "bfff0000-bfffffff : reserved\n"
     rep = judged(lay, serial(UEFI_DT_LOG, iomem, DT_2G + DT_RESERVED))

@@ -13,7 +13,6 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,14 +64,14 @@ def unsafe(boot: Boot) -> tuple[prove_verdict.ProveReport, layout.Layout]:
     hand from the linux-dt one, with only the boot mode changed.
     """
     loaded = load(EXAMPLES / "linux-carve-reserved.yaml")
-    desc = replace(loaded.description, boot=boot)
+    desc = loaded.description._replace(boot=boot)
     safe = layout.allocate(loaded.description)
-    bad = replace(
-        safe, description=desc, describe=Describe.RESERVED_MEMORY, reserved=(safe.region,)
+    bad = safe._replace(
+        description=desc, describe=Describe.RESERVED_MEMORY, reserved=(safe.region,)
     )
     with pytest.raises(LayoutError, match="no-map-under-uefi"):
         layout.verify(bad)  # the library's own check knows it is unsafe
-    return prove.prove(replace(loaded, description=desc), bad, guest.guest_parts(), TIMEOUT), bad
+    return prove.prove(loaded._replace(description=desc), bad, guest.guest_parts(), TIMEOUT), bad
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +262,7 @@ def test_memory_mismatch_on_a_real_boot_is_reported(
     rep = proved("linux-reserved")
     desc = rep.layout.description
     other = layout.allocate(
-        replace(desc, stolen_time=replace(desc.stolen_time, describe=Describe.EXCLUDE))
+        desc._replace(stolen_time=desc.stolen_time._replace(describe=Describe.EXCLUDE))
     )
     again = judging.judge(other, rep.boot)
     assert not again.passed

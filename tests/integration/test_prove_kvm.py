@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,8 +45,7 @@ def region_in_ram(path: Path = INSIDE_RAM) -> tuple[LoadedDescription, Layout]:
     loaded = load(path)
     safe = layout.allocate(loaded.description)
     bank = loaded.description.memory[0]
-    bad = replace(
-        safe,
+    bad = safe._replace(
         describe=Describe.NONE,
         memory_nodes=(MemoryNode.of(bank.range, bank),),
         reserved=(),
@@ -67,7 +65,7 @@ def tampered_header_job() -> kvm_job.Job:
     assert f"UINT64_C({ipa:#x})," in tail
     text = head + table + tail.replace(f"UINT64_C({ipa:#x}),", f"UINT64_C({ipa + 64:#x}),", 1)
     bad = kvm_vmm.Header(header.name, text.encode(), "single-vcpu")
-    return replace(job, vmm=kvm_vmm.vmm_binary(bad))
+    return job._replace(vmm=kvm_vmm.vmm_binary(bad))
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +228,7 @@ def test_cli_json() -> None:
 
 def test_host_without_kvm_is_no_result() -> None:
     loaded = load(EXAMPLES / "single-vcpu.yaml")
-    no_el2 = replace(kvm_host.host_machine(), machine="virt,gic-version=3")
+    no_el2 = kvm_host.host_machine()._replace(machine="virt,gic-version=3")
     (rep,) = kvmprove.prove_many(
         [(loaded, layout.allocate(loaded.description))], guest.guest_parts(), TIMEOUT, no_el2
     )

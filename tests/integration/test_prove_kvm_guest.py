@@ -10,7 +10,6 @@ inside RAM that the guest is told it may use, at the top of RAM and lower down.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,7 @@ LOWER = 0x60000000
 
 def lower_in_ram() -> tuple[LoadedDescription, Layout]:
     loaded, top = region_in_ram(INSIDE_RAM)
-    lower = replace(top, region=Range(LOWER, top.region.size))
+    lower = top._replace(region=Range(LOWER, top.region.size))
     with pytest.raises(LayoutError):
         layout.verify(lower)
     return loaded, lower

@@ -8,7 +8,6 @@ with a deliberately simple re-implementation of Linux's rules written below.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -460,8 +459,7 @@ def test_verify_and_check_give_the_same_codes(boot: Boot) -> None:
         "stolen_time: {placement: carve}\n"
     )
     good = layout.allocate(loads(text.encode(), "t.yaml").description)
-    bad = replace(
-        good,
+    bad = good._replace(
         describe=Describe.NONE,
         memory_nodes=layout.memory_nodes(good.description, good.region, Describe.NONE),
     )

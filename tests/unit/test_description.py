@@ -109,7 +109,7 @@ def test_libyaml_and_pure_python_agree(path: Path) -> None:
     decoded = path.read_text(encoding="utf-8")
 
     def compose(loader: Any) -> tuple[Any, SourceMap] | str:
-        smap = SourceMap(str(path))
+        smap = SourceMap(str(path), {}, {})
         try:
             return _compose(loader, decoded, smap), smap
         except (yaml.YAMLError, DescriptionError) as exc:

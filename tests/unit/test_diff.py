@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -356,4 +355,4 @@ def test_a_layouts_side_is_what_its_config_reads_back(example: str) -> None:
     assert allocate.target(lay, "a") == hypervisor.target_from_config(written, "a")
     side = sides.side_from_layout(lay, "a")
     assert side.usable_ram is not None and side.online == lay.description.vcpus
-    assert replace(side, usable_ram=None, online=None) == sides.side_from_config(written, "a")
+    assert side._replace(usable_ram=None, online=None) == sides.side_from_config(written, "a")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from pvdesc import kvm
@@ -27,7 +25,7 @@ BASE = "name: t\nvcpus: 4\n"
 def test_region_size_is_whole_granules(max_vcpus: int, size: int) -> None:
     """generic-kvm's rule; 1025 is beyond KVM's limit, but the rule still holds."""
     desc = loads(f"{BASE}memory: [{{base: 0x40000000, size: 1G}}]\n".encode(), "t.yaml").description
-    assert profiles.region_size(replace(desc, max_vcpus=max_vcpus)) == size
+    assert profiles.region_size(desc._replace(max_vcpus=max_vcpus)) == size
 
 
 def test_find_hole_sweeps_in_order() -> None:
@@ -107,8 +105,7 @@ def test_verify_catches_a_broken_layout() -> None:
     good = alloc(
         BASE + "memory:\n  - {base: 0x40000000, size: 1G}\nstolen_time: {placement: carve}\n"
     )
-    bad = replace(
-        good,
+    bad = good._replace(
         describe=Describe.NONE,
         memory_nodes=layout.memory_nodes(good.description, good.region, Describe.NONE),
     )
@@ -120,7 +117,7 @@ def test_verify_refuses_a_region_at_ipa_0() -> None:
     """The C header's lookup returns 0 for a vCPU out of range: 0 must never be an IPA."""
     good = alloc(BASE + "memory:\n  - {base: 0x40000000, size: 1G}\n")
     with pytest.raises(LayoutError, match="gives vCPU 0 the IPA 0"):
-        layout.verify(replace(good, region=Range(0, good.region.size)))
+        layout.verify(good._replace(region=Range(0, good.region.size)))
 
 
 def test_initial_structure_is_64_zero_bytes() -> None:

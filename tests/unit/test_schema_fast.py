@@ -36,7 +36,9 @@ def fast_accepts(data: Any) -> bool:
 
 def _data(path: Path) -> Any:
     try:
-        return _compose(yaml.SafeLoader, path.read_text(encoding="utf-8"), SourceMap(str(path)))
+        return _compose(
+            yaml.SafeLoader, path.read_text(encoding="utf-8"), SourceMap(str(path), {}, {})
+        )
     except (UnicodeDecodeError, yaml.YAMLError, DescriptionError, RecursionError):
         return None
 

@@ -9,7 +9,7 @@ Pure: strings out, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from markupsafe import Markup
 
@@ -44,8 +44,7 @@ DETAIL_ROW = 30
 GRANULE_ROW = 36
 
 
-@dataclass(frozen=True)
-class Box:
+class Box(NamedTuple):
     """One segment as drawn.
 
     Attributes:
@@ -61,7 +60,7 @@ class Box:
         describers: ``(x, width, fill, name)`` stripes of the description column.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
     seg: Segment
     y: float
     h: float
@@ -83,8 +82,7 @@ class Box:
         return self.scaling is Scaling.COMPRESSED
 
 
-@dataclass(frozen=True)
-class LegendItem:
+class LegendItem(NamedTuple):
     """A legend entry.
 
     Attributes:

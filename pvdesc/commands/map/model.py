@@ -5,14 +5,14 @@ from (:mod:`pvdesc.commands.map.sources`: a layout, or a foreign DTB and ``check
 findings).  :func:`pvdesc.commands.map.rows.build` cuts it into :class:`Segment` rows
 and the region's :class:`Structure` detail: an :class:`AddressMap`, which the
 renderers (:mod:`pvdesc.commands.map.terminal`, :mod:`pvdesc.commands.map.draw`) only
-read.  Frozen dataclasses and enums over the shared types (:class:`Range`,
+read.  Records (:class:`typing.NamedTuple`) and enums over the shared types (:class:`Range`,
 :class:`Labelled`, :class:`Memslot`, :class:`Finding`); no I/O.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc.core.findings import Finding
 from pvdesc.core.model import Memslot
@@ -37,8 +37,7 @@ class Describer(enum.StrEnum):
     ACPI_CLAIM = "ACPI claim"
 
 
-@dataclass(frozen=True)
-class MapSource:
+class MapSource(NamedTuple):
     """Everything known about one address space, independent of where it came from.
 
     Attributes:
@@ -71,8 +70,7 @@ class MapSource:
     findings: tuple[Finding, ...] = ()
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """One row of the map: a range with one occupant and one description.
 
     Attributes:
@@ -106,8 +104,7 @@ class Segment:
         return self.span.numa_node
 
 
-@dataclass(frozen=True)
-class Structure:
+class Structure(NamedTuple):
     """One row of the region detail strip.
 
     Attributes:
@@ -123,8 +120,7 @@ class Structure:
     skipped: int = 0
 
 
-@dataclass(frozen=True)
-class AddressMap:
+class AddressMap(NamedTuple):
     """A whole map, ready to render.
 
     Attributes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import replace
 
 from pvdesc import kvm
 from pvdesc.commands.map.model import (
@@ -131,7 +130,7 @@ def segments(src: MapSource) -> tuple[Segment, ...]:
         prev = out[-1] if out else None
         if prev is not None and lo not in starts and _reads_the_same(prev, seg):
             joined = Range(prev.range.base, hi - prev.range.base)
-            out[-1] = replace(prev, span=replace(prev.span, range=joined))
+            out[-1] = prev._replace(span=prev.span._replace(range=joined))
         else:
             out.append(seg)
     return tuple(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Scaling(enum.StrEnum):
@@ -21,8 +21,7 @@ class Scaling(enum.StrEnum):
     ENLARGED = "enlarged"
 
 
-@dataclass(frozen=True)
-class Extent:
+class Extent(NamedTuple):
     """Where a size lands on a drawing axis.
 
     Attributes:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.emit import templating
 from pvdesc.errors import ToolError
@@ -30,8 +30,7 @@ FETCH_GUEST = "scripts/fetch-guest"
 ACPI_TABLE_DIR = "kernel/firmware/acpi"
 
 
-@dataclass(frozen=True)
-class GuestParts:
+class GuestParts(NamedTuple):
     """The guest kernel and userland.
 
     Attributes:
@@ -45,8 +44,7 @@ class GuestParts:
     kernel_package: str = ""
 
 
-@dataclass(frozen=True)
-class CpioFile:
+class CpioFile(NamedTuple):
     """One entry of a newc archive.
 
     Attributes:
@@ -60,8 +58,7 @@ class CpioFile:
     mode: int = 0o100644
 
 
-@dataclass(frozen=True)
-class BootResult:
+class BootResult(NamedTuple):
     """What a boot produced.
 
     Attributes:

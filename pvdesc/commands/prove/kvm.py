@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +82,15 @@ def judge_both(
     if not job.linux or report.no_result is not None:
         return report
     if job.guest is None or linux_out is None:
-        return replace(report, guest=kvmguest.GuestReport("not-run", reason=job.guest_reason))
+        return report._replace(guest=kvmguest.GuestReport("not-run", reason=job.guest_reason))
     if linux_out.status is None:
-        return replace(
-            report, no_result="the host never finished the Linux guest's VMM run (it crashed?)"
+        return report._replace(
+            no_result="the host never finished the Linux guest's VMM run (it crashed?)"
         )
     rep = kvmguest.judge(
         job.layout, job.guest, linux_out.lines, linux_out.other, report.probe_passed
     )
-    return replace(report, guest=rep)
+    return report._replace(guest=rep)
 
 
 def prove_file(

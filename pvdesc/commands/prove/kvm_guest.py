@@ -19,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvdesc.commands.prove import judging
 from pvdesc.commands.prove.judging import ranges_text
@@ -49,8 +48,7 @@ MAX_CRASH_LINES = 8
 # --- judging ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Steal:
+class Steal(NamedTuple):
     """One CPU's steal: ``/proc/stat`` at two moments, and KVM's structure at the end.
 
     Attributes:
@@ -66,8 +64,7 @@ class Steal:
     kvm_stolen_ns: int | None
 
 
-@dataclass(frozen=True)
-class GuestReport:
+class GuestReport(NamedTuple):
     """What the Linux guest showed.
 
     Attributes:

@@ -16,8 +16,8 @@ import gzip
 import struct
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.commands.prove import guest
 from pvdesc.core.model import Boot, Purpose
@@ -55,8 +55,7 @@ IMAGE_MAGIC = 0x644D5241  # "ARM\x64"
 TAG = "pvdesc-"
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """An arm64 kernel ``Image``.
 
     Attributes:
@@ -98,8 +97,7 @@ def read_image(path: Path) -> Image:
     return Image(data, text_offset, image_size, str(path))
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """A Linux run of the VMM.
 
     Attributes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.commands.prove import guest
 from pvdesc.commands.prove.kvm_job import Job, kernel_image
@@ -29,8 +29,7 @@ JOB_BEGIN = "PVDESC-JOB-BEGIN"
 JOB_END = "PVDESC-JOB-END"
 
 
-@dataclass(frozen=True)
-class HostInfo:
+class HostInfo(NamedTuple):
     """The emulated KVM host.
 
     Attributes:
@@ -46,8 +45,7 @@ class HostInfo:
     seconds: float
 
 
-@dataclass(frozen=True)
-class JobOutput:
+class JobOutput(NamedTuple):
     """What one VMM run printed.
 
     Attributes:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvdesc import kvm
 from pvdesc.commands.prove import guest, kvm_guest_plan
@@ -23,8 +22,7 @@ from pvdesc.layout.allocate import Layout
 PAGE = 0x1000
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One VMM run inside the host.
 
     Attributes:

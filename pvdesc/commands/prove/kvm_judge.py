@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from pvdesc import kvm
 from pvdesc.audit import check
@@ -33,8 +33,7 @@ POISON_WORD = 0xA5A5A5A5
 _KV_RE = re.compile(r"(\w+) (0x[0-9a-fA-F]+|-?\d+)")
 
 
-@dataclass(frozen=True)
-class VcpuAnswer:
+class VcpuAnswer(NamedTuple):
     """What KVM answered on one vCPU.
 
     Attributes:
@@ -88,8 +87,7 @@ def parse_answers(lines: Sequence[str]) -> dict[int, VcpuAnswer]:
     return out
 
 
-@dataclass(frozen=True)
-class KvmReport:
+class KvmReport(NamedTuple):
     """Everything one ``prove --kvm`` run showed for one description.
 
     Attributes:
@@ -143,7 +141,7 @@ def check_reported(job: Job, reported: Sequence[tuple[int, int]]) -> tuple[Findi
     name = job.layout.description.name
     tree = dtb.parse(job.output(".dtb").data, f"{name}.dtb")
     target = hypervisor.target_from_data(job.hypervisor, f"{name}.hypervisor.json")
-    target = replace(target, vcpu_ipas=tuple(reported), source="KVM PV_TIME_ST answers")
+    target = target._replace(vcpu_ipas=tuple(reported), source="KVM PV_TIME_ST answers")
     tables = [acpitables.parse(o.data, o.name) for o in job.outputs if o.name.endswith(".aml")]
     return check.check(tree, target, job.layout.description.boot, tables)
 
@@ -187,22 +185,20 @@ def judge(job: Job, host: HostInfo, out: JobOutput) -> KvmReport:
     no_kvm = next((ln for ln in out.lines if ln.startswith("no-kvm: ")), None)
     if out.status == VMM_NO_KVM or no_kvm is not None:
         why = no_kvm[len("no-kvm: ") :] if no_kvm else "the VMM found no usable KVM"
-        return replace(nothing, no_result=f"the host has no usable KVM: {why}; {host.kvm_line}")
+        return nothing._replace(no_result=f"the host has no usable KVM: {why}; {host.kvm_line}")
     if out.status is None:
-        return replace(nothing, no_result="the host never finished the VMM run (it crashed?)")
+        return nothing._replace(no_result="the host never finished the VMM run (it crashed?)")
     errors = [ln for ln in out.lines if ln.startswith("error: ")]
     if errors:
         msg = errors[0][len("error: ") :]
-        return replace(
-            nothing,
+        return nothing._replace(
             findings=(_finding("vmm-refused", f"KVM or the VMM refused: {msg}", job.layout.region,
                                "pvdesc-vmm"),),
         )  # fmt: skip
     answers = parse_answers(out.lines)
     if not answers:
         last = (out.other or ("no output",))[-1]
-        return replace(
-            nothing,
+        return nothing._replace(
             no_result=f"the VMM printed no answer (exit {out.status}): {qemu.serial_line(last)}",
         )
     findings: list[Finding] = []

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.commands.prove import guest
 from pvdesc.errors import ToolError
@@ -31,8 +31,7 @@ def _c_name(name: str) -> str:
     return name.replace("-", "_")
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """A generated C header to compile the VMM against (``NAME.h``, generic-kvm).
 
     Attributes:

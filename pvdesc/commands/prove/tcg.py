@@ -35,7 +35,6 @@ nodes, so a mismatch is reported rather than silently passed.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from pvdesc.commands.prove import guest
@@ -109,7 +108,7 @@ def _prove(
             tables["ssdt.aml"] = files[f"{name}.ssdt.aml"].data
         initrd = guest.acpi_table_archive(tables) if tables else b""
         initrd += guest.initramfs(parts.busybox.read_bytes())
-        machine = replace(machine, dtb=Path(tmp) / f"{name}.dtb")
+        machine = machine._replace(dtb=Path(tmp) / f"{name}.dtb")
         result = guest.boot(machine, parts, initrd, timeout)
     return judge(lay, result, loaded.source.file, parts)
 

@@ -4,7 +4,7 @@ and the whole :class:`ProveReport`."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvdesc.commands.prove import guest
 from pvdesc.core.model import Describe
@@ -48,8 +48,7 @@ EXPECTED = {
 }
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(NamedTuple):
     """One line the guest printed, and where.
 
     Attributes:
@@ -62,8 +61,7 @@ class Evidence:
     line: str
 
 
-@dataclass(frozen=True)
-class GranuleResult:
+class GranuleResult(NamedTuple):
     """The verdict on one 64 KiB granule of the region.
 
     Attributes:
@@ -84,8 +82,7 @@ class GranuleResult:
         return self.status.safe and self.status is self.expected
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """An observation beyond the granules (boot path, memory, SSDT) and whether it held.
 
     Attributes:
@@ -101,8 +98,7 @@ class Observation:
     evidence: tuple[Evidence, ...] = ()
 
 
-@dataclass(frozen=True)
-class ProveReport:
+class ProveReport(NamedTuple):
     """Everything one proof boot showed.
 
     Attributes:

@@ -32,9 +32,9 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import NamedTuple
 
 from pvdesc.commands.validate.chunk import resolve_externals, validate_chunk
 from pvdesc.commands.validate.results import Externals, FileReport, FleetReport, ValidateUsageError
@@ -162,8 +162,7 @@ def _validate_in_worker(paths: Sequence[str], ext: Externals) -> list[FileReport
         return validate_chunk(paths, ext)
 
 
-@dataclass(frozen=True)
-class Shard:
+class Shard(NamedTuple):
     """``--shard K/N``: this run validates the K-th of N interleaved parts of the fleet.
 
     Attributes:
@@ -171,8 +170,8 @@ class Shard:
         count: N.
     """
 
-    index: int
-    count: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which no caller uses
+    count: int  # type: ignore[assignment]  # shadows tuple.count, which no caller uses
 
     @classmethod
     def parse(cls, text: str) -> Shard:

@@ -7,8 +7,7 @@ which external validators the run used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pvdesc.errors import PvdescError
 from pvdesc.tools.validators import Validator
@@ -21,8 +20,7 @@ class ValidateUsageError(PvdescError):
     """Arguments ``pvdesc validate`` cannot use: no such path, no descriptions, a missing tool."""
 
 
-@dataclass(frozen=True)
-class Externals:
+class Externals(NamedTuple):
     """Which external validators a run uses.
 
     Attributes:
@@ -41,8 +39,7 @@ class Externals:
     schema: str | None
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(NamedTuple):
     """One reason a description failed.
 
     Attributes:
@@ -75,8 +72,7 @@ class Failure:
         return f"{self.location}: {self.message}"
 
 
-@dataclass(frozen=True)
-class FileReport:
+class FileReport(NamedTuple):
     """What validating one description found.
 
     Attributes:
@@ -97,8 +93,7 @@ class FileReport:
         return not self.failures
 
 
-@dataclass(frozen=True)
-class FleetReport:
+class FleetReport(NamedTuple):
     """A whole ``pvdesc validate`` run.
 
     Attributes:

@@ -9,7 +9,6 @@ first line when there is none), the part of the description the outputs pair wit
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from pvdesc.audit import check
@@ -89,9 +88,10 @@ def _check_findings(result: build.BuildResult) -> list[tuple[str, str]]:
     ]
 
 
-@dataclass
 class Built:
     """A description built and checked, its outputs written into its own folder.
+
+    Its failures and problems are filled in as the validators run (so a plain class).
 
     Attributes:
         path: the description's path as found.
@@ -102,12 +102,23 @@ class Built:
         problems: each enabled validator's problems, filled in validator by validator.
     """
 
-    path: str
-    result: build.BuildResult
-    folder: Path
-    anchor: tuple[int | None, int | None]
-    failures: list[Failure]
-    problems: dict[Validator, list[validators.Problem]]
+    __slots__ = ("anchor", "failures", "folder", "path", "problems", "result")
+
+    def __init__(
+        self,
+        path: str,
+        result: build.BuildResult,
+        folder: Path,
+        anchor: tuple[int | None, int | None],
+        failures: list[Failure],
+        problems: dict[Validator, list[validators.Problem]],
+    ) -> None:
+        self.path = path
+        self.result = result
+        self.folder = folder
+        self.anchor = anchor
+        self.failures = failures
+        self.problems = problems
 
     @property
     def name(self) -> str:

@@ -6,8 +6,6 @@ Both read from crosvm's aarch64/src/lib.rs; the current one is cited to
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from pvdesc.core.model import Describe, Vmm
 from pvdesc.description.vmm_profile import MemMapEntry, Profile, SizeRule
 
@@ -69,8 +67,7 @@ CROSVM_2022_MEMMAP: tuple[MemMapEntry, ...] = (
 )
 CROSVM_2022_PVTIME = MemMapEntry("AARCH64_PVTIME_IPA_START", 0x7FDF0000, 0x00010000)
 
-CROSVM_2022 = replace(
-    CROSVM,
+CROSVM_2022 = CROSVM._replace(
     title="crosvm before 0465b61b (snapshot 00ab01e9, 2022-03-10)",
     memmap=CROSVM_2022_MEMMAP,
     stolen_time=CROSVM_2022_PVTIME,
