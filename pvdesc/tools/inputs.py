@@ -57,9 +57,16 @@ def read_bounded(
         else:
             with Path(path).open("rb") as fh:
                 st = os.fstat(fh.fileno())
-                if stat.S_ISREG(st.st_mode) and st.st_size > limit:
-                    raise error(too_big(st.st_size, limit, what), name)
-                data = fh.read(limit + 1)
+                if stat.S_ISREG(st.st_mode):
+                    if st.st_size > limit:
+                        raise error(too_big(st.st_size, limit, what), name)
+                    # Ask for the size the file has (and a byte more, to see it grow): a
+                    # read of limit + 1 bytes first allocates that much (64 MiB for a DTB).
+                    data = fh.read(st.st_size + 1)
+                    if len(data) > st.st_size:  # it grew since fstat: read on to the limit
+                        data += fh.read(limit - len(data) + 1)
+                else:
+                    data = fh.read(limit + 1)
     except OSError as exc:
         role = f" {reading}" if reading else ""
         raise error(f"cannot read{role}: {exc.strerror}", name) from None

@@ -23,13 +23,15 @@ from pvdesc.emit import build
 
 #: Never imported by ``pvdesc check --dtb`` (no --acpi): the text renderer and its parser,
 #: YAML and the description, the schema checkers, the DT writer, every other command's
-#: modules, and what ``check`` was made to start without (typing, json, shutil).
+#: modules, and what ``check`` was made to start without (typing, json, shutil, and
+#: libfdt's Python classes: the reader calls its compiled functions, ``_libfdt``).
 CHECK_FORBIDDEN = (
     "jinja2",
     "yaml",
     "jsonschema",
     "fastjsonschema",
     "fdt",
+    "libfdt",
     "pvdesc.read.acpitables",
     "pvdesc.emit.build",
     "pvdesc.description.load",
@@ -55,6 +57,7 @@ BUILD_FORBIDDEN = (
     "jsonschema",
     "fastjsonschema",
     "libfdt",
+    "_libfdt",
     "pvdesc.read.acpitables",
     "pvdesc.audit.diff",
     "pvdesc.read.dtb",
