@@ -94,7 +94,7 @@ def test_a_file_that_grows_after_fstat_is_read_to_the_limit(
         st = real_fstat(fd)
         return os.stat_result((st.st_mode, *st[1:6], 10, *st[7:]))
 
-    monkeypatch.setattr(inputs.os, "fstat", stale)
+    monkeypatch.setattr(os, "fstat", stale)
     assert inputs.read_bounded(grown, 100, DTError, "DTBs") == bytes(range(100))
     with pytest.raises(DTError, match="file is more than 99 bytes; DTBs are limited to 99"):
         inputs.read_bounded(grown, 99, DTError, "DTBs")
