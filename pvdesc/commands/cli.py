@@ -12,7 +12,6 @@ subcommand modules are imported lazily so ``pvdesc --version`` starts fast.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -45,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("pvdesc: interrupted\n")
-        return EXIT_SIGNAL + signal.SIGINT
+        return EXIT_SIGNAL + signals.SIGINT
     except signals.Stopped as stop:
         sys.stderr.write(f"pvdesc: stopped by {stop.name}\n")
         return EXIT_SIGNAL + stop.signum

@@ -23,8 +23,9 @@ from pvdesc.emit import build
 
 #: Never imported by ``pvdesc check --dtb`` (no --acpi): the text renderer and its parser,
 #: YAML and the description, the schema checkers, the DT writer, every other command's
-#: modules, and what ``check`` was made to start without (typing, json, shutil, and
-#: libfdt's Python classes: the reader calls its compiled functions, ``_libfdt``).
+#: modules, and what ``check`` was made to start without (typing, json, shutil, threading,
+#: signal's enums: :mod:`pvdesc.tools.signals` uses ``_signal``, and libfdt's Python
+#: classes: the reader calls its compiled functions, ``_libfdt``).
 CHECK_FORBIDDEN = (
     "jinja2",
     "yaml",
@@ -45,6 +46,8 @@ CHECK_FORBIDDEN = (
     "typing",
     "json",
     "shutil",
+    "threading",
+    "signal",
 )
 #: With a hypervisor config (JSON), json comes in; with --acpi, the tables' decoder too.
 CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m != "json")
