@@ -105,9 +105,10 @@ def _abi_rules(target: Target) -> list[Finding]:
             "ipa_bits"
         ),
     )
+    lo, hi = region.base, region.end
     out += _per_vcpu(
         target,
-        lambda _v, ipa: not region.contains(Range(ipa, size)),
+        lambda _v, ipa: not (lo <= ipa and ipa + size <= hi),  # region.contains, no Range made
         Severity.ERROR,
         "ipa-outside-region",
         lambda who: (
@@ -189,9 +190,15 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
     structure is taken back when the *merged* no-map ranges contain it, so two
     adjacent no-map children together cover it, as memblock's nomap flag does.
     """
-    structs = _structs(target)
     ram = belief.ram
     memory = RangeIndex([a.range for a in ram])
+    ipas = [ipa for _, ipa in target.vcpu_ipas]
+    if not ipas:
+        return []
+    lo, hi = min(ipas), max(ipas) + kvm.PVTIME_STRUCT_SIZE
+    if memory.overlapping(Range(lo, hi - lo)) is None:
+        return []  # no structure can overlap RAM that their whole span does not overlap
+    structs = _structs(target)
     holes = merged(a.range for a in belief.no_map if a.range.size > 0)
     hole_index = RangeIndex(holes)
     ignored_index = RangeIndex(merged(a.range for a in belief.ignored if a.range.size > 0))
