@@ -106,7 +106,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pvdesc import kvm
     from pvdesc.audit import check
     from pvdesc.core.model import Boot
-    from pvdesc.emit import hypervisor
     from pvdesc.read import dtb
 
     one_stdio(
@@ -122,6 +121,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "--vcpus/--ipa-bits go with --region; the hypervisor config has its own",
                 "--hypervisor-config",
             )
+        from pvdesc.emit import hypervisor  # only with a config: --region reads no JSON
+
         target = hypervisor.read_target(args.hypervisor_config)
     else:
         if args.vcpus is None:

@@ -24,8 +24,8 @@ from pvdesc.emit import build
 #: Never imported by ``pvdesc check --dtb`` (no --acpi): the text renderer and its parser,
 #: YAML and the description, the schema checkers, the DT writer, every other command's
 #: modules, and what ``check`` was made to start without (typing, json, shutil, threading,
-#: signal's enums: :mod:`pvdesc.tools.signals` uses ``_signal``, and libfdt's Python
-#: classes: the reader calls its compiled functions, ``_libfdt``).
+#: struct, the emit layer, signal's enums: :mod:`pvdesc.tools.signals` uses ``_signal``,
+#: and libfdt's Python classes: the reader calls its compiled functions, ``_libfdt``).
 CHECK_FORBIDDEN = (
     "jinja2",
     "yaml",
@@ -48,10 +48,15 @@ CHECK_FORBIDDEN = (
     "shutil",
     "threading",
     "signal",
+    "struct",
+    "pvdesc.emit",
 )
-#: With a hypervisor config (JSON), json comes in; with --acpi, the tables' decoder too.
-CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m != "json")
-CHECK_ACPI_FORBIDDEN = tuple(m for m in CHECK_CONFIG_FORBIDDEN if m != "pvdesc.read.acpitables")
+#: With a hypervisor config (JSON), json and its reader (pvdesc.emit.hypervisor) come in;
+#: with --acpi, the tables' decoder (and struct, which it decodes with) too.
+CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m not in ("json", "pvdesc.emit"))
+CHECK_ACPI_FORBIDDEN = tuple(
+    m for m in CHECK_CONFIG_FORBIDDEN if m not in ("pvdesc.read.acpitables", "struct")
+)
 #: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
 #: DTB reader (only --into), the schema validators of the slow path, and every other
 #: command's modules.  (``pvdesc.audit.check`` is imported: ``layout.verify`` judges every layout
