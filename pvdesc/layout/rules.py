@@ -192,11 +192,8 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
     """
     ram = belief.ram
     memory = RangeIndex([a.range for a in ram])
-    ipas = [ipa for _, ipa in target.vcpu_ipas]
-    if not ipas:
-        return []
-    lo, hi = min(ipas), max(ipas) + kvm.PVTIME_STRUCT_SIZE
-    if memory.overlapping(Range(lo, hi - lo)) is None:
+    every = range(len(target.vcpu_ipas))
+    if not every or memory.overlapping(_span(every, target)) is None:
         return []  # no structure can overlap RAM that their whole span does not overlap
     structs = _structs(target)
     holes = merged(a.range for a in belief.no_map if a.range.size > 0)
