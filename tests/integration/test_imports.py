@@ -24,8 +24,9 @@ from pvdesc.emit import build
 #: Never imported by ``pvdesc check --dtb`` (no --acpi): the text renderer and its parser,
 #: YAML and the description, the schema checkers, the DT writer, every other command's
 #: modules, and what ``check`` was made to start without (typing, json, shutil, threading,
-#: struct, the emit layer, signal's enums: :mod:`pvdesc.tools.signals` uses ``_signal``,
-#: and libfdt's Python classes: the reader calls its compiled functions, ``_libfdt``).
+#: struct, the emit layer, signal's enums: :mod:`pvdesc.tools.signals` uses ``_signal``;
+#: libfdt's Python classes: the reader calls its compiled functions, ``_libfdt``; argparse,
+#: gettext and locale: a plain command line is read by :mod:`pvdesc.commands.plain`).
 CHECK_FORBIDDEN = (
     "jinja2",
     "yaml",
@@ -50,12 +51,18 @@ CHECK_FORBIDDEN = (
     "signal",
     "struct",
     "pvdesc.emit",
+    "argparse",
+    "gettext",
+    "locale",
 )
 #: With a hypervisor config (JSON), json and its reader (pvdesc.emit.hypervisor) come in;
-#: with --acpi, the tables' decoder (and struct, which it decodes with) too.
+#: with --acpi, the tables' decoder (and struct, which it decodes with) too, and argparse
+#: reads the command line (--acpi takes several files).
 CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m not in ("json", "pvdesc.emit"))
 CHECK_ACPI_FORBIDDEN = tuple(
-    m for m in CHECK_CONFIG_FORBIDDEN if m not in ("pvdesc.read.acpitables", "struct")
+    m
+    for m in CHECK_CONFIG_FORBIDDEN
+    if m not in ("pvdesc.read.acpitables", "struct", "argparse", "gettext", "locale")
 )
 #: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
 #: DTB reader (only --into), the schema validators of the slow path, and every other
