@@ -57,7 +57,7 @@ from pvdesc.read.of_address import (
     lenient_pairs,
     translate,
 )
-from pvdesc.tools.inputs import display_name, read_bounded
+from pvdesc.tools.inputs import display_name, read_bounded_buffer
 
 __all__ = [
     "FDT_HEADER_SIZE",
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 
-def parse(data: bytes, file: str = "<dtb>") -> DeviceTree:
+def parse(data: bytes | bytearray, file: str = "<dtb>") -> DeviceTree:
     """Check and decode a DTB.  Raises :class:`DTError` (one line, naming ``file``)."""
     buf = open_blob(data, file)
     try:
@@ -395,4 +395,4 @@ def _memory_node(
 
 def load(path: str | Path) -> DeviceTree:
     """Read and decode a DTB file (refused by size before it is read, see :mod:`inputs`)."""
-    return parse(read_bounded(path, MAX_DTB_BYTES, DTError, "DTBs"), display_name(path))
+    return parse(read_bounded_buffer(path, MAX_DTB_BYTES, DTError, "DTBs"), display_name(path))

@@ -120,7 +120,7 @@ def cells(file: str, path: str, name: str, raw: bytes | None, default: int) -> i
     return value
 
 
-def _check_header(data: bytes, file: str) -> None:
+def _check_header(data: bytes | bytearray, file: str) -> None:
     if len(data) < FDT_HEADER_SIZE:
         raise err(file, f"truncated: {len(data)} bytes, a DTB header alone is {FDT_HEADER_SIZE}")
     magic = int.from_bytes(data[0:4], "big")
@@ -134,7 +134,7 @@ def _check_header(data: bytes, file: str) -> None:
         raise err(file, f"DTB last_comp_version {last_comp} is newer than libfdt reads (17)")
 
 
-def open_blob(data: bytes, file: str) -> bytearray:
+def open_blob(data: bytes | bytearray, file: str) -> bytearray:
     """The blob, size- and header-checked and passed through ``fdt_check_full``, ready to walk.
 
     Raises :class:`DTError` (one line, naming ``file``).
@@ -143,7 +143,10 @@ def open_blob(data: bytes, file: str) -> bytearray:
         raise err(file, too_big(len(data), MAX_DTB_BYTES, "DTBs"))
     _check_header(data, file)
     total = int.from_bytes(data[4:8], "big")
-    buf = bytearray(memoryview(data)[:total])  # one copy, not two
+    if isinstance(data, bytearray) and len(data) == total:
+        buf = data  # read as it is (libfdt writes nothing), not copied
+    else:
+        buf = bytearray(memoryview(data)[:total])
     rc = _libfdt.fdt_check_full(buf, len(buf))
     if rc != 0:
         raise err(file, f"corrupt DTB: fdt_check_full: {_libfdt.fdt_strerror(rc)}")
