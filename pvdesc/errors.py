@@ -14,10 +14,12 @@ import reprlib
 
 KeyPath = tuple[str | int, ...]
 
+# The patterns are compiled on first use (re keeps them): only an error needs them, and
+# compiling both at import cost every command's start half a millisecond.
 #: A key that can be written bare in a key path; anything else is quoted.
-_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PLAIN_KEY = r"[A-Za-z0-9_-]{1,64}"
 #: Control characters (C0, DEL, C1) and the Unicode line/paragraph separators.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 #: The longest error line the CLI prints; longer messages are cut (untrusted input can be huge).
 MAX_MESSAGE_CHARS = 1000
 
@@ -32,7 +34,7 @@ def format_keypath(path: KeyPath) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _PLAIN_KEY_RE.fullmatch(part):
+        elif re.fullmatch(_PLAIN_KEY, part):
             out += f".{part}" if out else part
         else:
             import json  # only for such a key: the check command starts without json
@@ -53,7 +55,7 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     The CLI's last line of defence for "one line per error": messages quote
     untrusted input (file names, DT node names, tool output).
     """
-    flat = _CONTROL_RE.sub(_escape, text)
+    flat = re.sub(_CONTROL, _escape, text)
     if len(flat) > limit:
         flat = flat[: limit - 30] + f"... ({len(flat) - limit + 30} more characters)"
     return flat

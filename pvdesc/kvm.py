@@ -6,8 +6,6 @@ Every value names where it comes from; the details are collected in
 
 from __future__ import annotations
 
-import struct
-
 #: Size of ``struct pvclock_vcpu_stolen_time``: ``__le32 revision; __le32 attributes;
 #: __le64 stolen_time; u8 padding[48]`` -- "Structure must be 64 byte aligned, pad to
 #: that size" (Linux ``arch/arm64/include/asm/pvclock-abi.h``; ref §1).
@@ -64,4 +62,6 @@ def initial_structure() -> bytes:
     ``kvm_init_stolen_time()`` writes an all-zero ``struct pvclock_vcpu_stolen_time``:
     revision 0, attributes 0, stolen_time 0, padding (ref §2).  Little-endian.
     """
+    import struct  # here: every command imports this module, few need the structure
+
     return struct.pack("<IIQ48x", PVTIME_REVISION, 0, 0)

@@ -15,6 +15,7 @@ from pvdesc.errors import PvdescError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from types import SimpleNamespace
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -102,11 +103,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace | SimpleNamespace) -> int:
+    """``pvdesc check``: from argparse, or from :mod:`pvdesc.commands.plain` (the same names)."""
     from pvdesc import kvm
     from pvdesc.audit import check
     from pvdesc.core.model import Boot
-    from pvdesc.emit import hypervisor
     from pvdesc.read import dtb
 
     one_stdio(
@@ -122,6 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "--vcpus/--ipa-bits go with --region; the hypervisor config has its own",
                 "--hypervisor-config",
             )
+        from pvdesc.emit import hypervisor  # only with a config: --region reads no JSON
+
         target = hypervisor.read_target(args.hypervisor_config)
     else:
         if args.vcpus is None:

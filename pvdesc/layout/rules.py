@@ -105,9 +105,10 @@ def _abi_rules(target: Target) -> list[Finding]:
             "ipa_bits"
         ),
     )
+    lo, hi = region.base, region.end
     out += _per_vcpu(
         target,
-        lambda _v, ipa: not region.contains(Range(ipa, size)),
+        lambda _v, ipa: not (lo <= ipa and ipa + size <= hi),  # region.contains, no Range made
         Severity.ERROR,
         "ipa-outside-region",
         lambda who: (
@@ -189,9 +190,12 @@ def _ram_rules(belief: Belief, target: Target) -> list[Finding]:
     structure is taken back when the *merged* no-map ranges contain it, so two
     adjacent no-map children together cover it, as memblock's nomap flag does.
     """
-    structs = _structs(target)
     ram = belief.ram
     memory = RangeIndex([a.range for a in ram])
+    every = range(len(target.vcpu_ipas))
+    if not every or memory.overlapping(_span(every, target)) is None:
+        return []  # no structure can overlap RAM that their whole span does not overlap
+    structs = _structs(target)
     holes = merged(a.range for a in belief.no_map if a.range.size > 0)
     hole_index = RangeIndex(holes)
     ignored_index = RangeIndex(merged(a.range for a in belief.ignored if a.range.size > 0))

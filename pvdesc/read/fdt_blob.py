@@ -19,7 +19,10 @@ sees.
 
 from __future__ import annotations
 
-import libfdt
+# libfdt's compiled functions, called directly: the ``libfdt`` module around them adds a
+# Python call per property read and its classes (Fdt, FdtSw, Property), which the reader
+# does not use, cost a millisecond to import at every ``pvdesc check``.
+import _libfdt
 
 from pvdesc.errors import DTError
 from pvdesc.tools.inputs import too_big
@@ -97,8 +100,8 @@ def named(name: str, base: str) -> bool:
 
 def getprop(buf: bytearray, off: int, name: str) -> bytes | None:
     """The property's value, ``None`` when the node has no such property."""
-    data, _ = libfdt.fdt_getprop(buf, off, name)
-    return None if data is None else bytes(data)
+    data: bytes | None = _libfdt.fdt_getprop(buf, off, name)[0]
+    return data
 
 
 def cells(file: str, path: str, name: str, raw: bytes | None, default: int) -> int:
@@ -117,7 +120,7 @@ def cells(file: str, path: str, name: str, raw: bytes | None, default: int) -> i
     return value
 
 
-def _check_header(data: bytes, file: str) -> None:
+def _check_header(data: bytes | bytearray, file: str) -> None:
     if len(data) < FDT_HEADER_SIZE:
         raise err(file, f"truncated: {len(data)} bytes, a DTB header alone is {FDT_HEADER_SIZE}")
     magic = int.from_bytes(data[0:4], "big")
@@ -131,7 +134,7 @@ def _check_header(data: bytes, file: str) -> None:
         raise err(file, f"DTB last_comp_version {last_comp} is newer than libfdt reads (17)")
 
 
-def open_blob(data: bytes, file: str) -> bytearray:
+def open_blob(data: bytes | bytearray, file: str) -> bytearray:
     """The blob, size- and header-checked and passed through ``fdt_check_full``, ready to walk.
 
     Raises :class:`DTError` (one line, naming ``file``).
@@ -140,22 +143,25 @@ def open_blob(data: bytes, file: str) -> bytearray:
         raise err(file, too_big(len(data), MAX_DTB_BYTES, "DTBs"))
     _check_header(data, file)
     total = int.from_bytes(data[4:8], "big")
-    buf = bytearray(data[:total])
-    rc = libfdt.fdt_check_full(buf, len(buf))
+    if isinstance(data, bytearray) and len(data) == total:
+        buf = data  # read as it is (libfdt writes nothing), not copied
+    else:
+        buf = bytearray(memoryview(data)[:total])
+    rc = _libfdt.fdt_check_full(buf, len(buf))
     if rc != 0:
-        raise err(file, f"corrupt DTB: fdt_check_full: {libfdt.fdt_strerror(rc)}")
+        raise err(file, f"corrupt DTB: fdt_check_full: {_libfdt.fdt_strerror(rc)}")
     return buf
 
 
 def mem_reserve_block(buf: bytearray, file: str) -> list[tuple[int, int]]:
     """The header's memory reservation block (``/memreserve/``): ``(address, size)`` pairs."""
-    count = libfdt.fdt_num_mem_rsv(buf)
+    count = _libfdt.fdt_num_mem_rsv(buf)
     if count < 0:
-        raise err(file, f"corrupt memory reservation block: {libfdt.fdt_strerror(count)}")
+        raise err(file, f"corrupt memory reservation block: {_libfdt.fdt_strerror(count)}")
     out = []
     for i in range(count):
-        rc, addr, size = libfdt.fdt_get_mem_rsv(buf, i)
+        rc, addr, size = _libfdt.fdt_get_mem_rsv(buf, i)
         if rc < 0:
-            raise err(file, f"/memreserve/[{i}]: {libfdt.fdt_strerror(rc)}")
+            raise err(file, f"/memreserve/[{i}]: {_libfdt.fdt_strerror(rc)}")
         out.append((addr, size))
     return out

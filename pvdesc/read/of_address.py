@@ -188,12 +188,14 @@ def decode_reg(
         return ()
     budget.take_entries(len(raw) // width)
     out = []
+    mid = 4 * ac
     for pos in range(0, len(raw), width):
-        addr = int_cells(raw, pos, ac)
-        size = int_cells(raw, pos + 4 * ac, sc)
+        # int_cells(raw, pos, ac) and int_cells(raw, pos + mid, sc), without two calls each
+        addr = int.from_bytes(raw[pos : pos + mid], "big") & MASK64
+        size = int.from_bytes(raw[pos + mid : pos + width], "big") & MASK64
         if size == 0:
             continue
-        translated = translate(parent, addr, budget)
+        translated = addr if parent.parent is None else translate(parent, addr, budget)
         if translated is None:
             skipped.append(
                 Skipped(

@@ -50,22 +50,51 @@ def read_bounded(
     ``reading`` names the file's role in a read error (``cannot read base DTB: ...``).
     ``-`` reads standard input (to its end, or one byte past the limit).
     """
+    data = _read_bounded(path, limit, error, what, reading, buffer=False)
+    assert isinstance(data, bytes)
+    return data
+
+
+def read_bounded_buffer(
+    path: str | Path, limit: int, error: type[PvdescError], what: str, reading: str = ""
+) -> bytearray:
+    """:func:`read_bounded` into a bytearray, what libfdt reads: a file's bytes are not copied."""
+    data = _read_bounded(path, limit, error, what, reading, buffer=True)
+    assert isinstance(data, bytearray)
+    return data
+
+
+def _read_bounded(
+    path: str | Path, limit: int, error: type[PvdescError], what: str, reading: str, buffer: bool
+) -> bytes | bytearray:
     name = display_name(path)
+    data: bytes | bytearray
     try:
         if is_stdio(path):
             data = _read_stdin(limit + 1)
         else:
             with Path(path).open("rb") as fh:
                 st = os.fstat(fh.fileno())
-                if stat.S_ISREG(st.st_mode) and st.st_size > limit:
-                    raise error(too_big(st.st_size, limit, what), name)
-                data = fh.read(limit + 1)
+                if stat.S_ISREG(st.st_mode):
+                    if st.st_size > limit:
+                        raise error(too_big(st.st_size, limit, what), name)
+                    # Ask for the size the file has (and a byte more, to see it grow): a
+                    # read of limit + 1 bytes first allocates that much (64 MiB for a DTB).
+                    if buffer:
+                        data = bytearray(st.st_size + 1)
+                        del data[fh.readinto(data) :]
+                    else:
+                        data = fh.read(st.st_size + 1)
+                    if len(data) > st.st_size:  # it grew since fstat: read on to the limit
+                        data += fh.read(limit - len(data) + 1)
+                else:
+                    data = fh.read(limit + 1)
     except OSError as exc:
         role = f" {reading}" if reading else ""
         raise error(f"cannot read{role}: {exc.strerror}", name) from None
     if len(data) > limit:
         raise error(too_big(len(data), limit, what, exact=False), name)
-    return data
+    return bytearray(data) if buffer and isinstance(data, bytes) else data
 
 
 def _read_stdin(most: int) -> bytes:

@@ -19,14 +19,21 @@ the same way (:func:`worker_between_jobs`).
 
 from __future__ import annotations
 
+# The signal module's own core: the same signal(), getsignal() and numbers, without the
+# enums (Signals, Handlers, Sigmasks) the signal module builds when imported, which cost
+# every command's start half a millisecond; :class:`Stopped` names a signal with them.
+import _signal
 import contextlib
-import signal
-import threading
 from collections.abc import Iterator
-from types import FrameType
 
+#: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+
+SIGINT: int = _signal.SIGINT
 #: Signals that stop pvdesc like SIGINT (which Python already turns into KeyboardInterrupt).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS: tuple[int, int] = (_signal.SIGTERM, _signal.SIGHUP)
 
 
 class Stopped(BaseException):
@@ -39,13 +46,19 @@ class Stopped(BaseException):
     """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(_name(signum))
         self.signum = signum
 
     @property
     def name(self) -> str:
         """``SIGTERM``, ``SIGHUP``."""
-        return signal.Signals(self.signum).name
+        return _name(self.signum)
+
+
+def _name(signum: int) -> str:
+    import signal  # only once stopped: its enums name the signal
+
+    return signal.Signals(signum).name
 
 
 class _State:
@@ -58,7 +71,7 @@ class _State:
 
 
 def _interruption(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+    return KeyboardInterrupt() if signum == SIGINT else Stopped(signum)
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
@@ -84,9 +97,9 @@ def worker_between_jobs() -> None:
     forever; so the signal is only remembered here, and the worker's next
     :func:`stopping` block raises it at once.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(SIGINT, _signal.SIG_IGN)
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _record)
+        _signal.signal(signum, _record)
 
 
 @contextlib.contextmanager
@@ -99,22 +112,34 @@ def stopping() -> Iterator[None]:
     background job of a non-interactive shell) stays ignored.  A signal
     :func:`worker_between_jobs` remembered is raised on entry.
     """
-    if _State.active or threading.current_thread() is not threading.main_thread():
+    signums = (SIGINT, *STOP_SIGNALS)
+    old = {s: _signal.getsignal(s) for s in signums}
+    ours = [s for s in signums if old[s] != _signal.SIG_IGN]
+    if _State.active or not _install(ours):
         yield
         return
-    signums = (signal.SIGINT, *STOP_SIGNALS)
-    old = {s: signal.getsignal(s) for s in signums}
-    ours = [s for s in signums if old[s] != signal.SIG_IGN]
     _State.active, _State.stopping, _State.holding = True, False, 0
     try:
-        for s in ours:
-            signal.signal(s, _handler)
         raise_pending()
         yield
     finally:
         for s in ours:
-            signal.signal(s, old[s])
+            _signal.signal(s, old[s])
         _State.active, _State.stopping, _State.holding, _State.pending = False, False, 0, None
+
+
+def _install(signums: list[int]) -> bool:
+    """Point ``signums`` at the handler; ``False`` (nothing changed) outside the main thread.
+
+    Python lets only the main thread of the main interpreter set a handler: elsewhere
+    ``signal()`` raises ValueError, on the first signal, before anything is changed.
+    """
+    try:
+        for s in signums:
+            _signal.signal(s, _handler)
+    except ValueError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

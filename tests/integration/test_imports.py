@@ -24,8 +24,11 @@ from pvdesc.emit import build
 
 #: Never imported by ``pvdesc check --dtb`` (no --acpi): the text renderer and its parser,
 #: YAML and the description, the schema checkers, the DT writer, every other command's
-#: modules, and what ``check`` was made to start without (json, shutil, and dataclasses with
-#: the inspect, ast, dis and tokenize it brings).  ``typing`` is allowed: the records are
+#: modules, and what ``check`` was made to start without: json, shutil, dataclasses (with the
+#: inspect, ast, dis and tokenize it brings), threading, struct, the emit layer, signal's
+#: enums (:mod:`pvdesc.tools.signals` uses ``_signal``), libfdt's Python classes (the reader
+#: calls its compiled functions, ``_libfdt``), argparse, gettext and locale (a plain command
+#: line is read by :mod:`pvdesc.commands.plain`).  ``typing`` is allowed: the records are
 #: ``typing.NamedTuple`` classes, and ``import typing`` (~2 ms, once) costs less than
 #: ``import dataclasses`` (~7 ms) plus ~0.3-0.45 ms per frozen dataclass at import.
 CHECK_FORBIDDEN = (
@@ -34,6 +37,7 @@ CHECK_FORBIDDEN = (
     "jsonschema",
     "fastjsonschema",
     "fdt",
+    "libfdt",
     "pvdesc.read.acpitables",
     "pvdesc.emit.build",
     "pvdesc.description.load",
@@ -48,10 +52,23 @@ CHECK_FORBIDDEN = (
     "shutil",
     "dataclasses",
     "inspect",
+    "threading",
+    "signal",
+    "struct",
+    "pvdesc.emit",
+    "argparse",
+    "gettext",
+    "locale",
 )
-#: With a hypervisor config (JSON), json comes in; with --acpi, the tables' decoder too.
-CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m != "json")
-CHECK_ACPI_FORBIDDEN = tuple(m for m in CHECK_CONFIG_FORBIDDEN if m != "pvdesc.read.acpitables")
+#: With a hypervisor config (JSON), json and its reader (pvdesc.emit.hypervisor) come in;
+#: with --acpi, the tables' decoder (and struct, which it decodes with) too, and argparse
+#: reads the command line (--acpi takes several files).
+CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m not in ("json", "pvdesc.emit"))
+CHECK_ACPI_FORBIDDEN = tuple(
+    m
+    for m in CHECK_CONFIG_FORBIDDEN
+    if m not in ("pvdesc.read.acpitables", "struct", "argparse", "gettext", "locale")
+)
 #: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
 #: DTB reader (only --into), the schema validators of the slow path, every other
 #: command's modules, Jinja2, and dataclasses with its inspect (the records are
@@ -61,6 +78,7 @@ BUILD_FORBIDDEN = (
     "jsonschema",
     "fastjsonschema",
     "libfdt",
+    "_libfdt",
     "pvdesc.read.acpitables",
     "pvdesc.audit.diff",
     "pvdesc.read.dtb",

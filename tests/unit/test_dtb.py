@@ -130,6 +130,37 @@ def test_nop_property_and_nop_node_are_skipped(tmp_path: Path) -> None:
     assert tree.devices == ()
 
 
+LEAVES = root(
+    """
+    bridge@10000000 {
+        #address-cells = <1>; #size-cells = <1>;
+        ranges = <0x0 0x0 0x10000000 0x100000>;
+    };
+    cpus {
+        #address-cells = <1>; #size-cells = <0>;
+        cpu@0 { reg = <0>; ranges = <0x1 0x2 0x3>; };
+    };
+    """
+)
+
+
+def test_a_leaf_is_checked_as_a_bus_is(tmp_path: Path) -> None:
+    """A node without children still has its cells and ``ranges`` read and judged."""
+    tree = dtb.load(dtc(LEAVES, tmp_path))
+    # A leaf's window into a mapped parent is a window (a bridge whose children are absent).
+    assert [(w.source, w.range) for w in tree.windows] == [
+        ("/bridge@10000000 ranges[0]", Range(0x10000000, 0x100000))
+    ]
+    # Under /cpus (no ranges) a leaf's ranges is never decoded, as before.
+    assert {s.path for s in tree.skipped} == {"/cpus/cpu@0"}
+    bad_ranges = LEAVES.replace("0x10000000 0x100000>", "0x10000000>")
+    with pytest.raises(DTError, match=r"/bridge@10000000: ranges is 12 bytes"):
+        dtb.load(dtc(bad_ranges, tmp_path, "r"))
+    bad_cells = LEAVES.replace("cpu@0 { reg = <0>;", "cpu@0 { reg = <0>; #size-cells = <0 0>;")
+    with pytest.raises(DTError, match=r"/cpus/cpu@0: #size-cells is 8 bytes"):
+        dtb.load(dtc(bad_cells, tmp_path, "c"))
+
+
 def test_too_many_nodes_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dtb, "MAX_NODES", 10)
     body = "".join(f"n{i} {{ }};" for i in range(20))

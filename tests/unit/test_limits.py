@@ -9,6 +9,7 @@ blows through it, while no assertion depends on how fast this machine is.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -79,6 +80,28 @@ def test_every_input_file_is_bounded(
         fh.truncate(limit + 1)
     with pytest.raises(error, match=f"file is {limit + 1} bytes; {what} are limited to {limit}"):
         inputs.read_bounded(big, limit, error, what)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("buffer", [False, True])
+def test_a_file_that_grows_after_fstat_is_read_to_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer: bool
+) -> None:
+    """A regular file is read at its fstat size and one byte more; if that byte exists, on."""
+    grown = tmp_path / "grown"
+    grown.write_bytes(bytes(range(100)))
+    read = inputs.read_bounded_buffer if buffer else inputs.read_bounded
+    got = read(grown, 100, DTError, "DTBs")
+    assert (got, type(got)) == (bytes(range(100)), bytearray if buffer else bytes)
+    real_fstat = os.fstat
+
+    def stale(fd: int) -> os.stat_result:  # the size the file had a moment ago
+        st = real_fstat(fd)
+        return os.stat_result((st.st_mode, *st[1:6], 10, *st[7:]))
+
+    monkeypatch.setattr(os, "fstat", stale)
+    assert read(grown, 100, DTError, "DTBs") == bytes(range(100))
+    with pytest.raises(DTError, match="file is more than 99 bytes; DTBs are limited to 99"):
+        read(grown, 99, DTError, "DTBs")
 
 
 def test_check_and_into_refuse_oversized_dtbs(tmp_path: Path) -> None:
