@@ -16,7 +16,6 @@ time imports it; Jinja2 is a test dependency.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -79,7 +78,6 @@ def template_key(source: str) -> str:
     return hashlib.sha256((signature + source).encode("utf-8")).hexdigest()
 
 
-@dataclass
 class _Loop:
     """One ``for``'s ``loop`` variable: which attributes its body reads.
 
@@ -89,12 +87,14 @@ class _Loop:
         used: the attributes of ``loop`` the body reads.
     """
 
-    index: str
-    length: str
-    used: set[str] = field(default_factory=set)
+    __slots__ = ("index", "length", "used")
+
+    def __init__(self, index: str, length: str) -> None:
+        self.index = index
+        self.length = length
+        self.used: set[str] = set()
 
 
-@dataclass
 class _Translator:
     """Python source for one template (``lines``), written by walking its tree.
 
@@ -109,14 +109,17 @@ class _Translator:
         count: how many Python names were made (each is unique).
     """
 
-    template: str
-    escape: bool
-    lines: list[str] = field(default_factory=list)
-    frames: list[dict[str, str]] = field(default_factory=list)
-    loops: list[_Loop] = field(default_factory=list)
-    barrier: int = 0
-    helpers: set[str] = field(default_factory=set)
-    count: int = 0
+    __slots__ = ("barrier", "count", "escape", "frames", "helpers", "lines", "loops", "template")
+
+    def __init__(self, template: str, escape: bool) -> None:
+        self.template = template
+        self.escape = escape
+        self.lines: list[str] = []
+        self.frames: list[dict[str, str]] = []
+        self.loops: list[_Loop] = []
+        self.barrier = 0
+        self.helpers: set[str] = set()
+        self.count = 0
 
     def refuse(self, node: nodes.Node, what: str) -> Untranslatable:
         return Untranslatable(f"templates/{self.template}:{node.lineno}: {what} is not translated")

@@ -154,6 +154,9 @@ class Missing:
 
     Any use of its value (text, truth, iteration, comparison, an attribute) is an
     error, as with Jinja2's ``StrictUndefined``; ``x is none`` is false, as there.
+
+    Attributes:
+        name: the name the template read.
     """
 
     __slots__ = ("name",)

@@ -11,7 +11,6 @@ translator accepts a construct it does not handle.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import sys
@@ -87,7 +86,7 @@ def test_pvdesc_renders_without_jinja2(tmp_path: Path) -> None:
 def _kvm_job(name: str, vmm: Path) -> kvm_job.Job:
     loaded = load(EXAMPLES / f"{name}.yaml")
     job = kvm_job.make_job(loaded, layout.allocate(loaded.description), (1,))
-    return dataclasses.replace(job, vmm=vmm)
+    return job._replace(vmm=vmm)
 
 
 def _kvm_reports(job: kvm_job.Job) -> list[kvm_judge.KvmReport]:
@@ -105,7 +104,7 @@ def _kvm_reports(job: kvm_job.Job) -> list[kvm_judge.KvmReport]:
     console = ["guest: [    0.060000] arm-pv: using stolen time PV", "guest: [ 2.3] panic"]
     crashed = kvmguest.judge(job.layout, plan, ["guest system-event reset"], console, True)
     hung = kvmguest.judge(job.layout, plan, ["error: KVM_RUN vCPU 1: Bad address"], [], True)
-    return [rep, dataclasses.replace(rep, guest=crashed), dataclasses.replace(rep, guest=hung)]
+    return [rep, rep._replace(guest=crashed), rep._replace(guest=hung)]
 
 
 def _drive(tmp: Path) -> None:
