@@ -156,10 +156,10 @@ def test_failing_iasl_on_a_rebuild_removes_what_was_staged(fakebin: Path, tmp_pa
     assert cli_subprocess("build", "-q", desc, "-o", str(out)).returncode == 0  # the real iasl
     store = out / ".pvdesc" / "uefi-acpi-hole"
 
-    def state() -> dict[str, bytes | str]:
-        files: dict[str, bytes | str] = {p.name: p.read_bytes() for p in out.glob("uefi-*")}
+    def state() -> dict[str, bytes | str | int]:
+        files: dict[str, bytes | str | int] = {p.name: p.read_bytes() for p in out.glob("uefi-*")}
         for p in store.iterdir():
-            files[f"store/{p.name}"] = os.readlink(p) if p.is_symlink() else p.is_dir()
+            files[f"store/{p.name}"] = os.readlink(p) if p.is_symlink() else p.stat().st_mode
         files["entries"] = " ".join(sorted(p.name for p in out.iterdir()))
         return files
 
