@@ -183,9 +183,8 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
     """The manifest: which files belong together, their hashes, and what they pair with."""
     # After iasl has started (module docstring).
     import hashlib
-    import json
 
-    from pvdesc.emit import store
+    from pvdesc.emit import jsontext, store
 
     desc = lay.description
     data: dict[str, Any] = {
@@ -207,7 +206,7 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
             for o in outputs
         ],
     }
-    text = json.dumps(data, indent=2) + "\n"
+    text = jsontext.dumps(data) + "\n"  # json.dumps(data, indent=2)'s text
     return Output(f"{desc.name}.manifest.json", "manifest", text.encode())
 
 
