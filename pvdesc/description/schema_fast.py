@@ -8,7 +8,12 @@ fast path of pvdesc.description.schema_check (see schema_check._fast_check).
 SCHEMA_SHA256 = "8d1f7a4d1d6ad29ce548ccc113cf80e87ae7d688faf48e6421c6c6ca4f77a288"
 
 VERSION = "2.22.3"
-from decimal import Decimal
+
+
+class Decimal:
+    """No value from YAML is a decimal.Decimal (see schema_check._FAST_DECIMAL)."""
+
+
 import re
 
 
