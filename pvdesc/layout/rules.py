@@ -105,9 +105,11 @@ def _abi_rules(target: Target) -> list[Finding]:
             "ipa_bits"
         ),
     )
+    # Plain integer bounds: these rules run once per vCPU (512 and more) for every layout.
+    first, last = region.base, region.end - size  # the structure fits iff first <= ipa <= last
     out += _per_vcpu(
         target,
-        lambda _v, ipa: not region.contains(Range(ipa, size)),
+        lambda _v, ipa: not first <= ipa <= last,
         Severity.ERROR,
         "ipa-outside-region",
         lambda who: (
@@ -129,10 +131,11 @@ def _abi_rules(target: Target) -> list[Finding]:
         return out
     slots = sorted(target.memslots, key=lambda s: s.range.base)
     bases = [s.range.base for s in slots]
+    ends = [s.range.end for s in slots]
 
     def in_no_slot(_v: int, ipa: int) -> bool:
-        k = bisect.bisect_right(bases, ipa) - 1
-        return k < 0 or not slots[k].range.contains(Range(ipa, size))
+        k = bisect.bisect_right(bases, ipa) - 1  # bases[k] <= ipa: the slot starting last
+        return k < 0 or ipa + size > ends[k]
 
     out += _per_vcpu(
         target,
