@@ -78,6 +78,7 @@ from pvdesc.emit.store import (
     Dirs,
     State,
     gen_names,
+    has_lock,
     link_target,
     opened,
     ours,
@@ -304,20 +305,20 @@ def staging(
 ) -> Iterator[Callable[[str, bytes], None]]:
     """:func:`publish` with the files handed over one by one: ``put(name, data)``, each name once.
 
-    What :func:`publish` refuses is refused on entry.  Leaving the block publishes the
-    files as :func:`publish` does; an error in it publishes nothing, leaves nothing.
-    When ``outdir`` already holds VM ``vm``'s store (a rebuild), each file goes into
-    the new, still invisible generation when it is put, so writing and fsyncing
-    overlap the caller's work (``pvdesc build`` puts what it has while iasl runs); an
-    error in the block removes that generation.  A first build keeps the files in
-    memory until the block ends: a failed build leaves no directory it created.
+    What :func:`publish` refuses is refused on entry; leaving the block publishes the files
+    as :func:`publish` does; an error in it publishes nothing, leaves nothing.  A rebuild
+    (``outdir`` holds VM ``vm``'s store) writes and fsyncs each file into the new, still
+    invisible generation when it is put, overlapping the caller's work (``pvdesc build``
+    puts what it has while iasl runs).  A first build keeps the files in memory until the
+    block ends: a failed build leaves no directory it created.
     """
     new_names = frozenset(names)
     _checked(outdir, vm, sorted(new_names))
     with opened(outdir, vm, create=False) as looking:  # refuse before touching anything
-        if looking is not None:
-            read_state(looking, new_names, force)
         rebuild = looking is not None and looking.store is not None
+        # (a rebuild whose lock exists touches nothing before _generation checks, locked)
+        if looking is not None and not (rebuild and has_lock(looking)):
+            read_state(looking, new_names, force)
     if rebuild:
         with _generation(outdir, vm, new_names, force) as put:
             yield put

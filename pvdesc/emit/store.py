@@ -232,6 +232,12 @@ def edited_file(dirs: Dirs, gen: int) -> str | None:
     return None
 
 
+def has_lock(dirs: Dirs) -> bool:
+    """True when the store exists and holds its lock file (so locking creates nothing)."""
+    st = lstat(dirs.store, "lock") if dirs.store is not None else None
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def read_state(dirs: Dirs, new_names: frozenset[str], force: bool) -> State:
     """Read (never change) what ``DIR`` holds; refuse what pvdesc must not touch."""
     current = previous = None
