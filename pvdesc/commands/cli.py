@@ -11,6 +11,7 @@ subcommand modules are imported lazily so ``pvdesc --version`` starts fast.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import signal
@@ -76,5 +77,26 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def entry() -> None:
+    """The ``pvdesc`` program (and ``python -m pvdesc``): :func:`main`, then the process exits.
+
+    A brief command (:data:`BRIEF_COMMANDS`) then exits without the interpreter's teardown:
+    clearing some 250 modules and a last garbage collection cost about 5% of a build, and
+    free nothing that outlives the process.  What can be seen from outside still happens
+    first: the exit handlers run (:mod:`atexit`) and both output streams are flushed.
+    These commands start no thread, so there is none to wait for.
+    """
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in BRIEF_COMMANDS:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that went away: as at a normal exit
+                code = code or 120
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
