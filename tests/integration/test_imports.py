@@ -49,11 +49,13 @@ CHECK_CONFIG_FORBIDDEN = tuple(m for m in CHECK_FORBIDDEN if m != "json")
 CHECK_ACPI_FORBIDDEN = tuple(m for m in CHECK_CONFIG_FORBIDDEN if m != "pvdesc.read.acpitables")
 #: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
 #: DTB reader (only --into), the schema validators of the slow path, and every other
-#: command's modules.  (``pvdesc.audit.check`` is imported: ``layout.verify`` judges every layout
-#: with check's one rule set, :func:`pvdesc.audit.check.judge`.)
+#: command's modules, and decimal (the generated schema check takes no Decimal).
+#: (``pvdesc.audit.check`` is imported: ``layout.verify`` judges every layout with check's one
+#: rule set, :func:`pvdesc.audit.check.judge`.)
 BUILD_FORBIDDEN = (
     "jsonschema",
     "fastjsonschema",
+    "decimal",
     "libfdt",
     "pvdesc.read.acpitables",
     "pvdesc.audit.diff",
