@@ -172,7 +172,6 @@ def compiling(
     its temporary directory; nothing is written to the output directory.
     """
     srat = srat_source(layout) if needs_srat(layout.description) else None
-    ssdt = ssdt_source(layout)
     with contextlib.ExitStack() as stack:
         # A stopping signal (pvdesc.tools.signals) is held back until each started iasl is
         # on the stack that stops it: between the two, it left iasl running.
@@ -182,6 +181,9 @@ def compiling(
                 if srat is not None
                 else None
             )
+        signals.raise_pending()
+        ssdt = ssdt_source(layout)  # once the SRAT, the longer compilation, has started
+        with signals.deferred():
             ssdt_job = stack.enter_context(
                 acpica.Compilation(ssdt, template=SSDT_TEMPLATE, name="ssdt")
             )
