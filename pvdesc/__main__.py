@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from pvdesc.commands.cli import run
+from pvdesc.commands.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(run())
+    entry()

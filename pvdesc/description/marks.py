@@ -79,6 +79,33 @@ def _mark(smap: SourceMap, node: yaml.Node) -> str:
     return f"{smap.file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _cache_resolve(loader: _Loader) -> None:
+    """Resolve each distinct plain scalar's tag once per document (keys repeat hundreds of times).
+
+    The tag of a plain scalar is a function of its text alone (the first implicit
+    resolver whose pattern matches) while the loader has no path resolvers, as safe
+    loaders have none; the composer asks for every scalar: 1,500 regex searches for
+    the 200-device benchmark description.
+    """
+    if loader.yaml_path_resolvers:
+        return
+    resolve: Any = loader.resolve  # untyped in PyYAML's stubs
+    tags: dict[str, str] = {}
+
+    def cached(kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is not yaml.ScalarNode or not implicit[0]:
+            return str(resolve(kind, value, implicit))
+        tag = tags.get(value)
+        if tag is None:
+            tag = tags[value] = str(resolve(kind, value, implicit))
+        return tag
+
+    loader.resolve = cached  # type: ignore[method-assign]
+
+
 def _construct(loader: _Loader, node: yaml.Node, smap: SourceMap, path: KeyPath | None) -> Any:
     """One scalar's Python value; a value PyYAML cannot build, or a huge number, is an error.
 
@@ -94,6 +121,8 @@ def _construct(loader: _Loader, node: yaml.Node, smap: SourceMap, path: KeyPath 
     time to read the 200-device benchmark description); other tags go through
     ``construct_object``, which finds multi-constructors or refuses the tag.
     """
+    if node.tag == _STR_TAG:  # what construct_yaml_str returns, without its three calls
+        return node.value
     build = loader.yaml_constructors.get(node.tag)
     try:
         value = build(loader, node) if build is not None else loader.construct_object(node)
@@ -233,6 +262,7 @@ REPARSE_PAST = 1 << 10
 def _compose(loader_class: type[_Loader], text: str, smap: SourceMap) -> Any:
     """The single YAML document in ``text`` as plain data; fills ``smap`` on the way."""
     loader = loader_class(text)
+    _cache_resolve(loader)
     if isinstance(loader, _CountingLoader):
         loader.file = smap.file
     # The cyclic garbage collector, triggered again and again by the allocation of up

@@ -7,7 +7,6 @@ the first place in the file it refuses.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -24,6 +23,8 @@ SCHEMA_FILE = "schema/description.schema.json"
 @cache
 def schema() -> dict[str, Any]:
     """The JSON Schema for descriptions (also usable by editors)."""
+    import json  # not on the fast path: a valid description never needs the schema itself
+
     raw = _schema_bytes().decode("utf-8")
     result: dict[str, Any] = json.loads(raw)
     return result
@@ -162,6 +163,17 @@ class JsonSchemaValuesException(ValueError):
     \"\"\"The data does not match the schema (several reasons).\"\"\"
 
 """
+#: fastjsonschema's generated code imports decimal (0.8 ms of every start) only to accept a
+#: ``decimal.Decimal`` as a number.  YAML never makes one: a stand-in class no value is an
+#: instance of takes its place, so a Decimal would be refused, and the reference would decide.
+_FAST_DECIMAL = "from decimal import Decimal\n"
+_NO_DECIMAL = """
+
+class Decimal:
+    \"\"\"No value from YAML is a decimal.Decimal (see schema_check._FAST_DECIMAL).\"\"\"
+
+
+"""
 _FAST_ENTRY_RE = re.compile(r"^def (?P<name>\w+)\(data\b", re.MULTILINE)
 
 
@@ -194,8 +206,9 @@ def _fast_check() -> Callable[[Any], Any] | None:
     :data:`FAST_MODULE` (:func:`fast_check_source`, written by
     :data:`FAST_GENERATOR`; tests/unit/test_schema_fast.py fails when the module is not
     what the generator makes of the current schema).  The module records the
-    SHA-256 of the schema it was made from: a module that does not match the
-    shipped schema is never used (the reference then decides everything).
+    bytes of the schema it was made from (3 KiB; comparing them spares every start
+    the import of hashlib, 2.6 ms): a module made from any other schema than the
+    shipped one is never used (the reference then decides everything).
 
     Its answer is trusted only when it *accepts*; anything it rejects goes to the
     reference, so messages and the accepted set are exactly jsonschema's as long
@@ -207,34 +220,33 @@ def _fast_check() -> Callable[[Any], Any] | None:
     ``\\Z`` where jsonschema's ``$`` also allows a final newline: stricter, so
     only more work for the reference.
     """
-    import hashlib
     import importlib
 
     try:
         module = importlib.import_module(f"{__package__}.{FAST_MODULE}")
     except ImportError:
         return None
-    if hashlib.sha256(_schema_bytes()).hexdigest() != module.SCHEMA_SHA256:
+    if getattr(module, "SCHEMA", None) != _schema_bytes():
         return None
     check: Callable[[Any], Any] = module.validate
     return check
 
 
-def fast_check_source(full: dict[str, Any] | None = None, digest: str | None = None) -> str | None:
+def fast_check_source(
+    full: dict[str, Any] | None = None, made_from: bytes | None = None
+) -> str | None:
     """The Python source of the module :data:`FAST_MODULE` for ``full`` (the shipped schema).
 
-    ``digest`` is the SHA-256 recorded in it (default: the shipped schema's).
+    ``made_from`` is the schema text recorded in it (default: the shipped schema's).
     ``None`` if the schema uses a keyword not in :data:`_DRAFT4_SAME`.  Needs
     fastjsonschema (a test and generation dependency only).
     """
-    import hashlib
-
     import fastjsonschema
 
     if full is None:
         full = schema()
-    if digest is None:
-        digest = hashlib.sha256(_schema_bytes()).hexdigest()
+    if made_from is None:
+        made_from = _schema_bytes()
     if not _keywords(full) <= _DRAFT4_SAME:
         return None
     draft4 = {**full, "$schema": "http://json-schema.org/draft-04/schema#"}
@@ -251,15 +263,15 @@ def fast_check_source(full: dict[str, Any] | None = None, digest: str | None = N
         "fast path of pvdesc.description.schema_check (see schema_check._fast_check).\n"
         '"""\n'
         "# mypy: ignore-errors\n\n"
-        f'SCHEMA_SHA256 = "{digest}"\n\n'
+        f"SCHEMA = {made_from!r}\n\n"
     )
-    body = code.replace(_FAST_IMPORT, _FAST_EXCEPTIONS, 1)
+    body = code.replace(_FAST_IMPORT, _FAST_EXCEPTIONS, 1).replace(_FAST_DECIMAL, _NO_DECIMAL, 1)
     return f"{head}{body}\n\nvalidate = {entry['name']}\n"
 
 
 def _compile_fast(full: dict[str, Any]) -> Callable[[Any], Any] | None:
     """:func:`fast_check_source` for ``full``, executed; None if it uses an unsafe keyword."""
-    source = fast_check_source(full, digest="")
+    source = fast_check_source(full, made_from=b"")
     if source is None:
         return None
     namespace: dict[str, Any] = {}

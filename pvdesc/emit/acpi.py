@@ -155,18 +155,21 @@ def srat_source(layout: Layout) -> str:
 
 
 @contextlib.contextmanager
-def compiling(layout: Layout) -> Iterator[Callable[[], tuple[Table, ...]]]:
-    """Render every ACPI table and start iasl on each; the block gets a function to wait.
+def compiling(
+    layout: Layout,
+) -> Iterator[tuple[tuple[tuple[str, str], ...], Callable[[], tuple[Table, ...]]]]:
+    """Render every ACPI table and start iasl on each; the block gets the sources and a wait.
 
-    The caller works while iasl runs (``pvdesc build`` renders the DT meanwhile),
-    then calls the function for the tables (SSDT, then SRAT with NUMA), which
-    raises the SSDT's error first, as if they had been compiled in order.  The
+    The block gets ``(kind, source)`` for each table, in the order of the tables, and a
+    function to wait.  The caller works while iasl runs (``pvdesc build`` renders the DT
+    and writes what it can meanwhile), then calls the function for the tables (SSDT,
+    then SRAT with NUMA), which raises the SSDT's error first, as if they had been
+    compiled in order.  The
     SRAT, thousands of lines for hundreds of vCPUs and most of iasl's time, is
     started first.  Leaving the block stops any iasl not waited for and removes
     its temporary directory; nothing is written to the output directory.
     """
     srat = srat_source(layout) if needs_srat(layout.description) else None
-    ssdt = ssdt_source(layout)
     with contextlib.ExitStack() as stack:
         # A stopping signal (pvdesc.tools.signals) is held back until each started iasl is
         # on the stack that stops it: between the two, it left iasl running.
@@ -176,6 +179,9 @@ def compiling(layout: Layout) -> Iterator[Callable[[], tuple[Table, ...]]]:
                 if srat is not None
                 else None
             )
+        signals.raise_pending()
+        ssdt = ssdt_source(layout)  # once the SRAT, the longer compilation, has started
+        with signals.deferred():
             ssdt_job = stack.enter_context(
                 acpica.Compilation(ssdt, template=SSDT_TEMPLATE, name="ssdt")
             )
@@ -187,10 +193,11 @@ def compiling(layout: Layout) -> Iterator[Callable[[], tuple[Table, ...]]]:
                 out.append(Table("srat", srat, srat_job.aml()))
             return tuple(out)
 
-        yield wait
+        sources = (("ssdt", ssdt),) if srat is None else (("ssdt", ssdt), ("srat", srat))
+        yield sources, wait
 
 
 def tables(layout: Layout) -> tuple[Table, ...]:
     """Render and compile every ACPI table for a layout (SSDT, then SRAT with NUMA)."""
-    with compiling(layout) as wait:
+    with compiling(layout) as (_sources, wait):
         return wait()

@@ -1,19 +1,25 @@
-"""``pvdesc build``: every output for a description, rendered in memory, written atomically.
+"""``pvdesc build``: every output for a description, rendered in memory, published atomically.
 
-All outputs are rendered before anything touches the output directory, so any
-error leaves it untouched.  They are then published as one generation
-(:mod:`pvdesc.emit.publish`): whatever instant a build is killed at, the directory
-holds the old complete outputs or the new complete outputs, never a mix, and
-the manifest (which pairs the files and records their hashes) lets a consumer
-check that what it read belongs together.
+The outputs are published as one generation (:mod:`pvdesc.emit.publish`): whatever
+instant a build is killed at, the directory holds the old complete outputs or the
+new complete outputs, never a mix, and the manifest (which pairs the files and
+records their hashes) lets a consumer check that what it read belongs together.
+
+iasl (``describe: acpi``) is the slowest step of a build, so it starts first: only
+what loading, allocating and rendering the ACPI sources needs is imported before
+it (the DT writer, hashing, JSON, publishing and the VMM files are imported in the
+functions that use them, after iasl has started).  While iasl runs, every other
+output is rendered and then handed to :func:`pvdesc.emit.publish.staging`, which
+writes it into the new, still invisible generation; the AML files and the
+manifest (which hashes them) follow, then the switch.  Nothing touches the
+output directory before every output that does not wait for iasl is rendered;
+an error after that (iasl failing, a signal) removes what the build staged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,8 +27,7 @@ from pvdesc import __version__
 from pvdesc.core.model import Describe
 from pvdesc.description import profiles
 from pvdesc.description.load import LoadedDescription, load
-from pvdesc.emit import acpi, hypervisor, publish, store, templating, vmmconfig
-from pvdesc.emit import devicetree as dt
+from pvdesc.emit import acpi, templating
 from pvdesc.errors import DTError, OutputError, PvdescError
 from pvdesc.layout import allocate as layout
 from pvdesc.layout.allocate import Layout
@@ -44,6 +49,8 @@ class Output(NamedTuple):
 
     @property
     def sha256(self) -> str:
+        import hashlib  # after iasl has started (module docstring)
+
         return hashlib.sha256(self.data).hexdigest()
 
 
@@ -63,6 +70,8 @@ class BuildResult(NamedTuple):
 
 def describe_text(lay: Layout) -> str:
     """How the firmware description keeps the guest off the region, in words."""
+    from pvdesc.emit import devicetree as dt  # after iasl has started (module docstring)
+
     region = lay.region
     if lay.describe is Describe.NONE:
         return "nothing: the region is outside every /memory node (deliberate omission)"
@@ -86,7 +95,31 @@ def render_outputs(
     With ``into`` (a VMM's own DTB), the DTB output is that blob patched for the layout
     (:mod:`pvdesc.emit.patch`) instead of pvdesc's own tree, and no DTS is written.
     """
+    with contextlib.ExitStack() as stack:
+        _ready, _later, finish = _rendering(loaded, lay, into, outdir, stack)
+        return finish()
+
+
+def _rendering(
+    loaded: LoadedDescription,
+    lay: Layout,
+    into: bytes | None,
+    outdir: str,
+    stack: contextlib.ExitStack,
+) -> tuple[list[Output], list[str], Callable[[], tuple[Output, ...]]]:
+    """Start iasl (describe acpi), then render every output that does not wait for it.
+
+    Returns those outputs, the names of the others (AML, manifest) and a function
+    that waits for iasl and returns every output in order, manifest last
+    (:func:`render_outputs`).  iasl runs in ``stack``: closing it stops an iasl
+    nobody waited for.
+    """
     desc = lay.description
+    compiled = stack.enter_context(acpi.compiling(lay)) if lay.describe is Describe.ACPI else None
+    # iasl runs from here on: the DT writer and the VMM files are imported only now.
+    from pvdesc.emit import devicetree as dt
+    from pvdesc.emit import hypervisor, vmmconfig
+
     source = Path(loaded.source.file).name
     header = templating.render(
         "dts-header.j2",
@@ -96,39 +129,42 @@ def render_outputs(
         source=source,
         describe_text=describe_text(lay),
     )
-    with contextlib.ExitStack() as stack:
-        # iasl (describe acpi) compiles while the rest renders; its outputs keep their place.
-        acpi_tables = (
-            stack.enter_context(acpi.compiling(lay)) if lay.describe is Describe.ACPI else None
-        )
-        if into is None:
-            tree = dt.render(lay, header)
-            outputs = [
-                Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
-                Output(f"{desc.name}.dtb", "dtb", tree.dtb),
-            ]
-        else:
-            from pvdesc.emit import patch  # libfdt: only for --into
-
-            outputs = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
-        overlay = dt.render_overlay(
-            lay, header + templating.render("dtso-note.j2", desc=desc, layout=lay)
-        )
-        outputs += [
-            Output(f"{desc.name}.dtso", "dtso", overlay.dts.encode()),
-            Output(f"{desc.name}.dtbo", "dtbo", overlay.dtb),
+    if into is None:
+        tree = dt.render(lay, header)
+        trees = [
+            Output(f"{desc.name}.dts", "dts", tree.dts.encode()),
+            Output(f"{desc.name}.dtb", "dtb", tree.dtb),
         ]
-        config = Output(
-            f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
-        )
-        dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
-        vmm = [Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path)]
-        if acpi_tables is not None:
-            outputs.extend(_table_outputs(desc.name, acpi_tables()))
-    outputs.append(config)
-    outputs.extend(vmm)
-    outputs.append(manifest(loaded, lay, outputs))
-    return tuple(outputs)
+    else:
+        from pvdesc.emit import patch  # libfdt: only for --into
+
+        trees = [Output(f"{desc.name}.dtb", "dtb", patch.patch_dtb(into, lay))]
+    overlay = dt.render_overlay(
+        lay, header + templating.render("dtso-note.j2", desc=desc, layout=lay)
+    )
+    trees += [
+        Output(f"{desc.name}.dtso", "dtso", overlay.dts.encode()),
+        Output(f"{desc.name}.dtbo", "dtbo", overlay.dtb),
+    ]
+    config = Output(
+        f"{desc.name}.hypervisor.json", "hypervisor-config", hypervisor.dumps(lay).encode()
+    )
+    dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
+    vmm = [Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path)]
+    sources = compiled[0] if compiled is not None else ()
+    asl = [Output(f"{desc.name}.{k}.dsl", f"{k}-asl", text.encode()) for k, text in sources]
+
+    def finish() -> tuple[Output, ...]:
+        outputs = list(trees)
+        if compiled is not None:
+            outputs.extend(_table_outputs(desc.name, compiled[1]()))
+        outputs.append(config)
+        outputs.extend(vmm)
+        outputs.append(manifest(loaded, lay, outputs))
+        return tuple(outputs)
+
+    later = [f"{desc.name}.{kind}.aml" for kind, _ in sources] + [f"{desc.name}.manifest.json"]
+    return [*trees, *asl, config, *vmm], later, finish
 
 
 def _table_outputs(name: str, tables: Sequence[acpi.Table]) -> list[Output]:
@@ -142,6 +178,11 @@ def _table_outputs(name: str, tables: Sequence[acpi.Table]) -> list[Output]:
 
 def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) -> Output:
     """The manifest: which files belong together, their hashes, and what they pair with."""
+    # After iasl has started (module docstring).
+    import hashlib
+
+    from pvdesc.emit import jsontext, store
+
     desc = lay.description
     data: dict[str, Any] = {
         "format": store.MANIFEST_FORMAT,
@@ -162,7 +203,7 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
             for o in outputs
         ],
     }
-    text = json.dumps(data, indent=2) + "\n"
+    text = jsontext.dumps(data) + "\n"  # json.dumps(data, indent=2)'s text
     return Output(f"{desc.name}.manifest.json", "manifest", text.encode())
 
 
@@ -173,6 +214,8 @@ def write_outputs(outdir: Path, outputs: Sequence[Output]) -> None:
     set of files goes through :func:`publish_outputs` instead, which switches
     them all at once.
     """
+    from pvdesc.emit import publish
+
     for out in outputs:
         if out.name in ("", ".", "..") or out.name != Path(out.name).name or "\0" in out.name:
             raise OutputError(f"refusing to write {out.name!r}: not a file name", str(outdir))
@@ -191,6 +234,8 @@ def publish_outputs(
     outdir: Path, vm: str, outputs: Sequence[Output], *, force: bool = False
 ) -> None:
     """Publish a build's files as one generation (:func:`pvdesc.emit.publish.publish`)."""
+    from pvdesc.emit import publish
+
     publish.publish(outdir, vm, {o.name: o.data for o in outputs}, force=force)
 
 
@@ -220,20 +265,21 @@ def plan_loaded(
 
     A :class:`~pvdesc.errors.DTError` about the base without a place is named ``base_name``.
     """
-    try:
+    with _placed(loaded, base_name if base is not None else None):
         lay = layout.allocate(loaded.description)
-        if base is not None:
-            try:
-                outputs = render_outputs(loaded, lay, base, str(outdir))
-            except DTError as err:
-                if err.where is None:
-                    err.where = base_name
-                raise
-        else:
-            outputs = render_outputs(loaded, lay)
-    except PvdescError as err:
-        raise loaded.source.resolve(err) from None
+        outputs = render_outputs(loaded, lay, base, str(outdir))
     return BuildResult(loaded, lay, outputs)
+
+
+@contextlib.contextmanager
+def _placed(loaded: LoadedDescription, base_name: str | None) -> Iterator[None]:
+    """An error of the block names its place: ``file:line:col``, or ``base_name`` (a DTError)."""
+    try:
+        yield
+    except PvdescError as err:
+        if base_name is not None and isinstance(err, DTError) and err.where is None:
+            err.where = base_name
+        raise loaded.source.resolve(err) from None
 
 
 def build(
@@ -246,10 +292,27 @@ def build(
     """Plan, then publish every output into ``outdir`` (``into``: patch that VMM DTB).
 
     ``force`` lets the build replace files in the way that pvdesc did not write.
+    Every output that does not wait for iasl is staged while iasl runs (module docstring).
     """
-    result = plan(path, into, outdir)
-    publish_outputs(Path(outdir), result.layout.description.name, result.outputs, force=force)
-    return result
+    loaded = load(path)
+    base = read_base_dtb(into) if into is not None else None
+    place = display_name(into) if into is not None else None
+    with contextlib.ExitStack() as stack:
+        with _placed(loaded, place):
+            lay = layout.allocate(loaded.description)
+            ready, later, finish = _rendering(loaded, lay, base, str(outdir), stack)
+        from pvdesc.emit import publish  # after iasl has started (module docstring)
+
+        names = frozenset([*(o.name for o in ready), *later])
+        with publish.staging(Path(outdir), lay.description.name, names, force=force) as put:
+            for out in ready:
+                put(out.name, out.data)
+            with _placed(loaded, place):
+                outputs = finish()
+            for out in outputs:
+                if out.name in later:
+                    put(out.name, out.data)
+    return BuildResult(loaded, lay, outputs)
 
 
 def only(result: BuildResult, suffix: str) -> Output:

@@ -77,10 +77,10 @@ def config(layout: Layout) -> dict[str, Any]:
 
 
 def dumps(layout: Layout) -> str:
-    """The config as JSON text (stable key order, trailing newline)."""
-    import json
+    """The config as JSON text (stable key order, trailing newline): ``json.dumps(indent=2)``'s."""
+    from pvdesc.emit import jsontext
 
-    return json.dumps(config(layout), indent=2) + "\n"
+    return jsontext.dumps(config(layout)) + "\n"
 
 
 # --------------------------------------------------------------------------- reader

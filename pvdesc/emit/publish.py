@@ -17,6 +17,9 @@ the old complete outputs or the new complete outputs, plus at most some hidden
 leftovers (a half-written generation, a temporary symlink, a dangling name)
 that the next build removes.  The previous generation is kept until the next
 build, so a reader that resolved ``current`` just before a switch can finish.
+:func:`staging` is the same publish with the files handed over one by one while
+the caller still works (``pvdesc build`` while iasl runs); the generation they go
+into stays invisible until the same switch.
 
 A failed build (a full disk, a signal) removes its unpublished generation; a
 generation older than ``previous`` is deleted only after the new one is
@@ -29,8 +32,9 @@ may be a symlink: it is the user's choice.)
 
 A consumer that reads several files reads them from one generation: resolve
 ``DIR/.pvdesc/NAME/current`` once, or read through the symlinks and check every
-file against the manifest's sha256 (:func:`read_outputs` does both), retrying if
-they disagree because a build switched generations mid-read.
+file against the manifest's sha256 (:func:`pvdesc.emit.store.read_outputs`, also
+reachable here, does both), retrying if they disagree because a build switched
+generations mid-read.
 
 Outputs written by a pvdesc before this layout (plain files listed, with their
 hashes, by a plain ``NAME.manifest.json``) are adopted: hard-linked into a
@@ -46,13 +50,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from pvdesc.emit.dirfd import (
@@ -72,18 +74,18 @@ from pvdesc.emit.store import (
     GENERATION_RE,
     POINTER,
     PREVIOUS,
-    READ_ATTEMPTS,
-    STORE,
     VM_RE,
     Dirs,
     State,
     gen_names,
+    has_lock,
     link_target,
     opened,
     ours,
     read_state,
     same_as,
 )
+from pvdesc.emit.store import read_outputs as read_outputs  # the consumer's side, documented above
 from pvdesc.errors import OutputError
 
 
@@ -148,8 +150,16 @@ def _remove_generation(dirs: Dirs, store: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=store)
 
 
-def _new_generation(dirs: Dirs, store: int, files: Mapping[str, bytes]) -> str:
-    """Write ``files`` into a new generation; on any failure remove it again, then raise."""
+@contextlib.contextmanager
+def _new_generation(
+    dirs: Dirs, store: int, names: frozenset[str]
+) -> Iterator[tuple[str, Callable[[str, bytes], None]]]:
+    """A new generation and a function writing one of ``names`` into it (each once, fsynced).
+
+    Leaving the block normally checks that every name was written and fsyncs the
+    generation; on any failure (here or in the block) the generation is removed, then
+    the error raised.
+    """
     gen = f"{GENERATION_PREFIX}{secrets.token_hex(8)}"
     path = dirs.store_path / gen
     with at(path):
@@ -157,10 +167,18 @@ def _new_generation(dirs: Dirs, store: int, files: Mapping[str, bytes]) -> str:
     try:
         fd = open_dir(store, dirs.store_path, gen, create=False)
         assert fd is not None
+        written: set[str] = set()
+
+        def put(name: str, data: bytes) -> None:
+            if name not in names or name in written:
+                raise OutputError(f"internal: {name!r} is not a file still to write", str(path))
+            with at(path / name):
+                write_in(fd, name, data, 0o444)
+            written.add(name)
+
         try:
-            for name, data in files.items():
-                with at(path / name):
-                    write_in(fd, name, data, 0o444)
+            yield gen, put
+            _all_put(names, written, path)
             with at(path):
                 os.fsync(fd)
         finally:
@@ -169,7 +187,11 @@ def _new_generation(dirs: Dirs, store: int, files: Mapping[str, bytes]) -> str:
         with contextlib.suppress(OSError):
             shutil.rmtree(gen, dir_fd=store)
         raise
-    return gen
+
+
+def _all_put(names: frozenset[str], put: Iterable[str], where: Path) -> None:
+    if missing := names.difference(put):
+        raise OutputError(f"internal: never written: {', '.join(sorted(missing))}", str(where))
 
 
 def _point(dirs: Dirs, store: int, gen: str, old: str | None) -> None:
@@ -263,13 +285,63 @@ def publish(
     (nothing changed in all these cases), or an I/O failure (the new generation is
     removed again; the visible outputs and the kept generations stay as they were).
     """
+    paths = _checked(outdir, vm, files)
+    with staging(outdir, vm, files, force=force) as put:
+        for name, data in files.items():
+            put(name, data)
+    return paths
+
+
+def _checked(outdir: Path, vm: str, names: Iterable[str]) -> tuple[Path, ...]:
+    """The paths of ``names``, refusing a VM or file name that could leave ``outdir``."""
     if not VM_RE.fullmatch(vm):
         raise OutputError(f"refusing to publish VM {vm!r}: not a plain name", str(outdir))
-    paths = tuple(check_name(outdir, name, vm) for name in files)
-    new_names = frozenset(files)
+    return tuple(check_name(outdir, name, vm) for name in names)
+
+
+@contextlib.contextmanager
+def staging(
+    outdir: Path, vm: str, names: Iterable[str], *, force: bool = False
+) -> Iterator[Callable[[str, bytes], None]]:
+    """:func:`publish` with the files handed over one by one: ``put(name, data)``, each name once.
+
+    What :func:`publish` refuses is refused on entry; leaving the block publishes the files
+    as :func:`publish` does; an error in it publishes nothing, leaves nothing.  A rebuild
+    (``outdir`` holds VM ``vm``'s store) writes and fsyncs each file into the new, still
+    invisible generation when it is put, overlapping the caller's work (``pvdesc build``
+    puts what it has while iasl runs).  A first build keeps the files in memory until the
+    block ends: a failed build leaves no directory it created.
+    """
+    new_names = frozenset(names)
+    _checked(outdir, vm, sorted(new_names))
     with opened(outdir, vm, create=False) as looking:  # refuse before touching anything
-        if looking is not None:
+        rebuild = looking is not None and looking.store is not None
+        # (a rebuild whose lock exists touches nothing before _generation checks, locked)
+        if looking is not None and not (rebuild and has_lock(looking)):
             read_state(looking, new_names, force)
+    if rebuild:
+        with _generation(outdir, vm, new_names, force) as put:
+            yield put
+        return
+    files: dict[str, bytes] = {}
+
+    def keep(name: str, data: bytes) -> None:
+        if name not in new_names or name in files:
+            raise OutputError(f"internal: {name!r} is not a file still to write", str(outdir))
+        files[name] = data
+
+    yield keep
+    _all_put(new_names, files.keys(), outdir)
+    with _generation(outdir, vm, new_names, force) as put:
+        for name, data in files.items():
+            put(name, data)
+
+
+@contextlib.contextmanager
+def _generation(
+    outdir: Path, vm: str, new_names: frozenset[str], force: bool
+) -> Iterator[Callable[[str, bytes], None]]:
+    """Lock the store, write a new generation while the block puts files, then switch to it."""
     with opened(outdir, vm, create=True) as dirs:
         assert dirs is not None and dirs.store is not None
         store = dirs.store
@@ -283,7 +355,8 @@ def publish(
             if current is None and state.legacy:
                 current = _adopt(dirs, store, state)
             old_names = gen_names(dirs, store, current)
-            gen = _new_generation(dirs, store, files)
+            with _new_generation(dirs, store, new_names) as (gen, put):
+                yield put
             made: list[str] = []
             try:
                 # Every new name, and every plain copy of an old one (an adoption that was
@@ -325,37 +398,3 @@ def publish(
             _tidy(dirs, store, {gen} | ({current} if current else set()))
             with at(outdir):
                 os.fsync(dirs.out)
-    return paths
-
-
-def read_outputs(outdir: Path, vm: str) -> dict[str, bytes]:
-    """Every current output of ``vm``, from one generation, checked against its manifest.
-
-    This is the consumer side of the guarantee: the files come from the single
-    generation ``current`` named when reading began (or, before any build with
-    generations, from the plain files), and each must match the sha256 the
-    manifest lists.  A build switching generations mid-read makes it try again.
-    Raises :class:`OutputError` when the outputs are missing or do not match
-    their manifest.
-    """
-    pointer = outdir / STORE / vm / POINTER
-    problem = "no outputs"
-    for _ in range(READ_ATTEMPTS):
-        try:
-            # Plain files of an older pvdesc (no pointer yet) are read where they are.
-            gen = pointer.parent / os.readlink(pointer) if pointer.is_symlink() else outdir
-            manifest_name = f"{vm}.manifest.json"
-            raw = (gen / manifest_name).read_bytes()
-            doc = json.loads(raw)
-            out = {manifest_name: raw}
-            for entry in doc["files"]:
-                data = (gen / entry["path"]).read_bytes()
-                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                    raise OutputError(f"{entry['path']} does not match its manifest", str(outdir))
-                out[entry["path"]] = data
-            return out
-        except FileNotFoundError as exc:
-            problem = f"{exc.filename}: missing"
-        except (ValueError, KeyError, TypeError) as exc:
-            raise OutputError(f"unreadable manifest: {exc}", str(outdir)) from None
-    raise OutputError(f"cannot read the outputs of {vm}: {problem}", str(outdir))

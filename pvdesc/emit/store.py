@@ -233,6 +233,12 @@ def edited_file(dirs: Dirs, gen: int) -> str | None:
     return None
 
 
+def has_lock(dirs: Dirs) -> bool:
+    """True when the store exists and holds its lock file (so locking creates nothing)."""
+    st = lstat(dirs.store, "lock") if dirs.store is not None else None
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def read_state(dirs: Dirs, new_names: frozenset[str], force: bool) -> State:
     """Read (never change) what ``DIR`` holds; refuse what pvdesc must not touch."""
     current = previous = None
@@ -292,3 +298,36 @@ def gen_names(dirs: Dirs, store: int, gen: str | None) -> set[str]:
             return set(os.listdir(fd))
     finally:
         os.close(fd)
+
+
+def read_outputs(outdir: Path, vm: str) -> dict[str, bytes]:
+    """Every current output of ``vm``, from one generation, checked against its manifest.
+
+    This is the consumer side of the guarantee: the files come from the single
+    generation ``current`` named when reading began (or, before any build with
+    generations, from the plain files), and each must match the sha256 the
+    manifest lists.  A build switching generations mid-read makes it try again.
+    Raises :class:`OutputError` when the outputs are missing or do not match
+    their manifest.
+    """
+    pointer = outdir / STORE / vm / POINTER
+    problem = "no outputs"
+    for _ in range(READ_ATTEMPTS):
+        try:
+            # Plain files of an older pvdesc (no pointer yet) are read where they are.
+            gen = pointer.parent / os.readlink(pointer) if pointer.is_symlink() else outdir
+            manifest_name = f"{vm}.manifest.json"
+            raw = (gen / manifest_name).read_bytes()
+            doc = json.loads(raw)
+            out = {manifest_name: raw}
+            for entry in doc["files"]:
+                data = (gen / entry["path"]).read_bytes()
+                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise OutputError(f"{entry['path']} does not match its manifest", str(outdir))
+                out[entry["path"]] = data
+            return out
+        except FileNotFoundError as exc:
+            problem = f"{exc.filename}: missing"
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OutputError(f"unreadable manifest: {exc}", str(outdir)) from None
+    raise OutputError(f"cannot read the outputs of {vm}: {problem}", str(outdir))

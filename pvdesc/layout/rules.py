@@ -105,10 +105,10 @@ def _abi_rules(target: Target) -> list[Finding]:
             "ipa_bits"
         ),
     )
-    lo, hi = region.base, region.end
+    first, last = region.base, region.end - size  # fits iff first <= ipa <= last (no Range made)
     out += _per_vcpu(
         target,
-        lambda _v, ipa: not (lo <= ipa and ipa + size <= hi),  # region.contains, no Range made
+        lambda _v, ipa: not first <= ipa <= last,
         Severity.ERROR,
         "ipa-outside-region",
         lambda who: (
@@ -130,10 +130,11 @@ def _abi_rules(target: Target) -> list[Finding]:
         return out
     slots = sorted(target.memslots, key=lambda s: s.range.base)
     bases = [s.range.base for s in slots]
+    ends = [s.range.end for s in slots]
 
     def in_no_slot(_v: int, ipa: int) -> bool:
-        k = bisect.bisect_right(bases, ipa) - 1
-        return k < 0 or not slots[k].range.contains(Range(ipa, size))
+        k = bisect.bisect_right(bases, ipa) - 1  # bases[k] <= ipa: the slot starting last
+        return k < 0 or ipa + size > ends[k]
 
     out += _per_vcpu(
         target,

@@ -71,12 +71,14 @@ CHECK_ACPI_FORBIDDEN = tuple(
 )
 #: Never imported by ``pvdesc build`` (a uefi-acpi description: iasl runs): libfdt and the
 #: DTB reader (only --into), the schema validators of the slow path, every other
-#: command's modules, Jinja2, and dataclasses with its inspect (the records are
-#: ``typing.NamedTuple`` classes).  (``pvdesc.audit.check`` is imported: ``layout.verify``
-#: judges every layout with check's one rule set, :func:`pvdesc.audit.check.judge`.)
+#: command's modules, Jinja2, dataclasses with its inspect (the records are
+#: ``typing.NamedTuple`` classes), and decimal (the generated schema check takes no Decimal).
+#: (``pvdesc.audit.check`` is imported: ``layout.verify`` judges every layout with check's one
+#: rule set, :func:`pvdesc.audit.check.judge`.)
 BUILD_FORBIDDEN = (
     "jsonschema",
     "fastjsonschema",
+    "decimal",
     "libfdt",
     "_libfdt",
     "pvdesc.read.acpitables",
@@ -101,6 +103,36 @@ BUILD_FORBIDDEN = (
 #: ``-X importtime`` shows only the first importer of a module, so these are read from the
 #: modules' source.
 BUILD_MODULES_NEVER_IMPORT = ("dataclasses", "inspect")
+#: Not imported by ``pvdesc build`` (describe acpi) before iasl starts: iasl is the longest
+#: step, so the DT writer, the publisher and the VMM files are imported while it runs.
+BUILD_BEFORE_IASL_FORBIDDEN = (
+    "fdt",
+    "pvdesc.emit.devicetree",
+    "pvdesc.emit.hypervisor",
+    "pvdesc.emit.jsontext",
+    "pvdesc.emit.vmmconfig",
+    "pvdesc.emit.publish",
+    "pvdesc.emit.store",
+    "pvdesc.emit.dirfd",
+    "secrets",
+    "shlex",
+    "hashlib",
+    "json",
+)
+#: Runs ``pvdesc ARGS`` and prints the modules imported when the first tool started.
+_AT_FIRST_TOOL = """
+import sys
+from pvdesc.commands import cli
+from pvdesc.tools import proc
+real, seen = proc.start, []
+def start(*args, **kwargs):
+    seen.append(seen or sorted(sys.modules))
+    return real(*args, **kwargs)
+proc.start = start
+code = cli.main(sys.argv[1:])
+print("\\n".join(seen[0]) if seen else "")
+sys.exit(code)
+"""
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)\s*$")
 
 
@@ -210,6 +242,22 @@ def test_never_imported_reads_lazy_imports(tmp_path: Path) -> None:
     assert never_imported(mod) == ["dataclasses", "inspect"]
     mod.write_text("import typing\nfrom pvdesc import inspect\n")
     assert never_imported(mod) == []
+
+
+def test_build_starts_iasl_before_importing_what_can_wait(tmp_path: Path) -> None:
+    desc = str(EXAMPLES / "numa-4node-acpi.yaml")
+    proc = run([sys.executable, "-c", _AT_FIRST_TOOL, "build", desc, "-o", str(tmp_path), "-q"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = set(proc.stdout.split())
+    assert {"pvdesc.emit.build", "pvdesc.emit.acpi", "pvdesc.tools.acpica"} <= before
+    early = [
+        m
+        for m in sorted(before)
+        for f in BUILD_BEFORE_IASL_FORBIDDEN
+        if m == f or m.startswith(f + ".")
+    ]
+    assert early == []
+    assert (tmp_path / "numa-4node-acpi.srat.aml").exists()  # and the build went on
 
 
 def test_offenders_names_the_chain() -> None:

@@ -179,6 +179,19 @@ def test_ipa_not_in_memslot_and_dedicated_memslot(tmp_path: Path) -> None:
     assert f.severity is Severity.ERROR and f.message.startswith("vCPUs 0-1:")
 
 
+def test_structure_past_the_end_of_its_memslot_is_in_no_memslot(tmp_path: Path) -> None:
+    """A structure must lie wholly inside one memslot: its last byte counts too."""
+    ram_slot = (0x40000000, 0x40000000, "ram")
+    ipas = [0x090A0000, 0x090A0040]
+    for size, flagged in ((0x80, False), (0x7F, True), (0x41, True), (0x40, True)):
+        target = config(0x090A0000, 0x10000, [ram_slot, (0x090A0000, size, "stolen-time")], ipas)
+        found = codes(check.check(tree(tmp_path, RAM), target))
+        assert ("ipa-not-in-memslot" in found) is flagged, hex(size)
+        if flagged:
+            (f,) = found["ipa-not-in-memslot"]
+            assert f.message.startswith("vCPU 1:"), f.message
+
+
 def test_region_in_ram_memslot(tmp_path: Path) -> None:
     target = config(0x50000000, 0x10000, [(0x40000000, 0x40000000, "ram")], [0x50000000])
     found = codes(check.check(tree(tmp_path, NO_MAP), target))

@@ -116,3 +116,44 @@ def test_libyaml_and_pure_python_agree(path: Path) -> None:
             return type(exc).__name__
 
     assert compose(yaml.CSafeLoader) == compose(yaml.SafeLoader)
+
+
+#: Plain, quoted and tagged scalars of every implicit type, each written twice (the second
+#: time the composer's tag comes from the per-document cache).
+_SCALARS = [
+    "1",
+    "0x10",
+    "0o17",
+    "1_000",
+    "-3",
+    "1.5",
+    ".inf",
+    "1e3",
+    "yes",
+    "No",
+    "true",
+    "~",
+    "null",
+    "",
+    "abc",
+    "'1'",
+    '"0x10"',
+    "!!str 5",
+    "!!int '7'",
+    "2001-12-14",
+    "0b101",
+    "<<x",
+]
+
+
+@pytest.mark.parametrize("name", ["SafeLoader", "CSafeLoader"])
+def test_composed_scalars_are_what_pyyaml_constructs(name: str) -> None:
+    """Every scalar composes to what PyYAML's own safe constructor makes of it (libyaml's too:
+    PyYAML's wheels carry it)."""
+    loader = getattr(yaml, name)
+    lines = [f"k{i}: {v}" for i, v in enumerate(_SCALARS * 2)]
+    lines += ["seq: [" + ", ".join(v for v in _SCALARS * 2 if v and v[0] not in "!<") + "]"]
+    text = "\n".join(lines) + "\n"
+    expected = yaml.load(text, Loader=loader)  # a safe loader
+    assert _compose(loader, text, SourceMap("t.yaml", {}, {})) == expected
+    assert len({repr(v) for v in expected.values()}) > 15  # the types really differ

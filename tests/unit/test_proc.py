@@ -137,6 +137,51 @@ def test_failing_iasl_through_the_cli_is_one_line_exit_2(fakebin: Path, tmp_path
     assert not out.exists()
 
 
+#: Fails like FAIL, but only once the rebuild's new generation is staged beside the old one.
+FAIL_WHEN_STAGED = """#!/bin/sh
+i=0
+while [ "$(ls -d {store}/g-* | wc -l)" -lt 2 ] && [ $i -lt 1000 ]; do
+    sleep 0.01
+    i=$((i + 1))
+done
+ls {store}/g-* > "{seen}"
+echo "iasl: fatal: cannot frobnicate the widget" >&2
+exit 255
+"""
+
+
+def test_failing_iasl_on_a_rebuild_removes_what_was_staged(fakebin: Path, tmp_path: Path) -> None:
+    """A rebuild writes its outputs while iasl runs; iasl failing then removes them all."""
+    desc, out = str(EXAMPLES / "uefi-acpi-hole.yaml"), tmp_path / "out"
+    assert cli_subprocess("build", "-q", desc, "-o", str(out)).returncode == 0  # the real iasl
+    store = out / ".pvdesc" / "uefi-acpi-hole"
+
+    def state() -> dict[str, bytes | str | int]:
+        files: dict[str, bytes | str | int] = {p.name: p.read_bytes() for p in out.glob("uefi-*")}
+        for p in store.iterdir():
+            files[f"store/{p.name}"] = os.readlink(p) if p.is_symlink() else p.stat().st_mode
+        files["entries"] = " ".join(sorted(p.name for p in out.iterdir()))
+        return files
+
+    before = state()
+    seen = tmp_path / "seen"
+    fake = fakebin / "iasl"
+    fake.write_text(FAIL_WHEN_STAGED.format(store=store, seen=seen))
+    fake.chmod(0o755)
+    res = cli_subprocess("build", desc, "-o", str(out), env=dict(os.environ))
+    assert (res.returncode, res.stderr) == (
+        2,
+        "pvdesc: error: iasl: failed (exit 255) on ssdt.asl.j2: "
+        "iasl: fatal: cannot frobnicate the widget\n",
+    )
+    staged = seen.read_text()
+    # iasl saw the new generation beside the old one, holding what needs no iasl.
+    assert staged.count("/g-") == 2, staged
+    assert staged.count("uefi-acpi-hole.hypervisor.json") == 2, staged
+    assert staged.count("uefi-acpi-hole.ssdt.dsl") == 2, staged
+    assert state() == before  # and it is gone: the old outputs, the old store, nothing more
+
+
 def test_iasl_disassembler_and_acpiexec_failures_carry_stderr(fakebin: Path) -> None:
     _fake(fakebin, "iasl", FAIL)
     _fake(fakebin, "acpiexec", FAIL)

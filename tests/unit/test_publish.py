@@ -189,18 +189,22 @@ def hook(fn):
         return fn(*args, **kwargs)
     return wrapper
 from pvdesc.emit import publish
-real = publish.publish
+real = publish.staging
 def counted(*args, **kwargs):
     for name in {calls!r}:
         setattr(os, name, hook(getattr(os, name)))
     return real(*args, **kwargs)
-publish.publish = counted
+publish.staging = counted
 sys.exit(cli.main(sys.argv[3:]))
 """
 
 
 def test_killing_a_real_build_process(tmp_path: Path) -> None:
-    """``pvdesc build`` in its own interpreter, paused at a publish step and killed from outside."""
+    """``pvdesc build`` in its own interpreter, paused at a publish step and killed from outside.
+
+    The build publishes through :func:`pvdesc.emit.publish.staging` (while iasl runs, for
+    describe acpi): every filesystem call from its start on is a point to pause at.
+    """
     v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
     v1.write_text(V1)
     v2.write_text(V2)
@@ -357,6 +361,85 @@ def test_name_resolving_outside_is_refused(tmp_path: Path) -> None:
     publish.publish(tmp_path / "link", "vm", {"vm.dtb": b"x"})
     assert (real / "vm.dtb").read_bytes() == b"x"
     assert publish.check_name(real, "vm.dtb", "vm") == real / "vm.dtb"
+
+
+# --------------------------------------------------------------------------- staging
+
+
+class Boom(Exception):
+    """The caller's work failing in the middle of a staged publish."""
+
+
+def test_rebuild_stages_into_an_invisible_generation_then_switches(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    v1, v2 = as_files(rendered(tmp_path, V1)), as_files(rendered(tmp_path, V2))
+    publish.publish(out, "vm", v1)
+    before = generations(out)
+    with publish.staging(out, "vm", frozenset(v2)) as put:
+        for name, data in v2.items():
+            put(name, data)
+            # Written at once into a new generation nobody reads yet.
+            staged = generations(out) - before
+            assert len(staged) == 1
+            assert (out / ".pvdesc" / "vm" / staged.pop() / name).read_bytes() == data
+            assert observe(out) == v1 and publish.read_outputs(out, "vm") == v1
+    assert observe(out) == v2 and publish.read_outputs(out, "vm") == v2
+    assert leftovers(out) == []
+
+
+def test_rebuild_failing_while_staged_removes_its_generation(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    v1, v2 = as_files(rendered(tmp_path, V1)), as_files(rendered(tmp_path, V2))
+    publish.publish(out, "vm", v1)
+    before, entries = generations(out), sorted(p.name for p in out.iterdir())
+    with pytest.raises(Boom), publish.staging(out, "vm", frozenset(v2)) as put:
+        for name, data in v2.items():
+            put(name, data)
+        assert len(generations(out)) == len(before) + 1  # staged, not yet published
+        raise Boom
+    assert generations(out) == before
+    assert sorted(p.name for p in out.iterdir()) == entries
+    assert observe(out) == v1 and publish.read_outputs(out, "vm") == v1
+    assert leftovers(out) == []
+
+
+def test_first_build_failing_while_staged_creates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"
+    v1 = as_files(rendered(tmp_path, V1))
+    with pytest.raises(Boom), publish.staging(out, "vm", frozenset(v1)) as put:
+        for name, data in v1.items():
+            put(name, data)
+        raise Boom
+    assert not (tmp_path / "new").exists()
+    with publish.staging(out, "vm", frozenset(v1)) as put:  # and without the failure
+        for name, data in v1.items():
+            put(name, data)
+    assert observe(out) == v1 and leftovers(out) == []
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_staging_refuses_a_file_it_was_not_told_of_or_one_missing(
+    tmp_path: Path, rebuild: bool
+) -> None:
+    out = tmp_path / "out"
+    v1, old = as_files(rendered(tmp_path, V1)), as_files(rendered(tmp_path, V2))
+    if rebuild:
+        publish.publish(out, "vm", old)
+    unknown = r"internal: 'vm\.other' is not a file still to write"
+    with pytest.raises(OutputError, match=unknown), publish.staging(out, "vm", v1.keys()) as put:
+        put("vm.other", b"x")
+    twice = r"internal: 'vm\.dtb' is not a file still to write"
+    with pytest.raises(OutputError, match=twice), publish.staging(out, "vm", v1.keys()) as put:
+        put("vm.dtb", b"x")
+        put("vm.dtb", b"x")
+    missing = r"internal: never written: vm\.dtbo, "
+    with pytest.raises(OutputError, match=missing), publish.staging(out, "vm", v1.keys()) as put:
+        put("vm.dtb", v1["vm.dtb"])
+    if rebuild:
+        assert observe(out) == old and publish.read_outputs(out, "vm") == old
+        assert leftovers(out) == [] and len(generations(out)) == 1
+    else:
+        assert not out.exists()
 
 
 # --------------------------------------------------------------------------- readers
