@@ -226,5 +226,8 @@ def test_atheris_harness_runs_every_target(tmp_path: Path) -> None:
         check=False,
     )
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary == {"engine": "atheris", "inputs": 1200, "failures": 0, "sites": []}, res.stdout
+    # libFuzzer's "Done N runs" may count a replayed seed or two beyond -runs on a busy
+    # machine (1202 seen): at least 200 inputs for each of the 6 targets, and no failure.
+    assert summary["engine"] == "atheris" and summary["inputs"] >= 1200, res.stdout
+    assert (summary["failures"], summary["sites"]) == (0, []), res.stdout
     assert res.returncode == 0
