@@ -18,7 +18,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pvdesc.commands.handlers import EXIT_BROKEN_PIPE, EXIT_SIGNAL, EXIT_USAGE
+from pvdesc.commands.handlers import (
+    EXIT_BROKEN_PIPE,
+    EXIT_SIGNAL,
+    EXIT_USAGE,
+    drop_stdout,
+    flush_stdout,
+)
 from pvdesc.commands.plain import check_args
 from pvdesc.errors import PvdescError, one_line
 from pvdesc.tools import signals
@@ -62,13 +68,11 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     try:
         with signals.stopping():
             code: int = args.func(args)
-            sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
+            flush_stdout()  # a closed pipe or a full disk shows here, not in the flush at exit
     except BrokenPipeError:
         # https://docs.python.org/3/library/signal.html#note-on-sigpipe: point stdout at
         # /dev/null so the interpreter's final flush cannot fail again ("Exception ignored").
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        drop_stdout()
         return EXIT_BROKEN_PIPE
     except PvdescError as err:
         sys.stderr.write(one_line(f"pvdesc: error: {err}") + "\n")

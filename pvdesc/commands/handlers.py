@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pvdesc.errors import PvdescError
+from pvdesc.errors import OutputError, PvdescError
 
 #: typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING as true).
 TYPE_CHECKING = False
@@ -50,12 +50,43 @@ def write_bytes(data: bytes) -> None:
     if buffer is None:  # a plain text stream (io.StringIO in a caller's harness)
         stream.write(data.decode("utf-8", "surrogateescape"))
         return
-    stream.flush()
-    view = memoryview(data)
-    while view:
-        written = buffer.write(view)
-        view = view[written or 0 :]
-    buffer.flush()
+    try:
+        stream.flush()
+        view = memoryview(data)
+        while view:
+            written = buffer.write(view)
+            view = view[written or 0 :]
+        buffer.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise stdout_error(exc) from None
+
+
+def flush_stdout() -> None:
+    """Flush stdout: a closed pipe raises BrokenPipeError, another failure :func:`stdout_error`."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise stdout_error(exc) from None
+
+
+def stdout_error(exc: OSError) -> OutputError:
+    """A write to stdout that failed (a full disk, a quota): one line and exit 2, not a traceback.
+
+    Stdout is pointed at /dev/null first, so what it still buffers cannot fail again at exit.
+    """
+    drop_stdout()
+    return OutputError(f"cannot write: {exc.strerror or exc}", "standard output")
+
+
+def drop_stdout() -> None:
+    """Point stdout at /dev/null: what it still buffers cannot fail again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def note(text: str) -> None:

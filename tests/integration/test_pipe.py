@@ -1,4 +1,5 @@
-"""``pvdesc ... | head``: a reader that goes away ends pvdesc quietly, as SIGPIPE ends a C tool."""
+"""``pvdesc ... | head``: a reader that goes away ends pvdesc quietly, as SIGPIPE ends a C tool;
+stdout on a full disk is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import SCRIPT
+from helpers import EXAMPLES, SCRIPT
+
+from pvdesc.emit import build
 
 #: 128 + SIGPIPE: what a shell reports for a tool that SIGPIPE killed.
 EXIT_SIGPIPE = 141
@@ -52,3 +55,30 @@ def test_closed_stdout_exits_141_without_traceback(tmp_path: Path, unbuffered: b
         proc.stderr.close()
     assert err == b""
     assert code == EXIT_SIGPIPE
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["check", "--dtb", "DTB", "--region", "0x090a0000:64K", "--vcpus", "4"],
+        ["build", "EXAMPLE", "--only", "dts", "-o", "-"],
+        ["profiles"],
+        ["map", "--color", "never", "EXAMPLE"],
+    ],
+    ids=["check", "build-only", "profiles", "map"],
+)
+def test_full_stdout_is_one_line_and_exit_2(tmp_path: Path, words: list[str]) -> None:
+    """stdout on a full disk (/dev/full): one line naming standard output, exit 2, no traceback."""
+    example = EXAMPLES / "qemu-virt.yaml"
+    build.build(example, tmp_path / "out")
+    dtb = next(tmp_path.joinpath("out").glob("*.dtb"))
+    argv = [
+        str(SCRIPT),
+        *(str(dtb) if w == "DTB" else str(example) if w == "EXAMPLE" else w for w in words),
+    ]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, timeout=120, check=False)
+    assert proc.stderr.decode() == (
+        "pvdesc: error: standard output: cannot write: No space left on device\n"
+    )
+    assert proc.returncode == 2
