@@ -152,28 +152,21 @@ def _rendering(
     dtb_path = str(Path(outdir) / f"{desc.name}.dtb") if into is not None else None
     vmm = [Output(*o) for o in vmmconfig.outputs(lay, source, dtb_path)]
     sources = compiled[0] if compiled is not None else ()
-    asl = [Output(f"{desc.name}.{k}.dsl", f"{k}-asl", text.encode()) for k, text in sources]
+    asl = {k: Output(f"{desc.name}.{k}.dsl", f"{k}-asl", text.encode()) for k, text in sources}
 
     def finish() -> tuple[Output, ...]:
         outputs = list(trees)
         if compiled is not None:
-            outputs.extend(_table_outputs(desc.name, compiled[1]()))
+            for table in compiled[1]():  # SSDT, then SRAT with NUMA: each source, then its AML
+                aml = Output(f"{desc.name}.{table.kind}.aml", f"{table.kind}-aml", table.aml)
+                outputs += [asl[table.kind], aml]
         outputs.append(config)
         outputs.extend(vmm)
         outputs.append(manifest(loaded, lay, outputs))
         return tuple(outputs)
 
     later = [f"{desc.name}.{kind}.aml" for kind, _ in sources] + [f"{desc.name}.manifest.json"]
-    return [*trees, *asl, config, *vmm], later, finish
-
-
-def _table_outputs(name: str, tables: Sequence[acpi.Table]) -> list[Output]:
-    """``<name>.ssdt.dsl/.aml`` and, with NUMA, ``<name>.srat.dsl/.aml`` (:mod:`.acpi`)."""
-    out: list[Output] = []
-    for table in tables:
-        out.append(Output(f"{name}.{table.kind}.dsl", f"{table.kind}-asl", table.source.encode()))
-        out.append(Output(f"{name}.{table.kind}.aml", f"{table.kind}-aml", table.aml))
-    return out
+    return [*trees, *asl.values(), config, *vmm], later, finish
 
 
 def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) -> Output:
