@@ -6,6 +6,7 @@ what it prints goes through :func:`write` / :func:`write_bytes`, every byte or a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -15,6 +16,7 @@ from pvdesc.errors import OutputError, PvdescError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Iterator
     from types import SimpleNamespace
 
 EXIT_OK = 0
@@ -50,23 +52,26 @@ def write_bytes(data: bytes) -> None:
     if buffer is None:  # a plain text stream (io.StringIO in a caller's harness)
         stream.write(data.decode("utf-8", "surrogateescape"))
         return
-    try:
+    with _stdout_errors():
         stream.flush()
         view = memoryview(data)
         while view:
             written = buffer.write(view)
             view = view[written or 0 :]
         buffer.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise stdout_error(exc) from None
 
 
 def flush_stdout() -> None:
     """Flush stdout: a closed pipe raises BrokenPipeError, another failure :func:`stdout_error`."""
-    try:
+    with _stdout_errors():
         sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _stdout_errors() -> Iterator[None]:
+    """A closed pipe stays BrokenPipeError (exit 141); other failures :func:`stdout_error`."""
+    try:
+        yield
     except BrokenPipeError:
         raise
     except OSError as exc:
