@@ -173,8 +173,9 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
     """The manifest: which files belong together, their hashes, and what they pair with."""
     # After iasl has started (module docstring).
     import hashlib
+    import json
 
-    from pvdesc.emit import jsontext, store
+    from pvdesc.emit import store
 
     desc = lay.description
     data: dict[str, Any] = {
@@ -196,7 +197,7 @@ def manifest(loaded: LoadedDescription, lay: Layout, outputs: Sequence[Output]) 
             for o in outputs
         ],
     }
-    text = jsontext.dumps(data) + "\n"  # json.dumps(data, indent=2)'s text
+    text = json.dumps(data, indent=2) + "\n"
     return Output(f"{desc.name}.manifest.json", "manifest", text.encode())
 
 

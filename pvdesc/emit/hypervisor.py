@@ -77,10 +77,10 @@ def config(layout: Layout) -> dict[str, Any]:
 
 
 def dumps(layout: Layout) -> str:
-    """The config as JSON text (stable key order, trailing newline): ``json.dumps(indent=2)``'s."""
-    from pvdesc.emit import jsontext
+    """The config as JSON text (stable key order, trailing newline)."""
+    import json
 
-    return jsontext.dumps(config(layout)) + "\n"
+    return json.dumps(config(layout), indent=2) + "\n"
 
 
 # --------------------------------------------------------------------------- reader

@@ -109,7 +109,6 @@ BUILD_BEFORE_IASL_FORBIDDEN = (
     "fdt",
     "pvdesc.emit.devicetree",
     "pvdesc.emit.hypervisor",
-    "pvdesc.emit.jsontext",
     "pvdesc.emit.vmmconfig",
     "pvdesc.emit.publish",
     "pvdesc.emit.store",
