@@ -51,7 +51,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -63,6 +62,7 @@ from pvdesc.emit.dirfd import (
     fsync_dir,
     is_link,
     open_dir,
+    random_hex,
     refusal,
     symlink_as,
     write_in,
@@ -113,7 +113,7 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     For single files (``pvdesc map --svg/--html``): a reader sees the old file
     or the new one, never a part.
     """
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / f".{path.name}.{random_hex(4)}.tmp"
     try:
         write_new(tmp, data)
         os.replace(tmp, path)
@@ -160,7 +160,7 @@ def _new_generation(
     generation; on any failure (here or in the block) the generation is removed, then
     the error raised.
     """
-    gen = f"{GENERATION_PREFIX}{secrets.token_hex(8)}"
+    gen = f"{GENERATION_PREFIX}{random_hex(8)}"
     path = dirs.store_path / gen
     with at(path):
         os.mkdir(gen, 0o755, dir_fd=store)
@@ -199,7 +199,7 @@ def _point(dirs: Dirs, store: int, gen: str, old: str | None) -> None:
 
     The caller fsyncs the store: once the rename is done, the switch is made.
     """
-    tmp = f".{POINTER}-{secrets.token_hex(4)}"
+    tmp = f".{POINTER}-{random_hex(4)}"
     path = dirs.store_path / POINTER
     with at(path):
         os.symlink(gen, tmp, dir_fd=store)
@@ -221,7 +221,7 @@ def _link(dirs: Dirs, name: str) -> None:
 
 def _adopt(dirs: Dirs, store: int, state: State) -> str:
     """Move an older pvdesc's plain files under a generation without changing what they read."""
-    gen = f"{GENERATION_PREFIX}{secrets.token_hex(8)}"
+    gen = f"{GENERATION_PREFIX}{random_hex(8)}"
     path = dirs.store_path / gen
     with at(path):
         os.mkdir(gen, 0o755, dir_fd=store)

@@ -98,6 +98,9 @@ BUILD_FORBIDDEN = (
     "pickle",
     "dataclasses",
     "inspect",
+    # Temporary names come from os.urandom (pvdesc.emit.dirfd.random_hex): not secrets and hmac.
+    "secrets",
+    "hmac",
 )
 #: Never imported by a pvdesc module of the build's path, at any depth (lazy imports too):
 #: ``-X importtime`` shows only the first importer of a module, so these are read from the
@@ -113,7 +116,6 @@ BUILD_BEFORE_IASL_FORBIDDEN = (
     "pvdesc.emit.publish",
     "pvdesc.emit.store",
     "pvdesc.emit.dirfd",
-    "secrets",
     "shlex",
     "hashlib",
     "json",
