@@ -5,9 +5,10 @@ Exit status: 0 success, 1 findings (for commands that judge), 2 unusable input,
 128 + the signal after SIGINT, SIGTERM or SIGHUP (:mod:`pvdesc.tools.signals`), with one line.
 Every :class:`~pvdesc.errors.PvdescError` becomes one line on stderr,
 ``pvdesc: error: <where>: <message>``, and exit status 2: never a traceback.
-The parser is in :mod:`pvdesc.commands.parser` (``check``'s plain command lines are read
-without it, :mod:`pvdesc.commands.plain`), the handlers in :mod:`pvdesc.commands.handlers`;
-subcommand modules are imported lazily so ``pvdesc --version`` starts fast.
+The parser is in :mod:`pvdesc.commands.parser` (``check``'s and ``build``'s plain
+command lines are read without it, :mod:`pvdesc.commands.plain`), the handlers in
+:mod:`pvdesc.commands.handlers`; subcommand modules are imported lazily so
+``pvdesc --version`` starts fast.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pvdesc.commands.handlers import (
     drop_stdout,
     flush_stdout,
 )
-from pvdesc.commands.plain import check_args
+from pvdesc.commands.plain import plain_args
 from pvdesc.errors import PvdescError, one_line
 from pvdesc.tools import signals
 
@@ -45,7 +46,7 @@ BRIEF_COMMANDS = frozenset({"build", "check"})
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pvdesc`` with ``argv`` (default ``sys.argv[1:]``); return its exit status."""
     words = sys.argv[1:] if argv is None else list(argv)
-    args: argparse.Namespace | SimpleNamespace | None = check_args(words)
+    args: argparse.Namespace | SimpleNamespace | None = plain_args(words)
     if args is None:
         from pvdesc.commands.parser import _COMMANDS, make_parser
 

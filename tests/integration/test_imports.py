@@ -101,6 +101,9 @@ BUILD_FORBIDDEN = (
     # Temporary names come from os.urandom (pvdesc.emit.dirfd.random_hex): not secrets and hmac.
     "secrets",
     "hmac",
+    # A plain build command line is read without argparse (pvdesc.commands.plain).
+    "argparse",
+    "gettext",
 )
 #: Never imported by a pvdesc module of the build's path, at any depth (lazy imports too):
 #: ``-X importtime`` shows only the first importer of a module, so these are read from the

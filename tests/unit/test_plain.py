@@ -1,4 +1,4 @@
-"""pvdesc.commands.plain: ``check``'s plain command lines give argparse's namespace, or go to it."""
+"""pvdesc.commands.plain: plain check and build lines give argparse's namespace, or go to it."""
 
 from __future__ import annotations
 
@@ -35,6 +35,30 @@ LEFT_TO_ARGPARSE = [
     [*DTB, "--region", "0x1000:4K", "--", "x"],
     ["build", "x.yaml", "-o", "out"],
     [],
+]
+BUILD_READ_HERE = [
+    ["build", "x.yaml", "-o", "out"],
+    ["build", "-o", "out", "x.yaml", "-q"],
+    ["build", "--quiet", "--force", "--output", "o", "x.yaml"],
+    ["build", "-", "-o", "-", "--only", "dtb"],
+    ["build", "x.yaml", "-o", "out", "--into", "-", "--force"],
+    ["build", "", "-o", " "],
+]
+BUILD_LEFT_TO_ARGPARSE = [
+    ["build", "x.yaml"],  # -o is required: a usage error
+    ["build", "-o", "out"],  # the description is required
+    ["build", "x.yaml", "y.yaml", "-o", "out"],  # one description: a usage error
+    ["build", "x.yaml", "-o", "out", "-o", "other"],  # the last one wins
+    ["build", "x.yaml", "-o", "out", "-q", "--quiet"],
+    ["build", "x.yaml", "--output=out"],
+    ["build", "x.yaml", "--out", "out"],  # an abbreviation
+    ["build", "x.yaml", "-qo", "out"],  # short flags together
+    ["build", "x.yaml", "-o"],  # -o without its value
+    ["build", "x.yaml", "-o", "--force"],
+    ["build", "-1", "-o", "out"],  # argparse reads -1 as the description
+    ["build", "x.yaml", "-o", "out", "--help"],
+    ["build", "--", "x.yaml", "-o", "out"],
+    ["check", "x.yaml", "-o", "out"],
 ]
 
 
@@ -98,3 +122,46 @@ def test_it_knows_every_option_of_check() -> None:
             is_int,
             choices,
         )
+
+
+@pytest.mark.parametrize("words", BUILD_READ_HERE)
+def test_plain_build_lines_give_argparse_namespace(words: list[str]) -> None:
+    got = plain.plain_args(words)
+    assert got is not None
+    assert vars(got) == vars(argparse_namespace(words))
+
+
+@pytest.mark.parametrize("words", BUILD_LEFT_TO_ARGPARSE)
+def test_other_build_lines_are_left_to_argparse(words: list[str]) -> None:
+    assert plain.build_args(words) is None
+
+
+BUILD_WORDS = st.one_of(
+    st.sampled_from([*plain.BUILD_OPTIONS, "--out", "-h", "--", "-qo", "--only=x", "x.yaml"]),
+    st.sampled_from(["-", "-1", "", "out", "dtb", "--x"]),
+    st.text(max_size=4),
+)
+
+
+@given(st.lists(BUILD_WORDS, max_size=7))
+def test_whatever_build_reads_argparse_reads_the_same(words: list[str]) -> None:
+    line = ["build", *words]
+    got = plain.build_args(line)
+    if got is not None:
+        assert vars(got) == vars(argparse_namespace(line))
+
+
+def test_it_knows_every_option_of_build() -> None:
+    """An option added to build's argparse parser must be added here too, or this fails."""
+    top = parser.make_parser("build")
+    (sub,) = (a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    build = sub.choices["build"]
+    options = {o: a for a in build._actions for o in a.option_strings}
+    assert set(options) - {"-h", "--help"} == set(plain.BUILD_OPTIONS)
+    for option, (dest, takes_value) in plain.BUILD_OPTIONS.items():
+        action = options[option]
+        assert (action.dest, action.nargs != 0) == (dest, takes_value)
+    defaults = {
+        a.dest: a.default for a in build._actions if a.dest not in ("help", "description", "output")
+    }
+    assert defaults == plain.BUILD_DEFAULTS
