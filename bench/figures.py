@@ -27,6 +27,7 @@ from harness import (
     Result,
     Timing,
     combine,
+    hookless_venv,
     paired,
     pvdesc_cmd,
     run,
@@ -54,6 +55,13 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
     cli = timed_command(
         [*pvdesc_cmd(), "build", str(desc), "-o", str(work / "build-cli"), "-q"], cfg.repeats
     )
+
+    # The same, where pvdesc is imported as from a regular install (harness.hookless_venv).
+    plain_python, plain_pvdesc = hookless_venv(work / "hookless-venv")
+    cli_plain = timed_command(
+        [*plain_pvdesc, "build", str(desc), "-o", str(work / "build-cli-plain"), "-q"], cfg.repeats
+    )
+    interpreter_plain = timed_command([plain_python, "-c", "pass"], cfg.repeats)
 
     # What every fresh 'pvdesc build' pays before doing any work.
     interpreter = timed_command([sys.executable, "-c", "pass"], cfg.repeats)
@@ -156,6 +164,20 @@ def bench_build(cfg: Config, work: Path) -> list[Result]:
             "what a command that starts Python and runs iasl costs before doing any work",
             limit=None,
         ),
+        row(
+            "build.cli_hookless",
+            "pvdesc build, command, regular-install venv (no editable import hook)",
+            cli_plain,
+        ),
+        row("build.interpreter_hookless", "  floor there: python -c pass", interpreter_plain),
+        ratio(
+            "build.ratio_cli_hookless",
+            "  there / (dtc + iasl)",
+            cli_plain,
+            "the venv scripts/setup makes loads an editable-install import hook at every "
+            "start; this venv imports pvdesc from static paths, as a wheel install does",
+            limit=None,
+        ),
         ratio(
             "build.ratio_inprocess",
             "pvdesc build in-process / (dtc + iasl)",
@@ -250,6 +272,29 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
                 note=f"python -c pass: median {bare.median * 1000:.1f} ms wall, "
                 f"{bare.cpu_median * 1000:.1f} ms cpu",
                 detail={"bare": bare.to_json(), "wall_ratios": wall_ratio, "cpu_ratios": cpu_ratio},
+            )
+        )
+        plain_python, plain_pvdesc = hookless_venv(work / "hookless-venv")
+        argv = _check_argv(qpath, 8 if cfg.quick else 512)
+        t_plain, bare_plain, wall_plain, cpu_plain = paired(
+            [*plain_pvdesc, *argv[len(pvdesc_cmd()) :]], [plain_python, "-c", "pass"], cfg.repeats
+        )
+        out.append(
+            Result(
+                "check.ratio_bare_hookless",
+                "  regular-install venv: check / its python -c pass (pair by pair)",
+                statistics.median(wall_plain),
+                "x",
+                cpu=statistics.median(cpu_plain) if cpu_plain else None,
+                note=f"check {t_plain.median * 1000:.1f} ms, python -c pass "
+                f"{bare_plain.median * 1000:.1f} ms: without the editable install's import "
+                "hook, whose 13 ms the floor above includes (harness.hookless_venv)",
+                detail={
+                    "check": t_plain.to_json(),
+                    "bare": bare_plain.to_json(),
+                    "wall_ratios": wall_plain,
+                    "cpu_ratios": cpu_plain,
+                },
             )
         )
     blob = inputs.nested_dtb(cfg.buses, 99)

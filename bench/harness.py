@@ -259,6 +259,38 @@ def pvdesc_cmd() -> list[str]:
     return [sys.executable, "-m", "pvdesc"]
 
 
+def hookless_venv(where: Path) -> tuple[str, list[str]]:
+    """A venv that imports this pvdesc as a regular (wheel) install would: ``(python, pvdesc)``.
+
+    ``scripts/setup`` installs pvdesc editable, and setuptools' editable install of this
+    layout (``templates/`` packaged as ``pvdesc.templates``) is an import hook that
+    every Python of the venv loads at start-up: pathlib, re, urllib.parse, ipaddress
+    and importlib.util, about 13 ms before ``python -c pass`` does anything.  That
+    makes the venv's ``python -c pass`` a slower floor than a regular install's.  This
+    venv puts the source tree and the first venv's site-packages on ``sys.path``
+    with a plain ``.pth`` (static paths, as a wheel's site-packages is; ``.pth`` files
+    inside them are not run), and has the first venv's own ``pvdesc`` script.
+    """
+    import sysconfig
+    import venv
+
+    if not (where / "bin" / "python").exists():
+        venv.create(where, with_pip=False, symlinks=True)
+    python = str(where / "bin" / "python")
+    purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    Path(purelib.strip(), "pvdesc-source.pth").write_text(
+        f"{ROOT}\n{sysconfig.get_paths()['purelib']}\n"
+    )
+    script = Path(pvdesc_cmd()[0])
+    if script.name != "pvdesc":  # no entry point: python -m pvdesc, as pvdesc_cmd does
+        return python, [python, "-m", "pvdesc"]
+    lines = script.read_text().splitlines()
+    launcher = where / "bin" / "pvdesc"
+    launcher.write_text("\n".join([f"#!{python}", *lines[1:]]) + "\n")
+    launcher.chmod(0o755)
+    return python, [str(launcher)]
+
+
 # --------------------------------------------------------------------------- machine
 
 
