@@ -23,7 +23,7 @@ module decides which node is which, as Linux and EDK2 find them:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _libfdt
 
@@ -58,6 +58,9 @@ from pvdesc.read.of_address import (
     translate,
 )
 from pvdesc.tools.inputs import display_name, read_bounded_buffer
+
+if TYPE_CHECKING:  # check reads its DTB without pathlib (pvdesc.tools.inputs)
+    from pathlib import Path
 
 __all__ = [
     "FDT_HEADER_SIZE",

@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pvdesc.errors import PvdescError
+
+if TYPE_CHECKING:  # pathlib (with urllib.parse and ipaddress) is not imported to read a file
+    from pathlib import Path
 
 #: The file name that means standard input (or, for an output, standard output).
 STDIO = "-"
@@ -73,7 +76,7 @@ def _read_bounded(
         if is_stdio(path):
             data = _read_stdin(limit + 1)
         else:
-            with Path(path).open("rb") as fh:
+            with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if stat.S_ISREG(st.st_mode):
                     if st.st_size > limit:
