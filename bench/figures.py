@@ -415,19 +415,22 @@ def bench_fleet(cfg: Config, work: Path) -> list[Result]:
     """``pvdesc validate`` over a generated fleet, every external validator, and without."""
     fleet = work / "fleet"
     inputs.fleet(fleet, cfg.fleet)
+    distinct = work / "fleet-distinct"
+    inputs.fleet(distinct, cfg.fleet, distinct=True)
     cmd = pvdesc_cmd()
     out = []
-    for key, flag, limit in (
-        ("fleet.external", "--external", 20.0),
-        ("fleet.no_external", "--no-external", None),
+    for key, folder, flag, limit, what in (
+        ("fleet.external", fleet, "--external", 20.0, ""),
+        ("fleet.no_external", fleet, "--no-external", None, ""),
+        ("fleet.distinct", distinct, "--external", None, ", every ACPI table distinct"),
     ):
         t = timed_command(
-            [*cmd, "validate", str(fleet), "--jobs", "2", flag], cfg.fleet_repeats, cwd=work
+            [*cmd, "validate", str(folder), "--jobs", "2", flag], cfg.fleet_repeats, cwd=work
         )
         out.append(
             Result(
                 key,
-                f"pvdesc validate, fleet of {cfg.fleet:,} descriptions, --jobs 2 {flag}",
+                f"pvdesc validate, fleet of {cfg.fleet:,} descriptions{what}, --jobs 2 {flag}",
                 t.median,
                 "s",
                 cpu=t.cpu_median,

@@ -133,14 +133,18 @@ def random_ranges(n: int, seed: int = 1) -> list[Range]:
 
 
 _NAME_RE = re.compile(r"^name: (?P<name>\S+)$", re.MULTILINE)
+_OEM_REVISION_RE = re.compile(r"^  oem_revision: \S+$", re.MULTILINE)
 
 
-def fleet(dest: Path, n: int, examples: Path = EXAMPLES) -> list[Path]:
+def fleet(dest: Path, n: int, examples: Path = EXAMPLES, *, distinct: bool = False) -> list[Path]:
     """``n`` descriptions in ``dest``: the shipped examples in turn, each copy renamed.
 
     Copy ``k`` of ``examples/NAME.yaml`` is ``dest/NNNNN-NAME.yaml`` with ``name:
     NAME-k``, so every VM (and every output file name) in the fleet is distinct,
-    as in a real CI fleet, and the files sort in the order they were made.
+    as in a real CI fleet, and the files sort in the order they were made.  The
+    renamed copies of an ACPI example still have byte-identical ACPI tables, which
+    ``validate`` checks once per run; with ``distinct`` each copy's tables differ
+    too (``acpi.oem_revision`` is the copy's number), so nothing repeats.
     """
     sources = sorted(examples.glob("*.yaml"))
     if not sources:
@@ -154,6 +158,10 @@ def fleet(dest: Path, n: int, examples: Path = EXAMPLES) -> list[Path]:
         renamed, count = _NAME_RE.subn(rf"name: \g<name>-{copy}", text, 1)
         if count != 1:
             raise ValueError(f"{src}: no 'name:' line to rename")
+        if distinct and "\nacpi:\n" in renamed:
+            renamed, count = _OEM_REVISION_RE.subn(f"  oem_revision: {i}", renamed, 1)
+            if count != 1:
+                raise ValueError(f"{src}: no '  oem_revision:' line under acpi:")
         path = dest / f"{i:05d}-{src.stem}.yaml"
         path.write_text(renamed, encoding="utf-8")
         made.append(path)

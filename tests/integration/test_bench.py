@@ -42,6 +42,7 @@ KEYS = {
     "validate.jobs2",
     "fleet.external",
     "fleet.no_external",
+    "fleet.distinct",
     "yaml.large_vm",
     "yaml.unclosed_flow_list",
     "yaml.closed_flow_list",
