@@ -263,22 +263,30 @@ def _first_difference(a: bytes, b: bytes) -> int:
     )
 
 
-def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
-    """``iasl -d`` then recompile: the bytes must equal ``aml``."""
+def round_trip_faults(aml: bytes) -> list[str]:
+    """``iasl -d`` then recompile: what is wrong with ``aml``, each without a file name.
+
+    iasl runs in a fresh temporary directory under a fixed file name
+    (:mod:`pvdesc.tools.acpica`), so the answer depends on the table's bytes alone:
+    equal tables get equal answers, and :func:`iasl_round_trip` prefixes each with
+    the table's own name.
+    """
     try:
         again = acpica.recompile(acpica.disassemble(aml, "table"), "table")
     except PvdescError as err:
-        return [Problem(Validator.IASL, f"{name}: round trip: {first_line(err.message)}")]
+        return [f"round trip: {first_line(err.message)}"]
     if again != aml:
         at = _first_difference(aml, again)
         return [
-            Problem(
-                Validator.IASL,
-                f"{name}: iasl -d and recompiling gives {len(again)} bytes, not the same "
-                f"{len(aml)} (first difference at offset {at:#x})",
-            )
+            f"iasl -d and recompiling gives {len(again)} bytes, not the same "
+            f"{len(aml)} (first difference at offset {at:#x})"
         ]
     return []
+
+
+def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
+    """``iasl -d`` then recompile: the bytes must equal ``aml`` (:func:`round_trip_faults`)."""
+    return [Problem(Validator.IASL, f"{name}: {fault}") for fault in round_trip_faults(aml)]
 
 
 _DESCRIPTOR_RE = re.compile(r"^\[\d+\] (?P<kind>.+?)\s*$", re.MULTILINE)
@@ -326,12 +334,38 @@ def crs_claims(output: str) -> tuple[list[Range], list[str]]:
     return ranges, odd
 
 
-def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
-    """Load the SSDT into acpiexec: ``_STA`` must be 0xF and ``_CRS`` claim exactly ``region``."""
+class Evaluation(NamedTuple):
+    """What acpiexec answered for one SSDT (:func:`evaluate`).
+
+    Attributes:
+        output: its output (resource-trace lines dropped), "" when it failed.
+        error: the first line of its failure, or ``None``.
+    """
+
+    output: str
+    error: str | None
+
+
+def evaluate(ssdt: bytes) -> Evaluation:
+    """Load the SSDT into acpiexec, evaluate ``_STA`` and decode ``_CRS`` (no file name in it).
+
+    acpiexec runs in a fresh temporary directory under a fixed file name
+    (:func:`pvdesc.tools.acpica.acpiexec`), so the answer depends on the table's
+    bytes alone.
+    """
     try:
-        output = acpica.acpiexec([ssdt], [f"evaluate {PVTM}._STA", f"resources {PVTM}"])
+        return Evaluation(
+            acpica.acpiexec([ssdt], [f"evaluate {PVTM}._STA", f"resources {PVTM}"]), None
+        )
     except PvdescError as err:
-        return [Problem(Validator.ACPIEXEC, f"{name}: {first_line(str(err))}")]
+        return Evaluation("", first_line(str(err)))
+
+
+def evaluation_problems(name: str, answer: Evaluation, region: Range) -> list[Problem]:
+    """The problems of SSDT ``name`` in acpiexec's ``answer``: ``_STA`` 0xF, ``_CRS`` ``region``."""
+    if answer.error is not None:
+        return [Problem(Validator.ACPIEXEC, f"{name}: {answer.error}")]
+    output = answer.output
     out: list[Problem] = []
     sta_part = output.split(f"Evaluating {PVTM}._STA", 1)[-1]
     sta = _STA_RE.search(sta_part)
@@ -351,3 +385,8 @@ def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
             )
         )
     return out
+
+
+def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
+    """Load the SSDT into acpiexec: ``_STA`` must be 0xF and ``_CRS`` claim exactly ``region``."""
+    return evaluation_problems(name, evaluate(ssdt), region)

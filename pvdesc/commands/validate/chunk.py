@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pvdesc.commands.validate.memo import Memo
 from pvdesc.commands.validate.results import Externals, FileReport, ValidateUsageError
 from pvdesc.commands.validate.single import Built, prepare
 from pvdesc.errors import ToolError
@@ -47,7 +48,7 @@ def resolve_externals(mode: bool | None, workdir: Path) -> Externals:
     return Externals("on" if mode else "auto", enabled, missing, schema)
 
 
-def run_validators(built: Sequence[Built], ext: Externals, workdir: Path) -> None:
+def run_validators(built: Sequence[Built], ext: Externals, workdir: Path, memo: Memo) -> None:
     """Run every enabled validator over ``built`` (outputs under ``workdir``), in batches.
 
     dt-validate takes every DTB of the chunk in one process (one schema load);
@@ -55,7 +56,8 @@ def run_validators(built: Sequence[Built], ext: Externals, workdir: Path) -> Non
     answer is run again one DTB at a time (:func:`validators.dt_validate_many`).
     dtc, the iasl round trip and acpiexec run per description: dtc takes one input,
     and iasl and acpiexec load every file given into one ACPI namespace, where two
-    SSDTs that both define ``\\_SB.PVTM`` collide.
+    SSDTs that both define ``\\_SB.PVTM`` collide.  The iasl round trip and acpiexec
+    run once per distinct table in the run (``memo``, :mod:`pvdesc.commands.validate.memo`).
     """
     for v in ext.enabled:
         todo = [b for b in built if b.applies(v, ext)]
@@ -79,28 +81,34 @@ def run_validators(built: Sequence[Built], ext: Externals, workdir: Path) -> Non
                 b.problems[v] = validators.dtc(b.folder, f"{b.name}.dtb", dts)
             elif v is Validator.IASL:
                 b.problems[v] = [
-                    p for fname, data in b.amls() for p in validators.iasl_round_trip(fname, data)
+                    validators.Problem(v, f"{fname}: {fault}")
+                    for fname, data in b.amls()
+                    for fault in memo.round_trip(data)
                 ]
             elif v is Validator.ACPIEXEC:
                 ssdt = b.ssdt()
                 assert ssdt is not None  # applies() said so
-                b.problems[v] = validators.acpiexec(
-                    f"{b.name}.ssdt.aml", ssdt, b.result.layout.region
+                b.problems[v] = validators.evaluation_problems(
+                    f"{b.name}.ssdt.aml", memo.evaluate(ssdt), b.result.layout.region
                 )
 
 
-def validate_chunk(paths: Sequence[str], ext: Externals) -> list[FileReport]:
+def validate_chunk(
+    paths: Sequence[str], ext: Externals, memo: Memo | None = None
+) -> list[FileReport]:
     """Build, check and externally validate some descriptions together (in one worker).
 
     Each description's outputs go to a folder of its own, so equal VM names never
     clash; the external validators then run over all of them in batches.  The
-    reports are those :func:`validate_file` gives for each path alone.
+    reports are those :func:`validate_file` gives for each path alone.  ``memo``
+    carries the ACPI validators' answers between the chunks of one run (a new one
+    for this chunk alone when not given).
     """
     with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
         workdir = Path(tmp)
         prepared = [prepare(path, workdir / f"{i:05d}") for i, path in enumerate(paths)]
         built = [p for p in prepared if isinstance(p, Built)]
-        run_validators(built, ext, workdir)
+        run_validators(built, ext, workdir, Memo() if memo is None else memo)
         return [p.report(ext) if isinstance(p, Built) else p for p in prepared]
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pvdesc.commands.validate.chunk import resolve_externals, validate_chunk
+from pvdesc.commands.validate.memo import Memo
 from pvdesc.commands.validate.results import Externals, FileReport, FleetReport, ValidateUsageError
 from pvdesc.emit import build
 from pvdesc.tools import signals
@@ -114,7 +115,8 @@ def chunks(files: Sequence[str], jobs: int, batch: int = CHUNK) -> list[tuple[st
 def _map(files: Sequence[str], ext: Externals, jobs: int, batch: int) -> Iterable[FileReport]:
     parts = chunks(files, jobs, batch)
     if jobs == 1 or len(parts) <= 1:
-        return [r for part in parts for r in validate_chunk(part, ext)]
+        memo = Memo()  # this run's, in this process
+        return [r for part in parts for r in validate_chunk(part, ext, memo)]
     # spawn: fresh interpreters, safe whatever threads the caller has.
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
@@ -153,13 +155,18 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
                 worker.join(STOP_GRACE)
 
 
+#: A worker's :class:`Memo`: a worker is a fresh process that lives for one run.
+_WORKER_MEMO = Memo()
+
+
 def _validate_in_worker(paths: Sequence[str], ext: Externals) -> list[FileReport]:
     """:func:`validate_chunk` in a worker, with SIGTERM/SIGHUP unwinding it (pvdesc.tools.signals).
 
-    The main process passes a stop on as SIGTERM (:func:`_stop_workers`).
+    The main process passes a stop on as SIGTERM (:func:`_stop_workers`).  The
+    worker's chunks share its :data:`_WORKER_MEMO`.
     """
     with signals.stopping():
-        return validate_chunk(paths, ext)
+        return validate_chunk(paths, ext, _WORKER_MEMO)
 
 
 class Shard(NamedTuple):
