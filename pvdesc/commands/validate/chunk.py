@@ -1,10 +1,10 @@
 """A chunk of descriptions validated together: which external validators run, and running them.
 
-Within a chunk each description's outputs get a folder of their own and the
-external validators run in batches where the tool takes several inputs: one
-dt-validate process (one schema load) checks every DTB of the chunk, and its
-findings go back to their description by the file each one names
-(:func:`pvdesc.tools.validators.dt_validate_many`).
+Within a chunk each description's outputs that a tool reads from a file (:data:`READS`)
+get a folder of their own, and the external validators run in batches where the
+tool takes several inputs: one dt-validate process (one schema load) checks every
+DTB of the chunk, and its findings go back to their description by the file each
+one names (:func:`pvdesc.tools.validators.dt_validate_many`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from pvdesc.commands.validate.single import Built, prepare
 from pvdesc.errors import ToolError
 from pvdesc.tools import validators
 from pvdesc.tools.validators import Validator
+
+#: The outputs each validator reads from a file (the others take bytes): only these are written.
+READS: dict[Validator, frozenset[str]] = {
+    Validator.DTC: frozenset({"dtb", "dts"}),
+    Validator.DT_VALIDATE: frozenset({"dtb"}),
+    Validator.IASL: frozenset(),
+    Validator.ACPIEXEC: frozenset(),
+}
 
 
 def resolve_externals(mode: bool | None, workdir: Path) -> Externals:
@@ -106,7 +114,8 @@ def validate_chunk(
     """
     with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
         workdir = Path(tmp)
-        prepared = [prepare(path, workdir / f"{i:05d}") for i, path in enumerate(paths)]
+        kinds = frozenset().union(*(READS[v] for v in ext.enabled))
+        prepared = [prepare(path, workdir / f"{i:05d}", kinds) for i, path in enumerate(paths)]
         built = [p for p in prepared if isinstance(p, Built)]
         run_validators(built, ext, workdir, Memo() if memo is None else memo)
         return [p.report(ext) if isinstance(p, Built) else p for p in prepared]
