@@ -16,6 +16,7 @@ from pathlib import Path
 from pvdesc.commands.validate.memo import Memo
 from pvdesc.commands.validate.results import Externals, FileReport, ValidateUsageError
 from pvdesc.commands.validate.single import Built, prepare
+from pvdesc.emit import compiled
 from pvdesc.errors import ToolError
 from pvdesc.tools import validators
 from pvdesc.tools.validators import Validator
@@ -109,15 +110,17 @@ def validate_chunk(
     Each description's outputs go to a folder of its own, so equal VM names never
     clash; the external validators then run over all of them in batches.  The
     reports are those :func:`validate_file` gives for each path alone.  ``memo``
-    carries the ACPI validators' answers between the chunks of one run (a new one
-    for this chunk alone when not given).
+    carries ACPICA's answers (the build's compilations, the ACPI validators')
+    between the chunks of one run (a new one for this chunk alone when not given).
     """
     with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
         workdir = Path(tmp)
         kinds = frozenset().union(*(READS[v] for v in ext.enabled))
-        prepared = [prepare(path, workdir / f"{i:05d}", kinds) for i, path in enumerate(paths)]
+        memo = Memo() if memo is None else memo
+        with compiled.remembering(memo.compiled):
+            prepared = [prepare(path, workdir / f"{i:05d}", kinds) for i, path in enumerate(paths)]
         built = [p for p in prepared if isinstance(p, Built)]
-        run_validators(built, ext, workdir, Memo() if memo is None else memo)
+        run_validators(built, ext, workdir, memo)
         return [p.report(ext) if isinstance(p, Built) else p for p in prepared]
 
 
