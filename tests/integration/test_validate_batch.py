@@ -78,7 +78,7 @@ def test_batched_and_unbatched_reports_are_identical(
     monkeypatch.chdir(fleet)
     paths = ["examples", "bad"]
     alone = validate.run(paths, jobs=1, external=True, batch=1)
-    batched = validate.run(paths, jobs=1, external=True)  # one chunk of up to 64
+    batched = validate.run(paths, jobs=1, external=True)  # one chunk of up to 256
     odd = validate.run(paths, jobs=1, external=True, batch=5)  # chunks cut mid-fleet
     assert _all(batched) == _all(alone)
     assert _all(odd) == _all(alone)

@@ -1,7 +1,8 @@
 """A chunk of descriptions validated together: which external validators run, and running them.
 
-Within a chunk each description's outputs that a tool reads from a file (:data:`READS`)
-get a folder of their own, and the external validators run in batches where the
+Within a chunk the outputs a tool reads from a file (:data:`READS`) are written
+under its own names, in a folder of its own when a description before it in the
+chunk had the same VM name, and the external validators run in batches where the
 tool takes several inputs: one dt-validate process (one schema load) checks every
 DTB of the chunk, and its findings go back to their description by the file each
 one names (:func:`pvdesc.tools.validators.dt_validate_many`).
@@ -107,18 +108,20 @@ def validate_chunk(
 ) -> list[FileReport]:
     """Build, check and externally validate some descriptions together (in one worker).
 
-    Each description's outputs go to a folder of its own, so equal VM names never
-    clash; the external validators then run over all of them in batches.  The
-    reports are those :func:`validate_file` gives for each path alone.  ``memo``
-    carries ACPICA's answers (the build's compilations, the ACPI validators')
-    between the chunks of one run (a new one for this chunk alone when not given).
+    Descriptions with equal VM names write their outputs into folders of their
+    own, so they never clash (:func:`prepare`); the external validators then run
+    over all of them in batches.  The reports are those :func:`validate_file`
+    gives for each path alone.  ``memo`` carries ACPICA's answers (the build's
+    compilations, the ACPI validators') between the chunks of one run (a new one
+    for this chunk alone when not given).
     """
     with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
         workdir = Path(tmp)
         kinds = frozenset().union(*(READS[v] for v in ext.enabled))
         memo = Memo() if memo is None else memo
+        taken: set[str] = set()
         with compiled.remembering(memo.compiled):
-            prepared = [prepare(path, workdir / f"{i:05d}", kinds) for i, path in enumerate(paths)]
+            prepared = [prepare(p, workdir, i, kinds, taken) for i, p in enumerate(paths)]
         built = [p for p in prepared if isinstance(p, Built)]
         run_validators(built, ext, workdir, memo)
         return [p.report(ext) if isinstance(p, Built) else p for p in prepared]

@@ -158,15 +158,20 @@ class Built:
         return FileReport(self.path, self.name, tuple(stages), tuple(failures))
 
 
-def prepare(path: str, folder: Path, kinds: frozenset[str]) -> Built | FileReport:
-    """Build and check one description and write its outputs of ``kinds`` into ``folder``.
+def prepare(
+    path: str, workdir: Path, index: int, kinds: frozenset[str], taken: set[str]
+) -> Built | FileReport:
+    """Build and check one description and write its outputs of ``kinds`` under ``workdir``.
 
     Only the outputs an external validator reads from a file are written (the DTB
-    and the DTS; the ACPI validators take their tables' bytes), and no folder is
-    made when there are none: on the machine the fleet benchmark ran on, creating
-    a file cost 0.65 ms of CPU, and the other ten outputs 3 s of a 1,000 fleet's
-    20 s.  A :class:`FileReport` when it is finished already (the build refused
-    it, or its outputs could not be written).
+    and the DTS; the ACPI validators take their tables' bytes), straight into
+    ``workdir`` when no description before it there had the same VM name (the
+    names in ``taken``, which this adds to), else into a folder ``NNNNN`` (the
+    ``index``) of their own, so equal names never clash and the tools see the
+    same file names.  On the machine the fleet benchmark ran on, creating a file
+    or a folder cost 0.65 ms of CPU, and the ten outputs no tool reads and the
+    folder 3.5 s of a 1,000 fleet's 20 s.  A :class:`FileReport` when it is
+    finished already (the build refused it, or its outputs could not be written).
     """
     try:
         result = build.plan(path)
@@ -174,17 +179,20 @@ def prepare(path: str, folder: Path, kinds: frozenset[str]) -> Built | FileRepor
         return FileReport(path, None, ("build",), (build_failure(path, err),))
     line, col = _anchor(result)
     failures = [Failure(rule, path, line, col, msg) for rule, msg in _check_findings(result)]
+    name = result.layout.description.name
+    folder = workdir / f"{index:05d}" if name in taken else workdir
     # A scratch folder deleted with the chunk: plain writes, no fsync (build.write_outputs is
     # for the user's folder).
     try:
         written = [out for out in result.outputs if out.kind in kinds]
-        if written:
+        if written and folder != workdir:
             folder.mkdir()
         for out in written:
             (folder / out.name).write_bytes(out.data)
     except OSError as exc:
         message = f"cannot write outputs to a temporary folder: {exc.strerror}"
         failures.append(Failure("output", path, None, None, message))
-        name = result.layout.description.name
         return FileReport(path, name, ("build", "check"), tuple(failures))
+    if folder == workdir:
+        taken.add(name)
     return Built(path, result, folder, (line, col), failures, {})
