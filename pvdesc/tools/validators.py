@@ -346,17 +346,21 @@ class Evaluation(NamedTuple):
     error: str | None
 
 
-def evaluate(ssdt: bytes) -> Evaluation:
+#: What acpiexec is asked about an SSDT.
+EVALUATE = (f"evaluate {PVTM}._STA", f"resources {PVTM}")
+
+
+def evaluate(ssdt: bytes, started: acpica.Execution | None = None) -> Evaluation:
     """Load the SSDT into acpiexec, evaluate ``_STA`` and decode ``_CRS`` (no file name in it).
 
     acpiexec runs in a fresh temporary directory under a fixed file name
-    (:func:`pvdesc.tools.acpica.acpiexec`), so the answer depends on the table's
-    bytes alone.
+    (:class:`pvdesc.tools.acpica.Execution`), so the answer depends on the table's
+    bytes alone.  ``started``: that run of :data:`EVALUATE` on ``ssdt``, started
+    by the caller (this waits for it and closes it).
     """
     try:
-        return Evaluation(
-            acpica.acpiexec([ssdt], [f"evaluate {PVTM}._STA", f"resources {PVTM}"]), None
-        )
+        with started or acpica.Execution([ssdt], EVALUATE) as job:
+            return Evaluation(job.output(), None)
     except PvdescError as err:
         return Evaluation("", first_line(str(err)))
 

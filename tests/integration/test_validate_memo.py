@@ -20,12 +20,14 @@ from helpers import ROOT
 from pvdesc.commands.validate import chunk, memo, reports
 from pvdesc.commands.validate import fleet as validate
 from pvdesc.commands.validate.results import Externals, FleetReport
+from pvdesc.core.ranges import Range
 from pvdesc.emit import build
-from pvdesc.tools import validators
+from pvdesc.tools import acpica, validators
 from pvdesc.tools.validators import Evaluation, Validator
 
 ACPI_HOLE = ROOT / "examples" / "uefi-acpi-hole.yaml"
 ACPI_NUMA = ROOT / "examples" / "uefi-acpi-numa.yaml"
+ACPI_NUMA4 = ROOT / "examples" / "numa-4node-acpi.yaml"
 ACPI_ONLY = Externals("on", (Validator.IASL, Validator.ACPIEXEC), (), None)
 
 
@@ -61,9 +63,9 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[bytes]]:
         seen["round_trip"].append(aml)
         return real_rt(aml)
 
-    def evaluate(ssdt: bytes) -> Evaluation:
+    def evaluate(ssdt: bytes, started: acpica.Execution | None = None) -> Evaluation:
         seen["evaluate"].append(ssdt)
-        return real_ev(ssdt)
+        return real_ev(ssdt, started)
 
     monkeypatch.setattr(validators, "round_trip_faults", round_trip)
     monkeypatch.setattr(validators, "evaluate", evaluate)
@@ -141,3 +143,70 @@ def test_a_corrupt_ssdt_amid_identical_ones_is_its_own_descriptions(
     whole = [validate.run(files, jobs=1, external=True, batch=b) for b in (1, 3, 64)]
     assert _all(whole[1]) == _all(whole[0]) == _all(whole[2])
     assert [r.path for r in whole[0].files if not r.ok] == [victim]
+
+
+def _read(answer: Evaluation) -> list[validators.Problem]:
+    """What a report takes from an acpiexec answer (against a region no table claims)."""
+    return validators.evaluation_problems("t.aml", answer, Range(0x1000, 0x1000))
+
+
+def test_acpiexec_runs_overlap_a_window_at_a_time_and_answer_as_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    good = [_ssdt(p) for p in (ACPI_HOLE, ACPI_NUMA, ACPI_NUMA4)]
+    tables = [*good, *(_corrupt(t) for t in good[:2]), good[0]]  # 5 distinct, one twice
+    alone = [validators.evaluate(t) for t in tables]
+    assert [a.error is None for a in alone] == [True, True, True, False, False, True]
+    events: list[str] = []
+    live: list[int] = [0, 0]  # now, most at once
+    real_init, real_output = acpica.Execution.__init__, acpica.Execution.output
+
+    def init(self: acpica.Execution, tables: list[bytes], commands: list[str]) -> None:
+        real_init(self, tables, commands)
+        events.append("start")
+        live[0] += 1
+        live[1] = max(live)
+
+    def output(self: acpica.Execution) -> str:
+        try:
+            return real_output(self)
+        finally:
+            events.append("done")
+            live[0] -= 1
+
+    monkeypatch.setattr(acpica.Execution, "__init__", init)
+    monkeypatch.setattr(acpica.Execution, "output", output)
+    monkeypatch.setattr(memo, "WINDOW", 2)
+    kept = memo.Memo()
+    with kept.evaluating(tables):
+        events.append("block")
+    assert events == [
+        *["start"] * 2,
+        "block",
+        *["done"] * 2,
+        *["start", "start", "done", "done"],
+        "start",
+        "done",
+    ]
+    assert live == [0, 2]
+    # acpiexec prints heap addresses, which differ run to run; what is read from it may not.
+    assert [_read(kept.evaluations[t]) for t in tables] == [_read(a) for a in alone]
+    assert [_read(kept.evaluate(t)) for t in tables] == [_read(a) for a in alone]
+    assert events.count("start") == 5
+
+
+def test_an_interrupted_block_stops_its_acpiexec_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[acpica.Execution] = []
+    real_close = acpica.Execution.close
+
+    def close(self: acpica.Execution) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(acpica.Execution, "close", close)
+    kept = memo.Memo()
+    with pytest.raises(KeyboardInterrupt), kept.evaluating([_ssdt(ACPI_HOLE), _ssdt(ACPI_NUMA)]):
+        raise KeyboardInterrupt
+    assert len(closed) == 2 and kept.evaluations == {}
+    assert all(job._job._proc.returncode is not None for job in closed)  # reaped
+    assert not any(Path(job._tmp.name).exists() for job in closed)

@@ -67,40 +67,46 @@ def run_validators(built: Sequence[Built], ext: Externals, workdir: Path, memo: 
     dtc, the iasl round trip and acpiexec run per description: dtc takes one input,
     and iasl and acpiexec load every file given into one ACPI namespace, where two
     SSDTs that both define ``\\_SB.PVTM`` collide.  The iasl round trip and acpiexec
-    run once per distinct table in the run (``memo``, :mod:`pvdesc.commands.validate.memo`).
+    run once per distinct table in the run (``memo``, :mod:`pvdesc.commands.validate.memo`);
+    the acpiexec runs start first and run while the other validators do.
     """
-    for v in ext.enabled:
-        todo = [b for b in built if b.applies(v, ext)]
-        if v is Validator.DT_VALIDATE and ext.schema is not None:
-            schema = Path(ext.schema)
-            pairs = [
-                (str(b.folder.relative_to(workdir) / f"{b.name}.dtb"), f"{b.name}.dtb")
-                for b in todo
+    acpiexec = Validator.ACPIEXEC in ext.enabled
+    ssdts = [(b, ssdt) for b in built if acpiexec and (ssdt := b.ssdt()) is not None]
+    with memo.evaluating(ssdt for _, ssdt in ssdts):  # acpiexec runs meanwhile
+        for v in ext.enabled:
+            if v is not Validator.ACPIEXEC:
+                _run_one(v, [b for b in built if b.applies(v, ext)], ext, workdir, memo)
+    for b, ssdt in ssdts:
+        b.problems[Validator.ACPIEXEC] = validators.evaluation_problems(
+            f"{b.name}.ssdt.aml", memo.evaluate(ssdt), b.result.layout.region
+        )
+
+
+def _run_one(v: Validator, todo: list[Built], ext: Externals, workdir: Path, memo: Memo) -> None:
+    """Run validator ``v`` (not acpiexec) over ``todo``."""
+    if v is Validator.DT_VALIDATE and ext.schema is not None:
+        schema = Path(ext.schema)
+        pairs = [
+            (str(b.folder.relative_to(workdir) / f"{b.name}.dtb"), f"{b.name}.dtb") for b in todo
+        ]
+        found = validators.dt_validate_many(workdir, pairs, schema) if len(todo) > 1 else None
+        for i, b in enumerate(todo):
+            b.problems[v] = (
+                found[i]
+                if found is not None
+                else validators.dt_validate(b.folder, f"{b.name}.dtb", schema)
+            )
+        return
+    for b in todo:
+        if v is Validator.DTC:
+            dts = f"{b.name}.dts" if f"{b.name}.dts" in b.names() else None
+            b.problems[v] = validators.dtc(b.folder, f"{b.name}.dtb", dts)
+        elif v is Validator.IASL:
+            b.problems[v] = [
+                validators.Problem(v, f"{fname}: {fault}")
+                for fname, data in b.amls()
+                for fault in memo.round_trip(data)
             ]
-            found = validators.dt_validate_many(workdir, pairs, schema) if len(todo) > 1 else None
-            for i, b in enumerate(todo):
-                b.problems[v] = (
-                    found[i]
-                    if found is not None
-                    else validators.dt_validate(b.folder, f"{b.name}.dtb", schema)
-                )
-            continue
-        for b in todo:
-            if v is Validator.DTC:
-                dts = f"{b.name}.dts" if f"{b.name}.dts" in b.names() else None
-                b.problems[v] = validators.dtc(b.folder, f"{b.name}.dtb", dts)
-            elif v is Validator.IASL:
-                b.problems[v] = [
-                    validators.Problem(v, f"{fname}: {fault}")
-                    for fname, data in b.amls()
-                    for fault in memo.round_trip(data)
-                ]
-            elif v is Validator.ACPIEXEC:
-                ssdt = b.ssdt()
-                assert ssdt is not None  # applies() said so
-                b.problems[v] = validators.evaluation_problems(
-                    f"{b.name}.ssdt.aml", memo.evaluate(ssdt), b.result.layout.region
-                )
 
 
 def validate_chunk(

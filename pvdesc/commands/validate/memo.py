@@ -15,14 +15,26 @@ The build's own compilations are kept the same way, by ASL text
 (:mod:`pvdesc.emit.compiled`): a description's tables are compiled by iasl only
 when no description before it in the run rendered the same text.
 
+The distinct SSDTs' acpiexec runs overlap (:meth:`Memo.evaluating`): each
+spends most of its time asleep.
+
 One :class:`Memo` lives for one run: per worker process (a run's workers are
 fresh processes that end with it), or per run when it validates in-process.
 """
 
 from __future__ import annotations
 
-from pvdesc.tools import validators
+import contextlib
+from collections.abc import Iterable, Iterator
+
+from pvdesc.errors import PvdescError
+from pvdesc.tools import acpica, signals, validators
 from pvdesc.tools.validators import Evaluation
+
+#: At most this many acpiexec at once (:meth:`Memo.evaluating`).  Each run sleeps ~110 ms
+#: as it exits (its debugger thread's shut-down) and uses ~10 ms of CPU: run one at a
+#: time, 180 SSDTs kept a worker asleep for 20 s.
+WINDOW = 16
 
 
 class Memo:
@@ -54,3 +66,38 @@ class Memo:
         if answer is None:
             answer = self.evaluations[ssdt] = validators.evaluate(ssdt)
         return answer
+
+    @contextlib.contextmanager
+    def evaluating(self, ssdts: Iterable[bytes]) -> Iterator[None]:
+        """Evaluate every SSDT not known yet, at most :data:`WINDOW` acpiexec at a time.
+
+        The first window's runs start on entering the block and run while it does
+        (the other validators); the rest run in windows after it.  Once the block
+        is left normally, :meth:`evaluate` knows every one.  Leaving it by an
+        exception stops every acpiexec still running and removes its folder.
+        """
+        todo = list(dict.fromkeys(s for s in ssdts if s not in self.evaluations))
+        with contextlib.ExitStack() as stack:
+
+            def start(part: list[bytes]) -> list[tuple[bytes, acpica.Execution | None]]:
+                jobs: list[tuple[bytes, acpica.Execution | None]] = []
+                for ssdt in part:
+                    # Held back until the run is on the stack that stops it (pvdesc.tools.signals).
+                    with signals.deferred():
+                        try:
+                            job: acpica.Execution | None = stack.enter_context(
+                                acpica.Execution([ssdt], validators.EVALUATE)
+                            )
+                        except PvdescError:
+                            job = None  # evaluate() meets the same error and answers with it
+                    signals.raise_pending()
+                    jobs.append((ssdt, job))
+                return jobs
+
+            first = start(todo[:WINDOW])
+            yield
+            for ssdt, job in first:
+                self.evaluations[ssdt] = validators.evaluate(ssdt, job)
+            for i in range(WINDOW, len(todo), WINDOW):
+                for ssdt, job in start(todo[i : i + WINDOW]):
+                    self.evaluations[ssdt] = validators.evaluate(ssdt, job)
