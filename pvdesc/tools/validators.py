@@ -49,6 +49,8 @@ DTC_CHECKS = (
     "avoid_default_addr_size",
     "simple_bus_reg",
 )
+#: Where :func:`dtc` has dtc compile the DTS again (an existing file there is overwritten).
+RECOMPILED = ".{}.recompiled"
 #: The package folder of extra dtschema schemas compiled with the core ones.
 SCHEMA_PACKAGE_DIR = "dtschema"
 #: The PV-time device's path in the SSDT (templates/ssdt.asl.j2).
@@ -139,7 +141,7 @@ def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
                 )
             )
         if dts is not None:
-            again = f".{dtb}.recompiled"
+            again = RECOMPILED.format(dtb)
             res = _run([exe, "-I", "dts", "-O", "dtb", "-o", again, dts], workdir)
             if res.returncode != 0 or res.stderr.strip():
                 out.append(

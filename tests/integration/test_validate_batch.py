@@ -200,3 +200,37 @@ def test_a_bad_shard_is_one_line_and_exit_2(shard: str) -> None:
     assert res.stdout == ""
     assert res.stderr.startswith("pvdesc: error: --shard: ")
     assert res.stderr.count("\n") == 1
+
+
+def test_a_drifted_dts_amid_a_chunk_is_its_own_descriptions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DTS files dtc reads are lent one file in turn: each is its own description's."""
+    names = ["generic-hole", "kvmtool", "linux-carve-reserved", "crosvm", "single-vcpu"]
+    files = [str(EXAMPLES / f"{n}.yaml") for n in names]
+    victim = files[2]
+    real_plan = build.plan
+
+    def plan(path: str | Path, *args: object, **kw: object) -> build.BuildResult:
+        result = real_plan(path)
+        if str(path) != victim:
+            return result
+        outputs = tuple(
+            build.Output(
+                o.name, o.kind, o.data.replace(b"no-map;", b'no-map;\n\t\tstatus = "okay";')
+            )
+            if o.kind == "dts"
+            else o
+            for o in result.outputs
+        )
+        return build.BuildResult(result.loaded, result.layout, outputs)
+
+    monkeypatch.setattr(build, "plan", plan)
+    ext = Externals("on", (Validator.DTC,), (), None)
+    got = chunk.validate_chunk(files, ext)
+    assert got == [chunk.validate_file(f, ext) for f in files]
+    assert [r.path for r in got if not r.ok] == [victim]
+    [failure] = got[2].failures
+    assert failure.message == (
+        "dtc: linux-carve-reserved.dts: compiles to other bytes than linux-carve-reserved.dtb"
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 from pvdesc.commands.validate.memo import Memo
 from pvdesc.commands.validate.results import Externals, FileReport, ValidateUsageError
 from pvdesc.commands.validate.single import Built, prepare
+from pvdesc.commands.validate.spares import Spares
 from pvdesc.emit import compiled
 from pvdesc.errors import ToolError
 from pvdesc.tools import validators
@@ -24,7 +25,7 @@ from pvdesc.tools.validators import Validator
 
 #: The outputs each validator reads from a file (the others take bytes): only these are written.
 READS: dict[Validator, frozenset[str]] = {
-    Validator.DTC: frozenset({"dtb", "dts"}),
+    Validator.DTC: frozenset({"dtb"}),  # and the DTS, lent a file as dtc runs (_dtc)
     Validator.DT_VALIDATE: frozenset({"dtb"}),
     Validator.IASL: frozenset(),
     Validator.ACPIEXEC: frozenset(),
@@ -97,16 +98,31 @@ def _run_one(v: Validator, todo: list[Built], ext: Externals, workdir: Path, mem
                 else validators.dt_validate(b.folder, f"{b.name}.dtb", schema)
             )
         return
+    spares = Spares(workdir)
     for b in todo:
         if v is Validator.DTC:
-            dts = f"{b.name}.dts" if f"{b.name}.dts" in b.names() else None
-            b.problems[v] = validators.dtc(b.folder, f"{b.name}.dtb", dts)
+            b.problems[v] = _dtc(b, spares)
         elif v is Validator.IASL:
             b.problems[v] = [
                 validators.Problem(v, f"{fname}: {fault}")
                 for fname, data in b.amls()
                 for fault in memo.round_trip(data)
             ]
+
+
+def _dtc(b: Built, spares: Spares) -> list[validators.Problem]:
+    """dtc on the DTB and, when there is one, on the DTS: lent a file (:mod:`.spares`) meanwhile."""
+    dtb, dts = f"{b.name}.dtb", f"{b.name}.dts"
+    data = next((o.data for o in b.result.outputs if o.name == dts), None)
+    if data is None:
+        return validators.dtc(b.folder, dtb, None)
+    again = b.folder / validators.RECOMPILED.format(dtb)
+    try:
+        with spares.holding(b.folder / dts, data), spares.holding(again, b""):
+            return validators.dtc(b.folder, dtb, dts)
+    except OSError as exc:
+        why = f"cannot write it to a temporary folder: {exc.strerror}"
+        return [validators.Problem(Validator.DTC, f"{dts}: {why}")]
 
 
 def validate_chunk(
