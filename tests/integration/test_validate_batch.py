@@ -137,6 +137,9 @@ def test_chunks_keep_the_order_and_use_every_worker() -> None:
         assert [f for part in parts for f in part] == files
         assert max(len(p) for p in parts) <= batch
         assert len(parts) >= min(jobs, len(files))
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1  # workers end together
+        assert len(parts) % jobs == 0 or len(parts) == len(files)
+    assert [len(p) for p in validate.chunks([str(i) for i in range(1000)], 2, 256)] == [250] * 4
     assert validate.chunks([], 2) == []
 
 
