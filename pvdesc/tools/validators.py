@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import PvdescError, ToolError
-from pvdesc.tools import acpica, proc
+from pvdesc.tools import acpica, crs, proc
 
 #: Seconds one dtc/dt-validate/dt-mk-schema run may take (they take well under one).
 TIMEOUT = 120.0
@@ -51,6 +51,8 @@ DTC_CHECKS = (
 )
 #: Where :func:`dtc` has dtc compile the DTS again (an existing file there is overwritten).
 RECOMPILED = ".{}.recompiled"
+#: Beside a schema while its :class:`SchemaCompilation` runs.
+PENDING = ".{}.pending"
 #: The package folder of extra dtschema schemas compiled with the core ones.
 SCHEMA_PACKAGE_DIR = "dtschema"
 #: The PV-time device's path in the SSDT (templates/ssdt.asl.j2).
@@ -161,27 +163,63 @@ def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
 # --------------------------------------------------------------------------- dt-validate
 
 
-def compile_schema(workdir: Path) -> Path:
-    """``dt-mk-schema -j``: the core schemas plus the shipped ones, once per run.
+class SchemaCompilation:
+    """``dt-mk-schema -j`` started: the core schemas plus the shipped ones, once per run.
 
     The shipped schemas are copied out of the package first, so this works from
-    an installed wheel as well as from the source tree.
+    an installed wheel as well as from the source tree.  dt-mk-schema writes a
+    hidden file that :meth:`finish` renames to :attr:`path`, so a process waiting
+    for the schema (``pvdesc.commands.validate.chunk``, while a ``.pending`` file beside it
+    says it is on its way) never reads half of it.  Leaving the ``with`` block
+    stops a dt-mk-schema nobody waited for.
+
+    Attributes:
+        path: where the compiled schema is once :meth:`finish` returned.
     """
-    exe = _program("dt-mk-schema")
-    extra = workdir / "schemas"
-    extra.mkdir(parents=True, exist_ok=True)
-    for entry in resources.files(__package__).joinpath(SCHEMA_PACKAGE_DIR).iterdir():
-        if entry.name.endswith(".yaml"):
-            (extra / entry.name).write_bytes(entry.read_bytes())
-    out = workdir / "processed-schema.json"
-    res = _run([exe, "-j", "-o", out.name, str(extra)], workdir)
-    if res.returncode != 0 or not out.is_file():
-        raise ToolError(
-            f"cannot compile the devicetree schemas (exit {res.returncode}): "
-            f"{first_line(res.stderr + res.stdout)}",
-            "dt-mk-schema",
-        )
-    return out
+
+    def __init__(self, workdir: Path) -> None:
+        exe = _program("dt-mk-schema")
+        extra = workdir / "schemas"
+        extra.mkdir(parents=True, exist_ok=True)
+        for entry in resources.files(__package__).joinpath(SCHEMA_PACKAGE_DIR).iterdir():
+            if entry.name.endswith(".yaml"):
+                (extra / entry.name).write_bytes(entry.read_bytes())
+        self.path = workdir / "processed-schema.json"
+        self._part = workdir / f".{self.path.name}.part"
+        self._pending = workdir / PENDING.format(self.path.name)
+        self._pending.touch()
+        argv = [exe, "-j", "-o", self._part.name, str(extra)]
+        self._job = proc.start(argv, timeout=TIMEOUT, cwd=workdir)
+
+    def finish(self) -> Path:
+        """Wait for dt-mk-schema; :attr:`path`, or a :class:`ToolError`."""
+        try:
+            res = self._job.wait()
+            if res.timed_out:
+                raise proc.timeout_error(res, TIMEOUT)
+            if res.returncode != 0 or not self._part.is_file():
+                raise ToolError(
+                    f"cannot compile the devicetree schemas (exit {res.returncode}): "
+                    f"{first_line(res.stderr + res.stdout)}",
+                    "dt-mk-schema",
+                )
+            self._part.rename(self.path)
+            return self.path
+        finally:  # only once the schema is in place: a waiting worker would go on without it
+            self._pending.unlink(missing_ok=True)
+
+    def __enter__(self) -> SchemaCompilation:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._job.close()
+        self._pending.unlink(missing_ok=True)
+
+
+def compile_schema(workdir: Path) -> Path:
+    """:class:`SchemaCompilation`, waited for."""
+    with SchemaCompilation(workdir) as job:
+        return job.finish()
 
 
 def _dt_validate_run(workdir: Path, dtbs: Sequence[str], schema: Path) -> tuple[Any, str | None]:
@@ -291,49 +329,7 @@ def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
     return [Problem(Validator.IASL, f"{name}: {fault}") for fault in round_trip_faults(aml)]
 
 
-_DESCRIPTOR_RE = re.compile(r"^\[\d+\] (?P<kind>.+?)\s*$", re.MULTILINE)
-_FIELD_RE = re.compile(r"^\s*(?P<label>[A-Za-z/ ]+?)\s*:\s*(?P<value>.*?)\s*$", re.MULTILINE)
 _STA_RE = re.compile(r"\[Integer\] = (?P<value>[0-9A-Fa-f]+)\s*$", re.MULTILINE)
-
-
-def crs_claims(output: str) -> tuple[list[Range], list[str]]:
-    """The memory ranges acpiexec's ``resources`` printed for ``_CRS``, and any oddities.
-
-    Handles the two descriptors pvdesc emits (``Memory32Fixed``, ``QWordMemory``)
-    and the DWORD form; a QWORD/DWORD descriptor must be a ResourceConsumer.
-    """
-    if "Evaluating _CRS" not in output:
-        return [], ["acpiexec printed no _CRS"]
-    crs = output.split("Evaluating _CRS", 1)[1].split("Resource Conversion", 1)[0]
-    ranges: list[Range] = []
-    odd: list[str] = []
-    marks = list(_DESCRIPTOR_RE.finditer(crs))
-    for i, mark in enumerate(marks):
-        kind = mark["kind"]
-        body = crs[mark.end() : marks[i + 1].start() if i + 1 < len(marks) else len(crs)]
-        fields = {m["label"]: m["value"] for m in _FIELD_RE.finditer(body)}
-        try:
-            if kind == "EndTag Resource":
-                continue
-            if kind == "32-Bit Fixed Memory Range Resource":
-                ranges.append(Range(int(fields["Address"], 16), int(fields["Address Length"], 16)))
-            elif kind in (
-                "64-Bit QWORD Address Space Resource",
-                "32-Bit DWORD Address Space Resource",
-            ):
-                if fields.get("Resource Type") != "Memory Range":
-                    odd.append(f"{kind} of type {fields.get('Resource Type')}")
-                    continue
-                if fields.get("Consumer/Producer") != "ResourceConsumer":
-                    odd.append(f"{kind} is a {fields.get('Consumer/Producer')}, not a consumer")
-                ranges.append(
-                    Range(int(fields["Address Minimum"], 16), int(fields["Address Length"], 16))
-                )
-            else:
-                odd.append(f"unexpected descriptor {kind!r}")
-        except (KeyError, ValueError):
-            odd.append(f"{kind} without a readable address and length")
-    return ranges, odd
 
 
 class Evaluation(NamedTuple):
@@ -380,7 +376,7 @@ def evaluation_problems(name: str, answer: Evaluation, region: Range) -> list[Pr
         out.append(
             Problem(Validator.ACPIEXEC, f"{name}: {PVTM}._STA returned {got}, not F (present)")
         )
-    claims, odd = crs_claims(output)
+    claims, odd = crs.crs_claims(output)
     out += [Problem(Validator.ACPIEXEC, f"{name}: {PVTM}._CRS: {o}") for o in odd]
     if claims != [region]:
         text = ", ".join(str(r) for r in claims) or "nothing"

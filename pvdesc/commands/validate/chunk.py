@@ -11,6 +11,7 @@ one names (:func:`pvdesc.tools.validators.dt_validate_many`).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,14 +33,18 @@ READS: dict[Validator, frozenset[str]] = {
 }
 
 
-def resolve_externals(mode: bool | None, workdir: Path) -> Externals:
+def resolve_externals(
+    mode: bool | None, workdir: Path
+) -> tuple[Externals, validators.SchemaCompilation | None]:
     """The validators to run: all (``True``), none (``False``) or those available (``None``).
 
     With ``True`` a missing program is a :class:`ValidateUsageError` naming every
-    missing one.  When dt-validate runs its schemas are compiled into ``workdir``.
+    missing one.  When dt-validate runs, its schemas start compiling into
+    ``workdir``: the compilation comes back with the validators, for the caller
+    to wait for (:func:`schema_ready`) while the work starts.
     """
     if mode is False:
-        return Externals("off", (), (), None)
+        return Externals("off", (), (), None), None
     missing = tuple((v, progs) for v in Validator if (progs := validators.missing_programs(v)))
     if mode is True and missing:
         text = "; ".join(
@@ -50,13 +55,32 @@ def resolve_externals(mode: bool | None, workdir: Path) -> Externals:
         )
     absent = {v for v, _ in missing}
     enabled = tuple(v for v in Validator if v not in absent)
-    schema = None
+    job = None
     if Validator.DT_VALIDATE in enabled:
         try:
-            schema = str(validators.compile_schema(workdir))
+            job = validators.SchemaCompilation(workdir)
         except ToolError as err:
             raise ValidateUsageError(str(err), "--external") from None
-    return Externals("on" if mode else "auto", enabled, missing, schema)
+    schema = None if job is None else str(job.path)
+    return Externals("on" if mode else "auto", enabled, missing, schema), job
+
+
+def schema_ready(job: validators.SchemaCompilation | None) -> None:
+    """Wait for the schemas :func:`resolve_externals` started; a :class:`ValidateUsageError`."""
+    if job is not None:
+        try:
+            job.finish()
+        except ToolError as err:
+            raise ValidateUsageError(str(err), "--external") from None
+
+
+def await_schema(path: Path, timeout: float = validators.TIMEOUT) -> None:
+    """Wait, in 5 ms sleeps, while a :class:`~pvdesc.tools.validators.SchemaCompilation` of
+    ``path`` is under way (in the main process, as the workers start)."""
+    deadline = time.monotonic() + timeout
+    pending = path.with_name(validators.PENDING.format(path.name))
+    while pending.exists() and not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def run_validators(built: Sequence[Built], ext: Externals, workdir: Path, memo: Memo) -> None:
@@ -87,6 +111,7 @@ def _run_one(v: Validator, todo: list[Built], ext: Externals, workdir: Path, mem
     """Run validator ``v`` (not acpiexec) over ``todo``."""
     if v is Validator.DT_VALIDATE and ext.schema is not None:
         schema = Path(ext.schema)
+        await_schema(schema)  # the main process compiles it as the workers start
         pairs = [
             (str(b.folder.relative_to(workdir) / f"{b.name}.dtb"), f"{b.name}.dtb") for b in todo
         ]

@@ -17,10 +17,13 @@ running the external validators over a chunk is :mod:`pvdesc.commands.validate.c
 the report model is :mod:`pvdesc.commands.validate.results`.
 
 Descriptions run in chunks of up to :data:`CHUNK`, in parallel worker processes
-(``jobs``).  Results come back in path order, and nothing in a report depends on
-timing, on the number of jobs or on how the descriptions were chunked.  ``shard``
-(``--shard K/N``) keeps every N-th description of the sorted list from the K-th,
-so N machines split a fleet.
+(``jobs``).  dt-validate's schemas compile in this process while the workers
+start and build their first chunk; a worker waits for them only to run
+dt-validate (:func:`pvdesc.commands.validate.chunk.await_schema`).  Results
+come back in path order, and nothing in a report depends on timing, on the
+number of jobs or on how the descriptions were chunked.  ``shard`` (``--shard
+K/N``) keeps every N-th description of the sorted list from the K-th, so N
+machines split a fleet.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ from itertools import pairwise, repeat
 from pathlib import Path
 from typing import NamedTuple
 
-from pvdesc.commands.validate.chunk import resolve_externals, validate_chunk
+from pvdesc.commands.validate.chunk import resolve_externals, schema_ready, validate_chunk
 from pvdesc.commands.validate.memo import Memo
 from pvdesc.commands.validate.results import Externals, FileReport, FleetReport, ValidateUsageError
 from pvdesc.emit import build
-from pvdesc.tools import signals
+from pvdesc.tools import signals, validators
 
 #: File name suffixes of descriptions.
 SUFFIXES = (".yaml", ".yml")
@@ -121,9 +124,16 @@ def chunks(files: Sequence[str], jobs: int, batch: int = CHUNK) -> list[tuple[st
     return [tuple(files[a:b]) for a, b in pairwise(cuts)]
 
 
-def _map(files: Sequence[str], ext: Externals, jobs: int, batch: int) -> Iterable[FileReport]:
+def _map(
+    files: Sequence[str],
+    ext: Externals,
+    jobs: int,
+    batch: int,
+    schema: validators.SchemaCompilation | None,
+) -> Iterable[FileReport]:
     parts = chunks(files, jobs, batch)
     if jobs == 1 or len(parts) <= 1:
+        schema_ready(schema)
         memo = Memo()  # this run's, in this process
         return [r for part in parts for r in validate_chunk(part, ext, memo)]
     # spawn: fresh interpreters, safe whatever threads the caller has.
@@ -132,7 +142,9 @@ def _map(files: Sequence[str], ext: Externals, jobs: int, batch: int) -> Iterabl
         max_workers=min(jobs, len(parts)), mp_context=ctx, initializer=signals.worker_between_jobs
     )
     try:
-        reports = [r for part in pool.map(_validate_in_worker, parts, repeat(ext)) for r in part]
+        done = pool.map(_validate_in_worker, parts, repeat(ext))  # every chunk submitted
+        schema_ready(schema)  # compiled while the workers start: they wait for it (chunk)
+        reports = [r for part in done for r in part]
     except BaseException:
         _stop_workers(pool)
         raise
@@ -230,8 +242,9 @@ def run(
     found = discover(paths)
     files = shard.select(found) if shard is not None else found
     with tempfile.TemporaryDirectory(prefix="pvdesc-schema-") as tmp:
-        ext = resolve_externals(external, Path(tmp))
-        reports = tuple(_map(files, ext, workers, batch))
+        ext, schema = resolve_externals(external, Path(tmp))
+        with schema or contextlib.nullcontext():
+            reports = tuple(_map(files, ext, workers, batch, schema))
     return FleetReport(reports, ext, shard, len(found))
 
 
