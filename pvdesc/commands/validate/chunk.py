@@ -75,8 +75,12 @@ def schema_ready(job: validators.SchemaCompilation | None) -> None:
 
 
 def await_schema(path: Path, timeout: float = validators.TIMEOUT) -> None:
-    """Wait, in 5 ms sleeps, while a :class:`~pvdesc.tools.validators.SchemaCompilation` of
-    ``path`` is under way (in the main process, as the workers start)."""
+    """Wait, in 5 ms sleeps, while the main process compiles the schema ``path``.
+
+    A :class:`~pvdesc.tools.validators.SchemaCompilation` marks its compilation as
+    under way (:data:`~pvdesc.tools.validators.PENDING`); nothing is waited for
+    when none does, and at most ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
     pending = path.with_name(validators.PENDING.format(path.name))
     while pending.exists() and not path.exists() and time.monotonic() < deadline:
