@@ -34,10 +34,10 @@ from typing import NamedTuple
 from pvdesc import __version__
 from pvdesc.core.model import VmDescription
 from pvdesc.core.ranges import Range
-from pvdesc.emit import templating
+from pvdesc.emit import compiled, templating
 from pvdesc.errors import AcpiError
 from pvdesc.layout.allocate import Layout, MemoryNode
-from pvdesc.tools import acpica, signals
+from pvdesc.tools import signals
 
 #: ``_STA``: present, enabled, shown in UI, functioning (ACPI 6.x §6.3.7).
 STA_PRESENT = 0x0F
@@ -167,7 +167,9 @@ def compiling(
     compiled in order.  The
     SRAT, thousands of lines for hundreds of vCPUs and most of iasl's time, is
     started first.  Leaving the block stops any iasl not waited for and removes
-    its temporary directory; nothing is written to the output directory.
+    its temporary directory; nothing is written to the output directory.  In a
+    :func:`pvdesc.emit.compiled.remembering` block a table compiled before is not
+    compiled again.
     """
     srat = srat_source(layout) if needs_srat(layout.description) else None
     with contextlib.ExitStack() as stack:
@@ -175,16 +177,17 @@ def compiling(
         # on the stack that stops it: between the two, it left iasl running.
         with signals.deferred():
             srat_job = (
-                stack.enter_context(acpica.Compilation(srat, template=SRAT_TEMPLATE, name="srat"))
+                compiled.start(srat, template=SRAT_TEMPLATE, name="srat")
                 if srat is not None
                 else None
             )
+            if srat_job is not None:
+                stack.enter_context(srat_job)
         signals.raise_pending()
         ssdt = ssdt_source(layout)  # once the SRAT, the longer compilation, has started
         with signals.deferred():
-            ssdt_job = stack.enter_context(
-                acpica.Compilation(ssdt, template=SSDT_TEMPLATE, name="ssdt")
-            )
+            ssdt_job = compiled.start(ssdt, template=SSDT_TEMPLATE, name="ssdt")
+            stack.enter_context(ssdt_job)
         signals.raise_pending()
 
         def wait() -> tuple[Table, ...]:

@@ -181,47 +181,15 @@ def parse_diagnostics(text: str) -> list[Diagnostic]:
     return out
 
 
-_TAG_RE = re.compile(r"(\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\})")
-
-
-def _line_pattern(template_line: str) -> re.Pattern[str] | None:
-    """A regex matching what one template line renders to; ``None`` for pure tag lines."""
-    stripped = template_line.strip()
-    if not stripped or re.fullmatch(r"(\{%.*?%\}|\{#.*?#\})+", stripped):
-        return None
-    parts = _TAG_RE.split(stripped)
-    body = "".join(".*" if _TAG_RE.fullmatch(p) else re.escape(p) for p in parts)
-    return re.compile(rf"^\s*{body}\s*$")
-
-
 def template_line(template: str, rendered: str, line: int) -> int | None:
     """The line of ``templates/<template>`` that produced line ``line`` of ``rendered``.
 
-    Template lines are turned into patterns (static text literal, every
-    ``{{ ... }}`` a wildcard) and matched against the rendered lines in order:
-    each rendered line is matched to the first template line after the
-    previous match, wrapping back for loops.  A line that matches nothing (its
-    static text was damaged) is attributed to the template line after the
-    previous match.  ``None`` when nothing can be attributed.
+    See :func:`pvdesc.tools.asltemplate.template_line`; imported only when a
+    message needs a template line.
     """
-    from importlib import resources  # only when a message needs a template line
+    from pvdesc.tools import asltemplate
 
-    source = resources.files("pvdesc.templates").joinpath(template).read_text().splitlines()
-    usable = [(i + 1, p) for i, t in enumerate(source) if (p := _line_pattern(t)) is not None]
-    if not usable:
-        return None
-    cursor = -1
-    found: int | None = None
-    for text in rendered.splitlines()[:line]:
-        order = [*range(cursor + 1 if cursor >= 0 else 0, len(usable)), *range(0, cursor + 1)]
-        hit = next((k for k in order if usable[k][1].match(text)), None)
-        if hit is None:
-            nxt = min(cursor + 1, len(usable) - 1)
-            found = usable[nxt][0]
-            continue
-        cursor = hit
-        found = usable[hit][0]
-    return found
+    return asltemplate.template_line(template, rendered, line)
 
 
 def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
@@ -353,25 +321,73 @@ def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
     failure (acpiexec's exit status cannot be trusted, docs/acpi.md §4.4).
     Resource-trace lines are dropped from the returned text.
     """
-    exe = tool("acpiexec")
-    if not tables:
-        raise AcpiError("acpiexec needs at least one table", "acpiexec")
-    if any("\n" in c or "\r" in c for c in commands):
-        raise AcpiError("an acpiexec command is one line", "acpiexec")
-    files = {f"t{i}.aml": data for i, data in enumerate(tables)}
-    script = "".join(f"{c}\n" for c in [*commands, "quit"]).encode()
-    with _scratch("acpiexec", {**files, "commands.txt": script}) as tmp:
-        work = Path(tmp)
-        result = _run([exe, *files], work, stdin=work / "commands.txt")
-    output = "\n".join(
-        ln for ln in (result.stdout + "\n" + result.stderr).splitlines() if not _TRACE_RE.match(ln)
-    )
-    if result.returncode != 0:
-        raise AcpiError(f"acpiexec exited {result.returncode}: {proc.summary(result)}", "acpiexec")
-    problems = _failures(output)
-    if problems:
-        raise AcpiError(problems[0], "acpiexec")
-    return output
+    with Execution(tables, commands) as job:
+        return job.output()
+
+
+class Execution:
+    """:func:`acpiexec` started, not yet waited for: it runs (mostly asleep, ~110 ms as
+    its debugger thread shuts down) while the caller works.  Errors found before it
+    starts are raised by the constructor, the others by :meth:`output`.  Leaving
+    its ``with`` block stops an acpiexec not waited for and removes its folder.
+
+    Attributes:
+        argv: the command as started.
+    """
+
+    def __init__(self, tables: Sequence[bytes], commands: Sequence[str]) -> None:
+        exe = tool("acpiexec")
+        if not tables:
+            raise AcpiError("acpiexec needs at least one table", "acpiexec")
+        if any("\n" in c or "\r" in c for c in commands):
+            raise AcpiError("an acpiexec command is one line", "acpiexec")
+        files = {f"t{i}.aml": data for i, data in enumerate(tables)}
+        script = "".join(f"{c}\n" for c in [*commands, "quit"]).encode()
+        self.argv = [exe, *files]
+        # A stopping signal is held back until the folder is ours to remove (pvdesc.tools.signals).
+        with signals.deferred():
+            self._tmp = _scratch("acpiexec", {**files, "commands.txt": script})
+        try:
+            signals.raise_pending()
+            work = Path(self._tmp.name)
+            self._job = proc.start(
+                self.argv, timeout=TIMEOUT, cwd=work, stdin=work / "commands.txt"
+            )
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def output(self) -> str:
+        """Wait for acpiexec; its output, or :class:`AcpiError` / :class:`ToolError`."""
+        try:
+            result = self._job.wait()
+        finally:
+            _record(self._job.argv, self._job.waited)
+        if result.timed_out:
+            raise proc.timeout_error(result, TIMEOUT)
+        text = result.stdout + "\n" + result.stderr
+        output = "\n".join(ln for ln in text.splitlines() if not _TRACE_RE.match(ln))
+        if result.returncode != 0:
+            raise AcpiError(
+                f"acpiexec exited {result.returncode}: {proc.summary(result)}", "acpiexec"
+            )
+        problems = _failures(output)
+        if problems:
+            raise AcpiError(problems[0], "acpiexec")
+        return output
+
+    def close(self) -> None:
+        """Stop acpiexec if nobody waited for it; remove the temporary directory."""
+        try:
+            self._job.close()
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Execution:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def _failures(text: str) -> list[str]:

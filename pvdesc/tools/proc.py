@@ -202,7 +202,14 @@ class Running:
             tool's run time: it may have finished while the caller worked).
     """
 
-    def __init__(self, argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: Path | None = None,
+        stdin: Path | None = None,
+    ) -> None:
         self.argv = tuple(argv)
         self.waited = 0.0
         self._result: Result | None = None
@@ -216,7 +223,7 @@ class Running:
                 Path(self.argv[0]).name,
             ) from None
         try:
-            self._proc = _popen(self.argv, cwd, self._out, self._err)
+            self._proc = _popen(self.argv, cwd, self._out, self._err, stdin)
         except ToolError:
             self._close_files()
             raise
@@ -298,12 +305,14 @@ def _polled_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
-def start(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> Running:
+def start(
+    argv: Sequence[str], *, timeout: float, cwd: Path | None = None, stdin: Path | None = None
+) -> Running:
     """Start ``argv`` as :func:`run` would, and return at once (see :class:`Running`).
 
     Raises :class:`ToolError` only when the tool cannot be started at all.
     """
-    return Running(argv, timeout=timeout, cwd=cwd)
+    return Running(argv, timeout=timeout, cwd=cwd, stdin=stdin)
 
 
 def summary(result: Result, lines: int = 2, limit: int = 300) -> str:

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from pvdesc.core.ranges import Range
 from pvdesc.errors import PvdescError, ToolError
-from pvdesc.tools import acpica, proc
+from pvdesc.tools import acpica, crs, proc
 
 #: Seconds one dtc/dt-validate/dt-mk-schema run may take (they take well under one).
 TIMEOUT = 120.0
@@ -49,6 +49,10 @@ DTC_CHECKS = (
     "avoid_default_addr_size",
     "simple_bus_reg",
 )
+#: Where :func:`dtc` has dtc compile the DTS again (an existing file there is overwritten).
+RECOMPILED = ".{}.recompiled"
+#: Beside a schema while its :class:`SchemaCompilation` runs.
+PENDING = ".{}.pending"
 #: The package folder of extra dtschema schemas compiled with the core ones.
 SCHEMA_PACKAGE_DIR = "dtschema"
 #: The PV-time device's path in the SSDT (templates/ssdt.asl.j2).
@@ -139,7 +143,7 @@ def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
                 )
             )
         if dts is not None:
-            again = f".{dtb}.recompiled"
+            again = RECOMPILED.format(dtb)
             res = _run([exe, "-I", "dts", "-O", "dtb", "-o", again, dts], workdir)
             if res.returncode != 0 or res.stderr.strip():
                 out.append(
@@ -159,27 +163,63 @@ def dtc(workdir: Path, dtb: str, dts: str | None) -> list[Problem]:
 # --------------------------------------------------------------------------- dt-validate
 
 
-def compile_schema(workdir: Path) -> Path:
-    """``dt-mk-schema -j``: the core schemas plus the shipped ones, once per run.
+class SchemaCompilation:
+    """``dt-mk-schema -j`` started: the core schemas plus the shipped ones, once per run.
 
     The shipped schemas are copied out of the package first, so this works from
-    an installed wheel as well as from the source tree.
+    an installed wheel as well as from the source tree.  dt-mk-schema writes a
+    hidden file that :meth:`finish` renames to :attr:`path`, so a process waiting
+    for the schema (``pvdesc.commands.validate.chunk``, while a ``.pending`` file beside it
+    says it is on its way) never reads half of it.  Leaving the ``with`` block
+    stops a dt-mk-schema nobody waited for.
+
+    Attributes:
+        path: where the compiled schema is once :meth:`finish` returned.
     """
-    exe = _program("dt-mk-schema")
-    extra = workdir / "schemas"
-    extra.mkdir(parents=True, exist_ok=True)
-    for entry in resources.files(__package__).joinpath(SCHEMA_PACKAGE_DIR).iterdir():
-        if entry.name.endswith(".yaml"):
-            (extra / entry.name).write_bytes(entry.read_bytes())
-    out = workdir / "processed-schema.json"
-    res = _run([exe, "-j", "-o", out.name, str(extra)], workdir)
-    if res.returncode != 0 or not out.is_file():
-        raise ToolError(
-            f"cannot compile the devicetree schemas (exit {res.returncode}): "
-            f"{first_line(res.stderr + res.stdout)}",
-            "dt-mk-schema",
-        )
-    return out
+
+    def __init__(self, workdir: Path) -> None:
+        exe = _program("dt-mk-schema")
+        extra = workdir / "schemas"
+        extra.mkdir(parents=True, exist_ok=True)
+        for entry in resources.files(__package__).joinpath(SCHEMA_PACKAGE_DIR).iterdir():
+            if entry.name.endswith(".yaml"):
+                (extra / entry.name).write_bytes(entry.read_bytes())
+        self.path = workdir / "processed-schema.json"
+        self._part = workdir / f".{self.path.name}.part"
+        self._pending = workdir / PENDING.format(self.path.name)
+        self._pending.touch()
+        argv = [exe, "-j", "-o", self._part.name, str(extra)]
+        self._job = proc.start(argv, timeout=TIMEOUT, cwd=workdir)
+
+    def finish(self) -> Path:
+        """Wait for dt-mk-schema; :attr:`path`, or a :class:`ToolError`."""
+        try:
+            res = self._job.wait()
+            if res.timed_out:
+                raise proc.timeout_error(res, TIMEOUT)
+            if res.returncode != 0 or not self._part.is_file():
+                raise ToolError(
+                    f"cannot compile the devicetree schemas (exit {res.returncode}): "
+                    f"{first_line(res.stderr + res.stdout)}",
+                    "dt-mk-schema",
+                )
+            self._part.rename(self.path)
+            return self.path
+        finally:  # only once the schema is in place: a waiting worker would go on without it
+            self._pending.unlink(missing_ok=True)
+
+    def __enter__(self) -> SchemaCompilation:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._job.close()
+        self._pending.unlink(missing_ok=True)
+
+
+def compile_schema(workdir: Path) -> Path:
+    """:class:`SchemaCompilation`, waited for."""
+    with SchemaCompilation(workdir) as job:
+        return job.finish()
 
 
 def _dt_validate_run(workdir: Path, dtbs: Sequence[str], schema: Path) -> tuple[Any, str | None]:
@@ -263,75 +303,71 @@ def _first_difference(a: bytes, b: bytes) -> int:
     )
 
 
-def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
-    """``iasl -d`` then recompile: the bytes must equal ``aml``."""
+def round_trip_faults(aml: bytes) -> list[str]:
+    """``iasl -d`` then recompile: what is wrong with ``aml``, each without a file name.
+
+    iasl runs in a fresh temporary directory under a fixed file name
+    (:mod:`pvdesc.tools.acpica`), so the answer depends on the table's bytes alone:
+    equal tables get equal answers, and :func:`iasl_round_trip` prefixes each with
+    the table's own name.
+    """
     try:
         again = acpica.recompile(acpica.disassemble(aml, "table"), "table")
     except PvdescError as err:
-        return [Problem(Validator.IASL, f"{name}: round trip: {first_line(err.message)}")]
+        return [f"round trip: {first_line(err.message)}"]
     if again != aml:
         at = _first_difference(aml, again)
         return [
-            Problem(
-                Validator.IASL,
-                f"{name}: iasl -d and recompiling gives {len(again)} bytes, not the same "
-                f"{len(aml)} (first difference at offset {at:#x})",
-            )
+            f"iasl -d and recompiling gives {len(again)} bytes, not the same "
+            f"{len(aml)} (first difference at offset {at:#x})"
         ]
     return []
 
 
-_DESCRIPTOR_RE = re.compile(r"^\[\d+\] (?P<kind>.+?)\s*$", re.MULTILINE)
-_FIELD_RE = re.compile(r"^\s*(?P<label>[A-Za-z/ ]+?)\s*:\s*(?P<value>.*?)\s*$", re.MULTILINE)
+def iasl_round_trip(name: str, aml: bytes) -> list[Problem]:
+    """``iasl -d`` then recompile: the bytes must equal ``aml`` (:func:`round_trip_faults`)."""
+    return [Problem(Validator.IASL, f"{name}: {fault}") for fault in round_trip_faults(aml)]
+
+
 _STA_RE = re.compile(r"\[Integer\] = (?P<value>[0-9A-Fa-f]+)\s*$", re.MULTILINE)
 
 
-def crs_claims(output: str) -> tuple[list[Range], list[str]]:
-    """The memory ranges acpiexec's ``resources`` printed for ``_CRS``, and any oddities.
+class Evaluation(NamedTuple):
+    """What acpiexec answered for one SSDT (:func:`evaluate`).
 
-    Handles the two descriptors pvdesc emits (``Memory32Fixed``, ``QWordMemory``)
-    and the DWORD form; a QWORD/DWORD descriptor must be a ResourceConsumer.
+    Attributes:
+        output: its output (resource-trace lines dropped), "" when it failed.
+        error: the first line of its failure, or ``None``.
     """
-    if "Evaluating _CRS" not in output:
-        return [], ["acpiexec printed no _CRS"]
-    crs = output.split("Evaluating _CRS", 1)[1].split("Resource Conversion", 1)[0]
-    ranges: list[Range] = []
-    odd: list[str] = []
-    marks = list(_DESCRIPTOR_RE.finditer(crs))
-    for i, mark in enumerate(marks):
-        kind = mark["kind"]
-        body = crs[mark.end() : marks[i + 1].start() if i + 1 < len(marks) else len(crs)]
-        fields = {m["label"]: m["value"] for m in _FIELD_RE.finditer(body)}
-        try:
-            if kind == "EndTag Resource":
-                continue
-            if kind == "32-Bit Fixed Memory Range Resource":
-                ranges.append(Range(int(fields["Address"], 16), int(fields["Address Length"], 16)))
-            elif kind in (
-                "64-Bit QWORD Address Space Resource",
-                "32-Bit DWORD Address Space Resource",
-            ):
-                if fields.get("Resource Type") != "Memory Range":
-                    odd.append(f"{kind} of type {fields.get('Resource Type')}")
-                    continue
-                if fields.get("Consumer/Producer") != "ResourceConsumer":
-                    odd.append(f"{kind} is a {fields.get('Consumer/Producer')}, not a consumer")
-                ranges.append(
-                    Range(int(fields["Address Minimum"], 16), int(fields["Address Length"], 16))
-                )
-            else:
-                odd.append(f"unexpected descriptor {kind!r}")
-        except (KeyError, ValueError):
-            odd.append(f"{kind} without a readable address and length")
-    return ranges, odd
+
+    output: str
+    error: str | None
 
 
-def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
-    """Load the SSDT into acpiexec: ``_STA`` must be 0xF and ``_CRS`` claim exactly ``region``."""
+#: What acpiexec is asked about an SSDT.
+EVALUATE = (f"evaluate {PVTM}._STA", f"resources {PVTM}")
+
+
+def evaluate(ssdt: bytes, started: acpica.Execution | None = None) -> Evaluation:
+    """Load the SSDT into acpiexec, evaluate ``_STA`` and decode ``_CRS`` (no file name in it).
+
+    acpiexec runs in a fresh temporary directory under a fixed file name
+    (:class:`pvdesc.tools.acpica.Execution`), so the answer depends on the table's
+    bytes alone.  ``started``: that run of :data:`EVALUATE` on ``ssdt``, started
+    by the caller (this waits for it and closes it).
+    """
     try:
-        output = acpica.acpiexec([ssdt], [f"evaluate {PVTM}._STA", f"resources {PVTM}"])
+        with started or acpica.Execution([ssdt], EVALUATE) as job:
+            return Evaluation(job.output(), None)
     except PvdescError as err:
-        return [Problem(Validator.ACPIEXEC, f"{name}: {first_line(str(err))}")]
+        return Evaluation("", first_line(str(err)))
+
+
+def evaluation_problems(name: str, answer: Evaluation, region: Range) -> list[Problem]:
+    """The problems of SSDT ``name`` in acpiexec's ``answer``: ``_STA`` 0xF, ``_CRS`` ``region``."""
+    if answer.error is not None:
+        return [Problem(Validator.ACPIEXEC, f"{name}: {answer.error}")]
+    output = answer.output
     out: list[Problem] = []
     sta_part = output.split(f"Evaluating {PVTM}._STA", 1)[-1]
     sta = _STA_RE.search(sta_part)
@@ -340,7 +376,7 @@ def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
         out.append(
             Problem(Validator.ACPIEXEC, f"{name}: {PVTM}._STA returned {got}, not F (present)")
         )
-    claims, odd = crs_claims(output)
+    claims, odd = crs.crs_claims(output)
     out += [Problem(Validator.ACPIEXEC, f"{name}: {PVTM}._CRS: {o}") for o in odd]
     if claims != [region]:
         text = ", ".join(str(r) for r in claims) or "nothing"
@@ -351,3 +387,8 @@ def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
             )
         )
     return out
+
+
+def acpiexec(name: str, ssdt: bytes, region: Range) -> list[Problem]:
+    """Load the SSDT into acpiexec: ``_STA`` must be 0xF and ``_CRS`` claim exactly ``region``."""
+    return evaluation_problems(name, evaluate(ssdt), region)

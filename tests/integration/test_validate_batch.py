@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from test_validate_validators import CARVED, _bad_tree
 
 from pvdesc.commands.validate import chunk, reports
 from pvdesc.commands.validate import fleet as validate
-from pvdesc.commands.validate.results import Externals, FleetReport
+from pvdesc.commands.validate.results import Externals, FleetReport, ValidateUsageError
 from pvdesc.emit import build
 from pvdesc.tools import proc, validators
 from pvdesc.tools.validators import Validator
@@ -78,7 +80,7 @@ def test_batched_and_unbatched_reports_are_identical(
     monkeypatch.chdir(fleet)
     paths = ["examples", "bad"]
     alone = validate.run(paths, jobs=1, external=True, batch=1)
-    batched = validate.run(paths, jobs=1, external=True)  # one chunk of up to 64
+    batched = validate.run(paths, jobs=1, external=True)  # one chunk of up to 256
     odd = validate.run(paths, jobs=1, external=True, batch=5)  # chunks cut mid-fleet
     assert _all(batched) == _all(alone)
     assert _all(odd) == _all(alone)
@@ -137,6 +139,9 @@ def test_chunks_keep_the_order_and_use_every_worker() -> None:
         assert [f for part in parts for f in part] == files
         assert max(len(p) for p in parts) <= batch
         assert len(parts) >= min(jobs, len(files))
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1  # workers end together
+        assert len(parts) % jobs == 0 or len(parts) == len(files)
+    assert [len(p) for p in validate.chunks([str(i) for i in range(1000)], 2, 256)] == [250] * 4
     assert validate.chunks([], 2) == []
 
 
@@ -200,3 +205,102 @@ def test_a_bad_shard_is_one_line_and_exit_2(shard: str) -> None:
     assert res.stdout == ""
     assert res.stderr.startswith("pvdesc: error: --shard: ")
     assert res.stderr.count("\n") == 1
+
+
+def test_a_drifted_dts_amid_a_chunk_is_its_own_descriptions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DTS files dtc reads are lent one file in turn: each is its own description's."""
+    names = ["generic-hole", "kvmtool", "linux-carve-reserved", "crosvm", "single-vcpu"]
+    files = [str(EXAMPLES / f"{n}.yaml") for n in names]
+    victim = files[2]
+    real_plan = build.plan
+
+    def plan(path: str | Path, *args: object, **kw: object) -> build.BuildResult:
+        result = real_plan(path)
+        if str(path) != victim:
+            return result
+        outputs = tuple(
+            build.Output(
+                o.name, o.kind, o.data.replace(b"no-map;", b'no-map;\n\t\tstatus = "okay";')
+            )
+            if o.kind == "dts"
+            else o
+            for o in result.outputs
+        )
+        return build.BuildResult(result.loaded, result.layout, outputs)
+
+    monkeypatch.setattr(build, "plan", plan)
+    ext = Externals("on", (Validator.DTC,), (), None)
+    got = chunk.validate_chunk(files, ext)
+    assert got == [chunk.validate_file(f, ext) for f in files]
+    assert [r.path for r in got if not r.ok] == [victim]
+    [failure] = got[2].failures
+    assert failure.message == (
+        "dtc: linux-carve-reserved.dts: compiles to other bytes than linux-carve-reserved.dtb"
+    )
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+def _schema_tool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str) -> None:
+    """This process runs ``script`` (a shell script) as dt-mk-schema; the workers never run it."""
+    real = proc.find_program
+    tool = tmp_path / "bin" / "dt-mk-schema"
+    tool.parent.mkdir()
+    tool.write_text(f"#!/bin/sh\n{script.format(real=real('dt-mk-schema'))}\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(
+        proc, "find_program", lambda n: str(tool) if n == "dt-mk-schema" else real(n)
+    )
+
+
+def _fleet_of(tmp_path: Path, n: int) -> list[str]:
+    """``n`` descriptions, the examples in turn, for chunks in two workers."""
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    (tmp_path / "fleet").mkdir()
+    for i in range(n):
+        shutil.copy(
+            examples[i % len(examples)],
+            tmp_path / "fleet" / f"{i:03d}-{examples[i % len(examples)].name}",
+        )
+    return [str(tmp_path / "fleet")]
+
+
+def test_workers_wait_for_a_schema_that_compiles_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _fleet_of(tmp_path, 6)
+    want = validate.run(paths, jobs=1, external=True)
+    _schema_tool(monkeypatch, tmp_path, 'sleep 2; exec "{real}" "$@"')
+    late = validate.run(paths, jobs=2, external=True, batch=2)  # 3 workers' chunks start first
+    assert _all(late) == _all(want)
+    assert late.ok and "dt-validate" in late.files[0].stages
+
+
+def test_a_schema_that_fails_as_workers_run_is_one_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _fleet_of(tmp_path, 6)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the workers' folders
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process's
+    _schema_tool(monkeypatch, tmp_path, "sleep 1; echo 'no schema today' >&2; exit 3")
+    with pytest.raises(ValidateUsageError) as info:
+        validate.run(paths, jobs=2, external=True, batch=2)
+    assert str(info.value) == (
+        "--external: dt-mk-schema: cannot compile the devicetree schemas (exit 3): no schema today"
+    )
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_schema_nobody_compiles_is_not_waited_for(tmp_path: Path) -> None:
+    start = time.monotonic()
+    chunk.await_schema(tmp_path / "processed-schema.json", timeout=30)
+    assert time.monotonic() - start < 5
+    (tmp_path / validators.PENDING.format("processed-schema.json")).touch()
+    start = time.monotonic()
+    chunk.await_schema(tmp_path / "processed-schema.json", timeout=0.3)  # under way: waits
+    assert time.monotonic() - start >= 0.3

@@ -21,7 +21,7 @@ from pvdesc.commands.validate.single import build_failure
 from pvdesc.core.ranges import Range
 from pvdesc.emit import build
 from pvdesc.errors import DescriptionError, ToolError
-from pvdesc.tools import proc, validators
+from pvdesc.tools import crs, proc, validators
 from pvdesc.tools.validators import Validator
 
 CARVED = ROOT / "examples" / "linux-carve-reserved.yaml"
@@ -141,10 +141,10 @@ def test_crs_parser_reads_both_descriptor_kinds() -> None:
 [02] EndTag Resource
 Resource Conversion Comparison:
 """
-    ranges, odd = validators.crs_claims(text)
+    ranges, odd = crs.crs_claims(text)
     assert ranges == [Range(0x13FFF0000, 0x10000), Range(0x08050000, 0x10000)]
     assert odd == ["64-Bit QWORD Address Space Resource is a ResourceProducer, not a consumer"]
-    assert validators.crs_claims("nothing") == ([], ["acpiexec printed no _CRS"])
+    assert crs.crs_claims("nothing") == ([], ["acpiexec printed no _CRS"])
 
 
 def test_compile_schema_failure_is_a_tool_error(

@@ -1,4 +1,4 @@
-"""One description in ``pvdesc validate``: built, checked, its outputs written, its failures.
+"""One description in ``pvdesc validate``: built, checked, the outputs tools read written.
 
 A description that cannot be built fails with exactly the line ``pvdesc build``
 prints (``file:line:col: key.path: message``; :func:`build_failure`).  A failure
@@ -124,9 +124,6 @@ class Built:
     def name(self) -> str:
         return self.result.layout.description.name
 
-    def names(self) -> list[str]:
-        return [o.name for o in self.result.outputs]
-
     def amls(self) -> list[tuple[str, bytes]]:
         return [(o.name, o.data) for o in self.result.outputs if o.name.endswith(".aml")]
 
@@ -158,10 +155,20 @@ class Built:
         return FileReport(self.path, self.name, tuple(stages), tuple(failures))
 
 
-def prepare(path: str, folder: Path) -> Built | FileReport:
-    """Build and check one description and write its outputs into ``folder``.
+def prepare(
+    path: str, workdir: Path, index: int, kinds: frozenset[str], taken: set[str]
+) -> Built | FileReport:
+    """Build and check one description and write its outputs of ``kinds`` under ``workdir``.
 
-    A :class:`FileReport` when it is finished already (the build refused it, or its
+    Only the outputs of ``kinds`` are written (the DTB, which dtc and dt-validate
+    read from a file; the DTS is written as dtc runs, the ACPI validators take
+    their tables' bytes), straight into ``workdir`` when no description before it
+    there had the same VM name (the names in ``taken``, which this adds to), else
+    into a folder ``NNNNN`` (the ``index``) of their own, so equal names never
+    clash and the tools see the same file names.  On the machine the fleet
+    benchmark ran on, creating a file or a folder cost 0.65-0.86 ms of CPU, and
+    the outputs no tool reads and the folder 3.5 s of a 1,000 fleet's 20 s.  A
+    :class:`FileReport` when it is finished already (the build refused it, or its
     outputs could not be written).
     """
     try:
@@ -170,15 +177,20 @@ def prepare(path: str, folder: Path) -> Built | FileReport:
         return FileReport(path, None, ("build",), (build_failure(path, err),))
     line, col = _anchor(result)
     failures = [Failure(rule, path, line, col, msg) for rule, msg in _check_findings(result)]
+    name = result.layout.description.name
+    folder = workdir / f"{index:05d}" if name in taken else workdir
     # A scratch folder deleted with the chunk: plain writes, no fsync (build.write_outputs is
     # for the user's folder).
     try:
-        folder.mkdir()
-        for out in result.outputs:
+        written = [out for out in result.outputs if out.kind in kinds]
+        if written and folder != workdir:
+            folder.mkdir()
+        for out in written:
             (folder / out.name).write_bytes(out.data)
     except OSError as exc:
         message = f"cannot write outputs to a temporary folder: {exc.strerror}"
         failures.append(Failure("output", path, None, None, message))
-        name = result.layout.description.name
         return FileReport(path, name, ("build", "check"), tuple(failures))
+    if folder == workdir:
+        taken.add(name)
     return Built(path, result, folder, (line, col), failures, {})
