@@ -215,7 +215,12 @@ def test_killing_a_real_build_process(tmp_path: Path) -> None:
     assert cli_subprocess("build", "-q", str(v2), "-o", str(new_dir), timeout=SLOW).returncode == 0
     new = observe(new_dir)
     script = KILLER.format(calls=CALLS)
+    # A build killed with SIGKILL cannot remove its iasl folder: it lands here, not in /tmp.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
     for kills, pause_at in enumerate(range(1, 200, 4)):
+        left = sorted(scratch.iterdir())
         work = tmp_path / "work"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(template, work, symlinks=True)
@@ -225,6 +230,7 @@ def test_killing_a_real_build_process(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [*argv, "build", "-q", str(v2), "-o", str(work)],
             cwd=ROOT,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -246,6 +252,7 @@ def test_killing_a_real_build_process(tmp_path: Path) -> None:
             assert proc.returncode == 0, err
             assert observe(work) == new
             assert kills >= 5
+            assert sorted(scratch.iterdir()) == left  # the build that finished left nothing
             break
         assert proc.returncode == -signal.SIGKILL
     else:
