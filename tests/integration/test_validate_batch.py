@@ -210,7 +210,7 @@ def test_a_bad_shard_is_one_line_and_exit_2(shard: str) -> None:
 def test_a_drifted_dts_amid_a_chunk_is_its_own_descriptions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The DTS files dtc reads are lent one file in turn: each is its own description's."""
+    """Each DTS dtc reads in a chunk is its own description's, whatever came before it."""
     names = ["generic-hole", "kvmtool", "linux-carve-reserved", "crosvm", "single-vcpu"]
     files = [str(EXAMPLES / f"{n}.yaml") for n in names]
     victim = files[2]

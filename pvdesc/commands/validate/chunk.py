@@ -18,7 +18,6 @@ from pathlib import Path
 from pvdesc.commands.validate.memo import Memo
 from pvdesc.commands.validate.results import Externals, FileReport, ValidateUsageError
 from pvdesc.commands.validate.single import Built, prepare
-from pvdesc.commands.validate.spares import Spares
 from pvdesc.emit import compiled
 from pvdesc.errors import ToolError
 from pvdesc.tools import validators
@@ -127,10 +126,9 @@ def _run_one(v: Validator, todo: list[Built], ext: Externals, workdir: Path, mem
                 else validators.dt_validate(b.folder, f"{b.name}.dtb", schema)
             )
         return
-    spares = Spares(workdir)
     for b in todo:
         if v is Validator.DTC:
-            b.problems[v] = _dtc(b, spares)
+            b.problems[v] = _dtc(b)
         elif v is Validator.IASL:
             b.problems[v] = [
                 validators.Problem(v, f"{fname}: {fault}")
@@ -139,19 +137,18 @@ def _run_one(v: Validator, todo: list[Built], ext: Externals, workdir: Path, mem
             ]
 
 
-def _dtc(b: Built, spares: Spares) -> list[validators.Problem]:
-    """dtc on the DTB and, when there is one, on the DTS: lent a file (:mod:`.spares`) meanwhile."""
+def _dtc(b: Built) -> list[validators.Problem]:
+    """dtc on the DTB and, when there is one, on the DTS (written for it, beside the DTB)."""
     dtb, dts = f"{b.name}.dtb", f"{b.name}.dts"
     data = next((o.data for o in b.result.outputs if o.name == dts), None)
     if data is None:
         return validators.dtc(b.folder, dtb, None)
-    again = b.folder / validators.RECOMPILED.format(dtb)
     try:
-        with spares.holding(b.folder / dts, data), spares.holding(again, b""):
-            return validators.dtc(b.folder, dtb, dts)
+        (b.folder / dts).write_bytes(data)
     except OSError as exc:
         why = f"cannot write it to a temporary folder: {exc.strerror}"
         return [validators.Problem(Validator.DTC, f"{dts}: {why}")]
+    return validators.dtc(b.folder, dtb, dts)
 
 
 def validate_chunk(
