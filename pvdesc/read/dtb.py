@@ -23,7 +23,7 @@ module decides which node is which, as Linux and EDK2 find them:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from os import PathLike
 
 import _libfdt
 
@@ -58,9 +58,6 @@ from pvdesc.read.of_address import (
     translate,
 )
 from pvdesc.tools.inputs import display_name, read_bounded_buffer
-
-if TYPE_CHECKING:  # check reads its DTB without pathlib (pvdesc.tools.inputs)
-    from pathlib import Path
 
 __all__ = [
     "FDT_HEADER_SIZE",
@@ -397,6 +394,6 @@ def _memory_node(
     )
 
 
-def load(path: str | Path) -> DeviceTree:
+def load(path: str | PathLike[str]) -> DeviceTree:
     """Read and decode a DTB file (refused by size before it is read, see :mod:`inputs`)."""
     return parse(read_bounded_buffer(path, MAX_DTB_BYTES, DTError, "DTBs"), display_name(path))

@@ -16,12 +16,9 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
+from os import PathLike
 
 from pvdesc.errors import PvdescError
-
-if TYPE_CHECKING:  # pathlib (with urllib.parse and ipaddress) is not imported to read a file
-    from pathlib import Path
 
 #: The file name that means standard input (or, for an output, standard output).
 STDIO = "-"
@@ -29,12 +26,12 @@ STDIO = "-"
 STDIN_NAME = "<stdin>"
 
 
-def is_stdio(path: str | Path | None) -> bool:
+def is_stdio(path: str | PathLike[str] | None) -> bool:
     """True when ``path`` is ``-``: standard input (or output), not a file."""
     return path is not None and str(path) == STDIO
 
 
-def display_name(path: str | Path) -> str:
+def display_name(path: str | PathLike[str]) -> str:
     """How errors and reports name an input: ``<stdin>`` for ``-``, else the path as given."""
     return STDIN_NAME if is_stdio(path) else str(path)
 
@@ -46,7 +43,7 @@ def too_big(size: int, limit: int, what: str, exact: bool = True) -> str:
 
 
 def read_bounded(
-    path: str | Path, limit: int, error: type[PvdescError], what: str, reading: str = ""
+    path: str | PathLike[str], limit: int, error: type[PvdescError], what: str, reading: str = ""
 ) -> bytes:
     """The bytes of ``path``, at most ``limit`` of them; ``error`` (naming the file) otherwise.
 
@@ -59,7 +56,7 @@ def read_bounded(
 
 
 def read_bounded_buffer(
-    path: str | Path, limit: int, error: type[PvdescError], what: str, reading: str = ""
+    path: str | PathLike[str], limit: int, error: type[PvdescError], what: str, reading: str = ""
 ) -> bytearray:
     """:func:`read_bounded` into a bytearray, what libfdt reads: a file's bytes are not copied."""
     data = _read_bounded(path, limit, error, what, reading, buffer=True)
@@ -68,7 +65,12 @@ def read_bounded_buffer(
 
 
 def _read_bounded(
-    path: str | Path, limit: int, error: type[PvdescError], what: str, reading: str, buffer: bool
+    path: str | PathLike[str],
+    limit: int,
+    error: type[PvdescError],
+    what: str,
+    reading: str,
+    buffer: bool,
 ) -> bytes | bytearray:
     name = display_name(path)
     data: bytes | bytearray
