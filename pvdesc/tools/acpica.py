@@ -133,7 +133,8 @@ def _scratch(tool_name: str, files: Mapping[str, bytes]) -> tempfile.TemporaryDi
     interruption while it is written (SIGTERM: :mod:`pvdesc.tools.signals`) removes it.
     """
     try:
-        tmp = tempfile.TemporaryDirectory(prefix=f"pvdesc-{tool_name}-")
+        with signals.deferred():  # a stop waits until the folder can be removed (signals.scratch)
+            tmp = tempfile.TemporaryDirectory(prefix=f"pvdesc-{tool_name}-")
     except OSError as exc:
         raise ToolError(
             f"cannot create a temporary directory for its files: {exc.strerror or exc}"

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 from pvdesc.errors import ToolError
-from pvdesc.tools import proc
+from pvdesc.tools import proc, signals
 
 QEMU = "qemu-system-aarch64"
 #: EDK2 for QEMU virt from Debian's qemu-efi-aarch64 (docs/boot-evidence.md §4).
@@ -100,7 +99,7 @@ def last_line(output: str) -> str:
 
 def dump_dtb(m: Machine, timeout: float = 60.0) -> bytes:
     """The DTB QEMU builds for ``m`` (``-machine virt,dumpdtb=``), with QEMU's ``/memory``."""
-    with tempfile.TemporaryDirectory(prefix="pvdesc-dumpdtb-") as tmp:
+    with signals.scratch("pvdesc-dumpdtb-") as tmp:
         out = Path(tmp) / "virt.dtb"
         args = machine_args(m)
         args[1] = f"{m.machine},dumpdtb={out}"
@@ -121,7 +120,7 @@ def run_machine(
     serial console is the result's ``stdout`` (stderr merged).  Raises
     :class:`ToolError` when the guest does not power off within ``timeout``.
     """
-    with tempfile.TemporaryDirectory(prefix="pvdesc-boot-") as tmp:
+    with signals.scratch("pvdesc-boot-") as tmp:
         work = Path(tmp)
         (work / "initrd.img").write_bytes(initrd)
         argv = [qemu(), *machine_args(m), "-display", "none", "-nodefaults", "-no-reboot"]

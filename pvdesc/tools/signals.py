@@ -13,8 +13,9 @@ Once one of these signals (or SIGINT) has started the unwinding, further ones ar
 ignored, so a second ``kill`` cannot cut the cleanup short.  A signal that
 arrives while a tool is being started (between ``fork`` and the moment the
 caller holds the process) is held back by :func:`deferred` and raised as soon as
-the process can be killed.  ``pvdesc validate``'s worker processes pass a stop on
-the same way (:func:`worker_between_jobs`).
+the process can be killed; one that arrives while a temporary folder is being made
+is held back until the folder can be removed (:func:`scratch`).  ``pvdesc
+validate``'s worker processes pass a stop on the same way (:func:`worker_between_jobs`).
 """
 
 from __future__ import annotations
@@ -159,3 +160,20 @@ def raise_pending() -> None:
         _State.pending = None
         _State.stopping = True
         raise _interruption(signum)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, parent: str | None = None) -> Iterator[str]:
+    """A new temporary folder (in ``parent``, else ``TMPDIR``) for the block, removed after it.
+
+    A stop that came between ``mkdtemp`` making the folder and
+    :class:`tempfile.TemporaryDirectory` setting up its removal would leave the folder
+    behind, so it is held back (:func:`deferred`) until the folder is ours to remove.
+    """
+    import tempfile  # not on check's path
+
+    with deferred():
+        folder = tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+    with folder as path:
+        raise_pending()
+        yield path

@@ -11,7 +11,9 @@ descriptions of the same VM name in one batch; and they merge the JUnit files of
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +29,7 @@ from pvdesc.commands.validate import chunk, reports
 from pvdesc.commands.validate import fleet as validate
 from pvdesc.commands.validate.results import Externals, FleetReport, ValidateUsageError
 from pvdesc.emit import build
-from pvdesc.tools import proc, validators
+from pvdesc.tools import proc, signals, validators
 from pvdesc.tools.validators import Validator
 
 EXAMPLES = ROOT / "examples"
@@ -293,6 +295,28 @@ def test_a_schema_that_fails_as_workers_run_is_one_error_and_leaves_nothing(
     assert str(info.value) == (
         "--external: dt-mk-schema: cannot compile the devicetree schemas (exit 3): no schema today"
     )
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_stop_the_moment_a_chunks_folder_exists_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM right after mkdtemp made a chunk's folder (as a run stops its workers): removed."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args: str | None) -> str:
+        made = real(*args)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before this returns
+        return made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    with pytest.raises(signals.Stopped), signals.stopping():
+        chunk.validate_chunk(
+            [str(ROOT / "examples" / "single-vcpu.yaml")], Externals("off", (), (), None)
+        )
     assert list(scratch.iterdir()) == []
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,36 @@ def test_outside_the_main_thread_the_block_runs_with_the_handlers_as_they_are() 
     # The main thread's next block still installs them.
     with signals.stopping():
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+
+
+def test_scratch_folder_is_removed_after_the_block_and_when_it_raises(
+    tmp_path: Path,
+) -> None:
+    with signals.scratch("pvdesc-t-", str(tmp_path)) as made:
+        assert os.path.isdir(made) and os.path.dirname(made) == str(tmp_path)
+    assert not os.path.exists(made)
+    with pytest.raises(ValueError), signals.scratch("pvdesc-t-", str(tmp_path)) as made:
+        raise ValueError
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_stop_while_the_scratch_folder_is_made_waits_until_it_can_be_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args: str | None) -> str:
+        made = real(*args)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before this returns
+        return made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    with (
+        pytest.raises(signals.Stopped),
+        signals.stopping(),
+        signals.scratch("pvdesc-t-", str(tmp_path)),
+    ):
+        pytest.fail("the stop is raised as the block starts")
+    assert os.listdir(str(tmp_path)) == []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +25,7 @@ from pvdesc.description.load import LoadedDescription
 from pvdesc.emit import build, templating
 from pvdesc.errors import DTError, ProveError, ToolError
 from pvdesc.layout.allocate import Layout
-from pvdesc.tools import proc
+from pvdesc.tools import proc, signals
 
 #: The VMM's devices, where QEMU virt has them (hw/arm/virt.c base_memmap).
 GIC_DIST = Range(0x08000000, 0x10000)
@@ -161,7 +160,7 @@ def base_dtb(online: int, initrd: Range) -> bytes:
         cells=_cells,
     )
     dtc = proc.program("dtc", "install it with: apt-get install device-tree-compiler")
-    with tempfile.TemporaryDirectory(prefix="pvdesc-vmmdt-") as tmp:
+    with signals.scratch("pvdesc-vmmdt-") as tmp:
         src, out = Path(tmp) / "vmm.dts", Path(tmp) / "vmm.dtb"
         src.write_text(dts)
         res = proc.run_checked([dtc, "-q", "-I", "dts", "-O", "dtb", "-o", str(out), str(src)],

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 from pvdesc.commands.prove import guest
 from pvdesc.errors import ToolError
-from pvdesc.tools import proc, qemu
+from pvdesc.tools import proc, qemu, signals
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 CROSS_INSTALL = (
@@ -69,7 +68,7 @@ def vmm_binary(header: Header | None = None) -> Path:
     cc = proc.program(CROSS_CC, CROSS_INSTALL)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp:
+        with signals.scratch(".build-", str(out.parent)) as tmp:
             if header is not None:
                 (Path(tmp) / header.name).write_bytes(header.data)
             exe = Path(tmp) / "pvdesc-vmm"

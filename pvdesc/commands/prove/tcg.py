@@ -34,7 +34,6 @@ nodes, so a mismatch is reported rather than silently passed.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from pvdesc.commands.prove import guest
@@ -49,7 +48,7 @@ from pvdesc.layout import allocate as layout
 from pvdesc.layout import beliefs
 from pvdesc.layout.allocate import Layout
 from pvdesc.read import dtb
-from pvdesc.tools import qemu
+from pvdesc.tools import qemu, signals
 
 #: Seconds before QEMU's process group is killed (one boot takes 10-30 s under TCG).
 DEFAULT_TIMEOUT = 120.0
@@ -91,7 +90,7 @@ def _prove(
             ("memory",),
         )
     name = lay.description.name
-    with tempfile.TemporaryDirectory(prefix="pvdesc-prove-") as tmp:
+    with signals.scratch("pvdesc-prove-") as tmp:
         try:
             outputs = build.render_outputs(loaded, lay, base, tmp)
         except DTError as err:

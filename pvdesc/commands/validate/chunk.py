@@ -10,7 +10,6 @@ one names (:func:`pvdesc.tools.validators.dt_validate_many`).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from pvdesc.commands.validate.results import Externals, FileReport, ValidateUsag
 from pvdesc.commands.validate.single import Built, prepare
 from pvdesc.emit import compiled
 from pvdesc.errors import ToolError
-from pvdesc.tools import validators
+from pvdesc.tools import signals, validators
 from pvdesc.tools.validators import Validator
 
 #: The outputs each validator reads from a file (the others take bytes): only these are written.
@@ -163,7 +162,7 @@ def validate_chunk(
     compilations, the ACPI validators') between the chunks of one run (a new one
     for this chunk alone when not given).
     """
-    with tempfile.TemporaryDirectory(prefix="pvdesc-validate-") as tmp:
+    with signals.scratch("pvdesc-validate-") as tmp:
         workdir = Path(tmp)
         kinds = frozenset().union(*(READS[v] for v in ext.enabled))
         memo = Memo() if memo is None else memo

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -241,7 +240,7 @@ def run(
         raise ValidateUsageError(f"batch must be at least 1 (got {batch})")
     found = discover(paths)
     files = shard.select(found) if shard is not None else found
-    with tempfile.TemporaryDirectory(prefix="pvdesc-schema-") as tmp:
+    with signals.scratch("pvdesc-schema-") as tmp:
         ext, schema = resolve_externals(external, Path(tmp))
         with schema or contextlib.nullcontext():
             reports = tuple(_map(files, ext, workers, batch, schema))
