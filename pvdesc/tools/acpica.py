@@ -35,9 +35,9 @@ import contextvars
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 from pvdesc.errors import AcpiError, ToolError
 from pvdesc.tools import proc, signals
@@ -204,7 +204,62 @@ def compile_asl(source: str, *, template: str, name: str = "table") -> bytes:
         return job.aml()
 
 
-class Compilation:
+class _Started:
+    """An ACPICA tool started in a temporary folder of its own, not yet waited for.
+
+    Leaving its ``with`` block stops a tool nobody waited for and removes its folder.
+    """
+
+    _tmp: tempfile.TemporaryDirectory[str]
+    _work: Path
+    _job: proc.Running
+
+    def _start(
+        self,
+        tool_name: str,
+        files: Mapping[str, bytes],
+        argv: Callable[[Path], Sequence[str]],
+        stdin: str = "",
+    ) -> None:
+        """Write ``files`` into a new folder and start ``argv(folder)`` there (``stdin``: a file
+        of them)."""
+        # A stopping signal is held back until the folder is ours to remove (pvdesc.tools.signals).
+        with signals.deferred():
+            self._tmp = _scratch(tool_name, files)
+        try:
+            signals.raise_pending()
+            self._work = Path(self._tmp.name)
+            feed = self._work / stdin if stdin else None
+            self._job = proc.start(argv(self._work), timeout=TIMEOUT, cwd=self._work, stdin=feed)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def _finished(self) -> proc.Result:
+        """Wait for the tool (recorded for :func:`timing`); a run killed at its timeout raised."""
+        try:
+            result = self._job.wait()
+        finally:
+            _record(self._job.argv, self._job.waited)
+        if result.timed_out:
+            raise proc.timeout_error(result, TIMEOUT)
+        return result
+
+    def close(self) -> None:
+        """Stop the tool if nobody waited for it; remove the temporary directory."""
+        try:
+            self._job.close()
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class Compilation(_Started):
     """:func:`compile_asl` started, not yet waited for: iasl runs while the caller works.
 
     Errors are raised by :meth:`aml` (a non-ASCII source, before iasl starts, by
@@ -231,26 +286,15 @@ class Compilation:
                 "iasl reads ASCII only",
                 f"templates/{template}:{tline}" if tline else f"templates/{template}",
             )
-        # A stopping signal is held back until the folder is ours to remove (pvdesc.tools.signals).
-        with signals.deferred():
-            self._tmp = _scratch("iasl", {f"{name}.asl": source.encode("ascii")})
-        try:
-            signals.raise_pending()
-            self._work = Path(self._tmp.name)
-            argv = [iasl, "-vs", "-vi", "-we", "-p", str(self._work / name), f"{name}.asl"]
-            self._job = proc.start(argv, timeout=TIMEOUT, cwd=self._work)
-        except BaseException:
-            self._tmp.cleanup()
-            raise
+        self._start(
+            "iasl",
+            {f"{name}.asl": source.encode("ascii")},
+            lambda work: [iasl, "-vs", "-vi", "-we", "-p", str(work / name), f"{name}.asl"],
+        )
 
     def aml(self) -> bytes:
         """Wait for iasl; the AML bytes, or :class:`AcpiError` / :class:`ToolError`."""
-        try:
-            res = self._job.wait()
-        finally:
-            _record(self._job.argv, self._job.waited)
-        if res.timed_out:
-            raise proc.timeout_error(res, TIMEOUT)
+        res = self._finished()
         aml_path = self._work / f"{self.name}.aml"
         if res.returncode == 0 and aml_path.is_file():
             return aml_path.read_bytes()
@@ -271,19 +315,6 @@ class Compilation:
             f"(generated ASL line {first.line}: {text!r})",
             where,
         )
-
-    def close(self) -> None:
-        """Stop iasl if nobody waited for it; remove the temporary directory."""
-        try:
-            self._job.close()
-        finally:
-            self._tmp.cleanup()
-
-    def __enter__(self) -> Compilation:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
 
 def disassemble(aml: bytes, name: str = "table") -> str:
@@ -326,7 +357,7 @@ def acpiexec(tables: Sequence[bytes], commands: Sequence[str]) -> str:
         return job.output()
 
 
-class Execution:
+class Execution(_Started):
     """:func:`acpiexec` started, not yet waited for: it runs (mostly asleep, ~110 ms as
     its debugger thread shuts down) while the caller works.  Errors found before it
     starts are raised by the constructor, the others by :meth:`output`.  Leaving
@@ -345,27 +376,13 @@ class Execution:
         files = {f"t{i}.aml": data for i, data in enumerate(tables)}
         script = "".join(f"{c}\n" for c in [*commands, "quit"]).encode()
         self.argv = [exe, *files]
-        # A stopping signal is held back until the folder is ours to remove (pvdesc.tools.signals).
-        with signals.deferred():
-            self._tmp = _scratch("acpiexec", {**files, "commands.txt": script})
-        try:
-            signals.raise_pending()
-            work = Path(self._tmp.name)
-            self._job = proc.start(
-                self.argv, timeout=TIMEOUT, cwd=work, stdin=work / "commands.txt"
-            )
-        except BaseException:
-            self._tmp.cleanup()
-            raise
+        self._start(
+            "acpiexec", {**files, "commands.txt": script}, lambda _: self.argv, "commands.txt"
+        )
 
     def output(self) -> str:
         """Wait for acpiexec; its output, or :class:`AcpiError` / :class:`ToolError`."""
-        try:
-            result = self._job.wait()
-        finally:
-            _record(self._job.argv, self._job.waited)
-        if result.timed_out:
-            raise proc.timeout_error(result, TIMEOUT)
+        result = self._finished()
         text = result.stdout + "\n" + result.stderr
         output = "\n".join(ln for ln in text.splitlines() if not _TRACE_RE.match(ln))
         if result.returncode != 0:
@@ -376,19 +393,6 @@ class Execution:
         if problems:
             raise AcpiError(problems[0], "acpiexec")
         return output
-
-    def close(self) -> None:
-        """Stop acpiexec if nobody waited for it; remove the temporary directory."""
-        try:
-            self._job.close()
-        finally:
-            self._tmp.cleanup()
-
-    def __enter__(self) -> Execution:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
 
 def _failures(text: str) -> list[str]:
