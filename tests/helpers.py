@@ -13,11 +13,14 @@ with :mod:`struct`, not from pvdesc's code.  ``conftest.py`` holds only fixtures
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, overload
@@ -26,6 +29,8 @@ import libfdt
 import pytest
 
 from pvdesc.commands import cli
+from pvdesc.commands.validate import reports
+from pvdesc.commands.validate.results import FleetReport
 from pvdesc.emit import build
 from pvdesc.tools import proc
 from pvdesc.tools.validators import DTC_CHECKS
@@ -392,3 +397,48 @@ def plan_example(name: str) -> build.BuildResult:
 def outputs(result: build.BuildResult) -> dict[str, bytes]:
     """A plan's outputs by file name."""
     return {o.name: o.data for o in result.outputs}
+
+
+def alter_outputs(
+    monkeypatch: pytest.MonkeyPatch,
+    victim: Callable[[str], bool],
+    alter: Callable[[build.Output], build.Output],
+) -> None:
+    """``build.plan`` as before, but every output of a description ``victim`` picks goes through
+    ``alter`` (a broken DTB, DTS or SSDT amid good ones)."""
+    real_plan = build.plan
+
+    def plan(path: str | Path, *args: object, **kw: object) -> build.BuildResult:
+        result = real_plan(path)
+        if not victim(str(path)):
+            return result
+        changed = tuple(alter(o) for o in result.outputs)
+        return build.BuildResult(result.loaded, result.layout, changed)
+
+    monkeypatch.setattr(build, "plan", plan)
+
+
+def all_reports(report: FleetReport) -> tuple[str, str, str, bytes]:
+    """A validate run's report in every format (text, GitHub, JSON, JUnit)."""
+    return (
+        reports.to_text(report),
+        reports.to_github(report),
+        reports.to_json(report),
+        reports.to_junit(report),
+    )
+
+
+def sigterm_after_mkdtemp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tempfile.mkdtemp`` sends this process SIGTERM once it has made the folder.
+
+    The signal's handler runs before ``mkdtemp`` returns: the window between the folder
+    being made and ``TemporaryDirectory`` setting up its removal.
+    """
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args: str | None) -> str:
+        made = real(*args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)

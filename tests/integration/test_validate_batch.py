@@ -11,9 +11,7 @@ descriptions of the same VM name in one batch; and they merge the JUnit files of
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import xmlschema
-from helpers import ROOT, cli_subprocess, dtc
+from helpers import ROOT, all_reports, alter_outputs, cli_subprocess, dtc, sigterm_after_mkdtemp
 from test_validate_validators import CARVED, _bad_tree
 
-from pvdesc.commands.validate import chunk, reports
+from pvdesc.commands.validate import chunk
 from pvdesc.commands.validate import fleet as validate
-from pvdesc.commands.validate.results import Externals, FleetReport, ValidateUsageError
+from pvdesc.commands.validate.results import Externals, ValidateUsageError
 from pvdesc.emit import build
 from pvdesc.tools import proc, signals, validators
 from pvdesc.tools.validators import Validator
@@ -50,28 +48,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _inject_bad_dtb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, victim: str) -> None:
     """Builds of ``victim`` (a file name) get a DTB that dtc and dt-validate reject."""
-    real_plan = build.plan
-    region = real_plan(CARVED).layout.region
+    region = build.plan(CARVED).layout.region
     bad_dtb = dtc(_bad_tree(region), tmp_path, "bad").read_bytes()
-
-    def plan(path: str | Path, *args: object, **kw: object) -> build.BuildResult:
-        result = real_plan(path)
-        if Path(path).name != victim:
-            return result
-        outputs = tuple(
-            build.Output(o.name, o.kind, bad_dtb) if o.kind == "dtb" else o for o in result.outputs
-        )
-        return build.BuildResult(result.loaded, result.layout, outputs)
-
-    monkeypatch.setattr(build, "plan", plan)
-
-
-def _all(report: FleetReport) -> tuple[str, str, str, bytes]:
-    return (
-        reports.to_text(report),
-        reports.to_github(report),
-        reports.to_json(report),
-        reports.to_junit(report),
+    alter_outputs(
+        monkeypatch,
+        lambda path: Path(path).name == victim,
+        lambda o: o._replace(data=bad_dtb) if o.kind == "dtb" else o,
     )
 
 
@@ -84,8 +66,8 @@ def test_batched_and_unbatched_reports_are_identical(
     alone = validate.run(paths, jobs=1, external=True, batch=1)
     batched = validate.run(paths, jobs=1, external=True)  # one chunk of up to 256
     odd = validate.run(paths, jobs=1, external=True, batch=5)  # chunks cut mid-fleet
-    assert _all(batched) == _all(alone)
-    assert _all(odd) == _all(alone)
+    assert all_reports(batched) == all_reports(alone)
+    assert all_reports(odd) == all_reports(alone)
 
     by_path = {f.path: f for f in alone.files}
     victim = by_path["examples/twin-a.yaml"]
@@ -216,23 +198,15 @@ def test_a_drifted_dts_amid_a_chunk_is_its_own_descriptions(
     names = ["generic-hole", "kvmtool", "linux-carve-reserved", "crosvm", "single-vcpu"]
     files = [str(EXAMPLES / f"{n}.yaml") for n in names]
     victim = files[2]
-    real_plan = build.plan
-
-    def plan(path: str | Path, *args: object, **kw: object) -> build.BuildResult:
-        result = real_plan(path)
-        if str(path) != victim:
-            return result
-        outputs = tuple(
-            build.Output(
-                o.name, o.kind, o.data.replace(b"no-map;", b'no-map;\n\t\tstatus = "okay";')
-            )
+    alter_outputs(
+        monkeypatch,
+        lambda path: path == victim,
+        lambda o: (
+            o._replace(data=o.data.replace(b"no-map;", b'no-map;\n\t\tstatus = "okay";'))
             if o.kind == "dts"
             else o
-            for o in result.outputs
-        )
-        return build.BuildResult(result.loaded, result.layout, outputs)
-
-    monkeypatch.setattr(build, "plan", plan)
+        ),
+    )
     ext = Externals("on", (Validator.DTC,), (), None)
     got = chunk.validate_chunk(files, ext)
     assert got == [chunk.validate_file(f, ext) for f in files]
@@ -277,7 +251,7 @@ def test_workers_wait_for_a_schema_that_compiles_late(
     want = validate.run(paths, jobs=1, external=True)
     _schema_tool(monkeypatch, tmp_path, 'sleep 2; exec "{real}" "$@"')
     late = validate.run(paths, jobs=2, external=True, batch=2)  # 3 workers' chunks start first
-    assert _all(late) == _all(want)
+    assert all_reports(late) == all_reports(want)
     assert late.ok and "dt-validate" in late.files[0].stages
 
 
@@ -305,14 +279,7 @@ def test_a_stop_the_moment_a_chunks_folder_exists_leaves_nothing(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    real = tempfile.mkdtemp
-
-    def mkdtemp(*args: str | None) -> str:
-        made = real(*args)
-        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before this returns
-        return made
-
-    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    sigterm_after_mkdtemp(monkeypatch)
     with pytest.raises(signals.Stopped), signals.stopping():
         chunk.validate_chunk(
             [str(ROOT / "examples" / "single-vcpu.yaml")], Externals("off", (), (), None)

@@ -15,11 +15,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, all_reports, alter_outputs
 
-from pvdesc.commands.validate import chunk, memo, reports
+from pvdesc.commands.validate import chunk, memo
 from pvdesc.commands.validate import fleet as validate
-from pvdesc.commands.validate.results import Externals, FleetReport
+from pvdesc.commands.validate.results import Externals
 from pvdesc.core.ranges import Range
 from pvdesc.emit import build
 from pvdesc.tools import acpica, validators
@@ -90,15 +90,6 @@ def test_each_distinct_table_runs_once_and_answers_as_alone(
     assert seen["evaluate"] == [good, bad]
 
 
-def _all(report: FleetReport) -> tuple[str, str, str, bytes]:
-    return (
-        reports.to_text(report),
-        reports.to_github(report),
-        reports.to_json(report),
-        reports.to_junit(report),
-    )
-
-
 def test_a_corrupt_ssdt_amid_identical_ones_is_its_own_descriptions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,19 +97,15 @@ def test_a_corrupt_ssdt_amid_identical_ones_is_its_own_descriptions(
     shutil.copy(files[2], tmp_path / "hole" / "twin.yaml")  # same VM name as copy 2
     files.insert(3, str(tmp_path / "hole" / "twin.yaml"))
     victim = files[2]
-    real_plan = build.plan
 
-    def plan(path: str | Path, *args: object, **kw: object) -> build.BuildResult:
-        result = real_plan(path)
-        if str(path) != victim:
-            return result
-        outputs = tuple(
-            build.Output(o.name, o.kind, _corrupt(o.data)) if o.name.endswith(".ssdt.aml") else o
-            for o in result.outputs
+    def corrupt_victims_ssdt() -> None:
+        alter_outputs(
+            monkeypatch,
+            lambda path: path == victim,
+            lambda o: o._replace(data=_corrupt(o.data)) if o.name.endswith(".ssdt.aml") else o,
         )
-        return build.BuildResult(result.loaded, result.layout, outputs)
 
-    monkeypatch.setattr(build, "plan", plan)
+    corrupt_victims_ssdt()
     # Every description on its own, each with a memo of its own: the reference.
     want = [chunk.validate_file(f, ACPI_ONLY) for f in files]
     seen = _counting(monkeypatch)
@@ -139,9 +126,9 @@ def test_a_corrupt_ssdt_amid_identical_ones_is_its_own_descriptions(
 
     # Whole runs, in-process across chunks of every size: the same reports.
     monkeypatch.undo()
-    monkeypatch.setattr(build, "plan", plan)
+    corrupt_victims_ssdt()
     whole = [validate.run(files, jobs=1, external=True, batch=b) for b in (1, 3, 64)]
-    assert _all(whole[1]) == _all(whole[0]) == _all(whole[2])
+    assert all_reports(whole[1]) == all_reports(whole[0]) == all_reports(whole[2])
     assert [r.path for r in whole[0].files if not r.ok] == [victim]
 
 

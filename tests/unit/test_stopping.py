@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import sigterm_after_mkdtemp
 
 from pvdesc.tools import signals
 
@@ -75,16 +76,7 @@ def test_scratch_folder_is_removed_after_the_block_and_when_it_raises(
 def test_a_stop_while_the_scratch_folder_is_made_waits_until_it_can_be_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tempfile
-
-    real = tempfile.mkdtemp
-
-    def mkdtemp(*args: str | None) -> str:
-        made = real(*args)
-        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before this returns
-        return made
-
-    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    sigterm_after_mkdtemp(monkeypatch)
     with (
         pytest.raises(signals.Stopped),
         signals.stopping(),
