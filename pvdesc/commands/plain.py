@@ -43,6 +43,11 @@ CHECK_DEFAULTS: dict[str, object] = {
 }
 
 
+def _is_value(word: str) -> bool:
+    """Whether argparse takes ``word`` as a value, never as an option (``-`` included)."""
+    return not word.startswith("-") or word == "-"
+
+
 def check_args(words: list[str]) -> SimpleNamespace | None:
     """``pvdesc check``'s arguments from ``words`` (``check`` first), or ``None`` (see above)."""
     if not words or words[0] != "check" or len(words) % 2 == 0:
@@ -52,9 +57,7 @@ def check_args(words: list[str]) -> SimpleNamespace | None:
     for i in range(1, len(words), 2):
         option, text = words[i], words[i + 1]
         spec = CHECK_OPTIONS.get(option)
-        # argparse takes "-" (standard input) as a value, and any word that does not
-        # start with "-"; other words are options to it.
-        if spec is None or option in given or (text.startswith("-") and text != "-"):
+        if spec is None or option in given or not _is_value(text):
             return None
         given.add(option)
         name, is_int, choices = spec
@@ -92,11 +95,6 @@ BUILD_DEFAULTS: dict[str, object] = {
     "into": None,
     "force": False,
 }
-
-
-def _is_value(word: str) -> bool:
-    """Whether argparse takes ``word`` as a value, never as an option (``-`` included)."""
-    return not word.startswith("-") or word == "-"
 
 
 def build_args(words: list[str]) -> SimpleNamespace | None:
