@@ -217,8 +217,18 @@ def qemu_dtb(cfg: Config, path: Path) -> str | None:
     return None if path.is_file() else "QEMU wrote no DTB"
 
 
-def _check_argv(path: Path, vcpus: int) -> list[str]:
-    return [*pvdesc_cmd(), "check", "--dtb", str(path), "--region", REGION, "--vcpus", str(vcpus)]
+def _check_argv(path: Path, vcpus: int, pvdesc: Sequence[str] = ()) -> list[str]:
+    """``pvdesc check`` of ``path``; ``pvdesc``: the command that runs it (default: the venv's)."""
+    return [
+        *(pvdesc or pvdesc_cmd()),
+        "check",
+        "--dtb",
+        str(path),
+        "--region",
+        REGION,
+        "--vcpus",
+        str(vcpus),
+    ]
 
 
 def _sweep_all(ranges: Sequence[Range]) -> int:
@@ -275,9 +285,10 @@ def bench_check(cfg: Config, work: Path) -> list[Result]:
             )
         )
         plain_python, plain_pvdesc = hookless_venv(work / "hookless-venv")
-        argv = _check_argv(qpath, 8 if cfg.quick else 512)
         t_plain, bare_plain, wall_plain, cpu_plain = paired(
-            [*plain_pvdesc, *argv[len(pvdesc_cmd()) :]], [plain_python, "-c", "pass"], cfg.repeats
+            _check_argv(qpath, 8 if cfg.quick else 512, plain_pvdesc),
+            [plain_python, "-c", "pass"],
+            cfg.repeats,
         )
         out.append(
             Result(
