@@ -14,7 +14,9 @@ Behaviour relied on, all measured with acpica-tools 20200925 (docs/acpi.md §4):
   table's compiler ID, which pvdesc does not need (§4.2);
 - ``acpiexec t.aml`` supplies its own RSDP/XSDT/FACP/DSDT and **exits 0 even
   when an evaluation fails**, so its output is searched for ``failed with
-  status``, ``ACPI Error``, ``Firmware Error`` and ``Firmware Warning`` (§4.4).
+  status``, ``ACPI Error``, ``Firmware Error`` and ``Firmware Warning`` (§4.4;
+  read back by :mod:`pvdesc.tools.acpica_text`, which also mends the stray
+  newline its command thread drops into the start-up messages).
   Its commands are read from stdin, one a line, ending with ``quit``: the batch
   option ``-b "cmd; cmd"`` runs the same commands but then waits for its
   debugger threads in 100 ms sleeps (``AcpiTerminateDebugger`` in ACPICA's
@@ -32,47 +34,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, Self
+from typing import Self
 
 from pvdesc.errors import AcpiError, ToolError
-from pvdesc.tools import proc, signals
+from pvdesc.tools import acpica_text, proc, signals
 
 #: The Debian package that ships iasl and acpiexec.
 PACKAGE = "acpica-tools"
 #: Seconds any one iasl/acpiexec run may take; the tables pvdesc emits compile in milliseconds.
 TIMEOUT = 60.0
-
-#: ``-vi`` diagnostics: ``ssdt.asl(16) : error    6126 - syntax error`` (docs/acpi.md §4.3).
-_DIAG_RE = re.compile(
-    r"^(?P<file>[^()\s]+)\((?P<line>\d+)\)\s*:\s*(?P<level>error|warning|remark)\s+"
-    r"(?P<code>\d+)\s*-\s*(?P<text>.*)$",
-    re.IGNORECASE,
-)
-#: Markers of a failure in acpiexec's output (it exits 0 regardless, docs/acpi.md §4.4).
-ACPIEXEC_FAILURES = ("failed with status", "ACPI Error", "Firmware Error", "Firmware Warning")
-#: acpiexec's resource-conversion trace lines (noise on stdout, docs/acpi.md §4.4).
-_TRACE_RE = re.compile(r"^\s*(rscalc|rslist|rsdump|rsxface)-\d+", re.IGNORECASE)
-
-
-class Diagnostic(NamedTuple):
-    """One iasl message.
-
-    Attributes:
-        line: the ASL source line (1-based).
-        level: ``error``, ``warning`` or ``remark``.
-        code: iasl's message number (e.g. 6126).
-        text: the message text.
-    """
-
-    line: int
-    level: str
-    code: int
-    text: str
 
 
 class ToolTimes:
@@ -168,18 +142,6 @@ def _run(argv: Sequence[str], cwd: Path, stdin: Path | None = None) -> proc.Resu
         return proc.run_checked(argv, timeout=TIMEOUT, cwd=cwd, stdin=stdin)
     finally:
         _record(argv, time.perf_counter() - start)
-
-
-def parse_diagnostics(text: str) -> list[Diagnostic]:
-    """The ``-vi`` style messages in iasl's output, in order."""
-    out = []
-    for raw in text.splitlines():
-        m = _DIAG_RE.match(raw.strip())
-        if m:
-            out.append(
-                Diagnostic(int(m["line"]), m["level"].lower(), int(m["code"]), m["text"].strip())
-            )
-    return out
 
 
 def template_line(template: str, rendered: str, line: int) -> int | None:
@@ -299,7 +261,7 @@ class Compilation(_Started):
         if res.returncode == 0 and aml_path.is_file():
             return aml_path.read_bytes()
         source, template = self.source, self.template
-        diags = parse_diagnostics(res.stderr + "\n" + res.stdout)
+        diags = acpica_text.parse_diagnostics(res.stderr + "\n" + res.stdout)
         first = next((d for d in diags if d.level == "error" and d.code != 6154), None)
         first = first or (diags[0] if diags else None)
         if first is None:
@@ -327,7 +289,7 @@ def disassemble(aml: bytes, name: str = "table") -> str:
         if res.returncode != 0 or not out.is_file():
             raise AcpiError(f"iasl -d failed (exit {res.returncode}): {proc.summary(res)}", name)
         text = out.read_text(encoding="ascii", errors="replace")
-        problems = _failures(res.stdout + res.stderr)
+        problems = acpica_text.failures(res.stdout + res.stderr)
         if problems:
             raise AcpiError(f"iasl -d: {problems[0]}", name)
         return text
@@ -384,16 +346,12 @@ class Execution(_Started):
         """Wait for acpiexec; its output, or :class:`AcpiError` / :class:`ToolError`."""
         result = self._finished()
         text = result.stdout + "\n" + result.stderr
-        output = "\n".join(ln for ln in text.splitlines() if not _TRACE_RE.match(ln))
+        output = "\n".join(ln for ln in text.splitlines() if not acpica_text.is_trace(ln))
         if result.returncode != 0:
             raise AcpiError(
                 f"acpiexec exited {result.returncode}: {proc.summary(result)}", "acpiexec"
             )
-        problems = _failures(output)
+        problems = acpica_text.failures(output)
         if problems:
             raise AcpiError(problems[0], "acpiexec")
         return output
-
-
-def _failures(text: str) -> list[str]:
-    return [ln.strip() for ln in text.splitlines() if any(m in ln for m in ACPIEXEC_FAILURES)]
