@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import EXAMPLES, cli_in_process
 
+from pvdesc.commands.prove import kvm as kvmprove
 from pvdesc.commands.prove import kvm_guest as kvmguest
 from pvdesc.commands.prove import kvm_guest_plan, kvm_host, kvm_job, kvm_judge, kvm_vmm
 from pvdesc.core.ranges import Labelled, Range
@@ -187,6 +188,71 @@ def test_guest_crash_is_a_fail_quoting_it() -> None:
     assert rep.verdict == "fail"
     assert rep.crash == tuple(c[len("guest: ") :] for c in console[1:])
     assert rep.failures[0].startswith("crash: the guest kernel crashed ([    2.100000] Unable")
+
+
+CRASH = [
+    "guest: [    0.097578] arm-pv: using stolen time PV",
+    "guest: [   17.523867] Unable to handle kernel execute from non-executable memory at virtual",
+    "guest: [    6.331150] Kernel panic - not syncing: Attempted to kill the idle task!",
+]
+
+
+def test_a_crash_the_layout_does_not_explain_says_so() -> None:
+    """The region outside the guest's RAM: the crash fails the guest but is not blamed on it."""
+    lay, plan = _guest_plan()
+    rep = kvmguest.judge(lay, plan, ["guest system-event reset"], CRASH, True)
+    assert rep.verdict == "fail" and rep.unexplained
+    assert rep.failures[0].endswith(
+        "the region lies outside the RAM the guest was told it may use, so the layout does not "
+        "explain it"
+    )
+    # Stage 1 failed, or the region in RAM (the negative control): the crash is explained.
+    assert not kvmguest.judge(lay, plan, ["guest system-event reset"], CRASH, False).unexplained
+    inside = lay._replace(reserved=())  # its /memory node covers the region; nothing carves it
+    assert any(r.overlaps(lay.region) for r in inside.usable_ram)
+    rep = kvmguest.judge(inside, plan, ["guest system-event reset"], CRASH, True)
+    assert rep.verdict == "fail" and not rep.unexplained
+    assert rep.failures[0].endswith(
+        "the region lies in RAM the guest was told it may use, where KVM's stolen-time writes land"
+    )
+
+
+def test_an_unexplained_crash_is_booted_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, plan = _guest_plan()
+    j = job("linux-carve-reserved")._replace(guest=plan)
+    crashed = kvm_host.JobOutput(("guest system-event reset",), tuple(CRASH), 0)
+    hung = kvm_host.JobOutput(("error: KVM_RUN vCPU 1: Bad address",), (), 1)
+    runs: list[list[kvm_job.Job]] = []
+    second: list[kvm_host.JobOutput] = [hung]
+
+    def run_host(jobs: list[kvm_job.Job], *_: object) -> object:
+        runs.append(jobs)
+        linux = crashed if len(runs) == 1 else second[0]
+        return HOST, tuple((answers(x), linux) for x in jobs)
+
+    monkeypatch.setattr(kvmprove, "run_host", run_host)
+    (rep,) = kvmprove.prove_many([j], None, 10.0)  # type: ignore[arg-type]
+    assert runs == [[j], [j]]
+    # The second boot's report stands; the first's failures are kept beside it.
+    assert rep.guest is not None and rep.guest.failures[0].startswith("finished: ")
+    assert rep.guest.earlier[0].startswith("crash: the guest kernel crashed ([   17.523867]")
+    assert kvmguest.to_json(rep.guest)["earlier_boot_failures"] == list(rep.guest.earlier)
+    text = kvmprove.to_text(rep)
+    assert f"so the guest was booted again; it showed: {rep.guest.earlier[0]}" in text
+    assert not rep.passed
+    # Only once: the second boot's own unexplained hang is not booted a third time.
+    assert rep.guest.unexplained and len(runs) == 2
+    # A crash the layout explains (stage 1 failed: the probe saw another IPA) is not run again.
+    runs.clear()
+    other = j.layout.vcpu_ipas[0] + 0x40
+
+    def explained(jobs: list[kvm_job.Job], *_: object) -> object:
+        runs.append(jobs)
+        return HOST, ((answers(j, v0=other), crashed),)
+
+    monkeypatch.setattr(kvmprove, "run_host", explained)
+    (rep,) = kvmprove.prove_many([j], None, 10.0)  # type: ignore[arg-type]
+    assert len(runs) == 1 and rep.guest is not None and not rep.guest.unexplained
 
 
 def test_guest_that_never_finishes_is_a_fail_naming_why() -> None:

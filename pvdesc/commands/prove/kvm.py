@@ -68,10 +68,38 @@ def prove_many(
         it if isinstance(it, Job) else make_job(*it, linux=parts if linux else None) for it in items
     ]
     host, outs = run_host(jobs, parts, timeout, machine)
-    return tuple(
+    reports = [
         judge_both(job, host, probe_out, linux_out)
         for job, (probe_out, linux_out) in zip(jobs, outs, strict=True)
-    )
+    ]
+    again = [i for i, r in enumerate(reports) if r.guest is not None and r.guest.unexplained]
+    if again:
+        reports = _boot_again(reports, again, jobs, parts, timeout, machine)
+    return tuple(reports)
+
+
+def _boot_again(
+    reports: list[KvmReport],
+    again: Sequence[int],
+    jobs: Sequence[Job],
+    parts: guest.GuestParts,
+    timeout: float,
+    machine: qemu.Machine | None,
+) -> list[KvmReport]:
+    """Run the jobs ``again`` (a guest crash or hang the layout does not explain) in one more
+    host boot: each second report stands, with the first boot's failures kept in ``earlier``
+    (:mod:`.kvm_guest`).  A second boot without an answer leaves the first report."""
+    try:
+        host, outs = run_host([jobs[i] for i in again], parts, timeout, machine)
+    except ToolError:
+        return reports
+    out = list(reports)
+    for i, (probe_out, linux_out) in zip(again, outs, strict=True):
+        second = judge_both(jobs[i], host, probe_out, linux_out)
+        first = reports[i].guest
+        if second.guest is not None and first is not None:
+            out[i] = second._replace(guest=second.guest._replace(earlier=first.failures))
+    return out
 
 
 def judge_both(

@@ -6,7 +6,7 @@ The template as Python, written by pvdesc.emit.templategen (see pvdesc.emit.temp
 
 from pvdesc.emit.templating import FILTERS, attr, item, lookup, lookup_or_missing
 
-KEY = "6ec2dc5389411f35a33d9733247b01ef1e767465876d85ef38ab0bf2468a790f"
+KEY = "8789e9dc2c6afc4e27bec0dcfe4d2340dd4e662f9dff03ecd2ccbfe100b86e5f"
 
 
 def render(c):
@@ -29,6 +29,8 @@ def render(c):
         if attr(v1_g, 'reason'):
             o.extend((' (', str(attr(v1_g, 'reason')), ')'))
         w('\n')
+        if attr(v1_g, 'earlier'):
+            o.extend(('  earlier     a first boot crashed or hung where the layout does not explain it, so the guest was booted again; it showed: ', str(FILTERS['join'](attr(v1_g, 'earlier'), '; ')), '\n'))
         if (attr(v1_g, 'verdict') != 'not-run'):
             o.extend(('  stolen time ', str((attr(v1_g, 'stolen_time_line') or "no 'arm-pv: using stolen time PV' line")), '\n'))
             for v10_gr in attr(v1_g, 'granules'):
