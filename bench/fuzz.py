@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 DTB_TARGETS = ("dtb", "into")
 ALL_TARGETS = ("dtb", "into", "yaml", "config", "acpi", "diff")
 MAX_LEN = {"dtb": 65536, "into": 65536, "yaml": 16384, "config": 16384, "acpi": 8192}
+#: The hypothesis engine's tests (their ``@fuzz_settings(N)`` example counts are scaled).
+TEST_FUZZ = ROOT / "tests" / "integration" / "test_fuzz.py"
 
 
 def seeds(target: str, work: Path) -> list[bytes]:
@@ -194,29 +196,14 @@ def run_atheris(targets: list[str], seconds: int, runs: int, seed: int, crashes:
 
 
 def run_hypothesis(scale: float, crashes: Path) -> int:
-    env = dict(os.environ, PVDESC_FUZZ_EXAMPLES=str(scale))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "tests/integration/test_fuzz.py",
-    ]
+    env = dict(os.environ, PVDESC_FUZZ_EXAMPLES=str(scale), PVDESC_FUZZ_CRASHES=str(crashes))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TEST_FUZZ)]
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
-    # tests/integration/test_fuzz.py's example counts, scaled (each example is one input).
-    counts = [
-        int(n)
-        for n in re.findall(
-            r"@fuzz_settings\((\d+)\)", (ROOT / "tests" / "test_fuzz.py").read_text()
-        )
-    ]
+    # TEST_FUZZ's example counts, scaled (each example is one input).
+    counts = [int(n) for n in re.findall(r"@fuzz_settings\((\d+)\)", TEST_FUZZ.read_text())]
     tried = sum(max(1, int(n * scale)) for n in counts)
-    failed = (
-        sorted(p.name for p in (ROOT / ".fuzz-crashes").glob("*.bin")) if proc.returncode else []
-    )
+    failed = sorted(p.name for p in crashes.glob("*.bin")) if proc.returncode else []
     print(f"hypothesis: about {tried} inputs in {time.monotonic() - start:.0f} s, "
           f"pytest exit {proc.returncode}, failing inputs saved: {len(failed)}")  # fmt: skip
     return proc.returncode

@@ -92,3 +92,19 @@ def test_timing_records_iasl_runs() -> None:
     assert [name for name, _ in inner.runs] == ["iasl"]
     assert all(secs > 0 for _, secs in outer.runs)
     assert outer.total >= inner.total > 0
+
+
+def test_bench_fuzz_runs_with_either_engine(tmp_path: Path) -> None:
+    """``bench/fuzz.py`` a few inputs at a time: both engines finish and print their totals."""
+    fuzz = [sys.executable, str(ROOT / "bench" / "fuzz.py")]
+    hyp = ["--engine", "hypothesis", "--scale", "0.001", "--crashes", str(tmp_path)]
+    res = run([*fuzz, *hyp], timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pytest exit 0, failing inputs saved: 0" in res.stdout, res.stdout
+    res = run(
+        [*fuzz, "--runs", "20", "--targets", "yaml,acpi", "--crashes", str(tmp_path)], timeout=300
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    totals = json.loads(res.stdout.splitlines()[-1])
+    assert totals["engine"] == "atheris" and totals["failures"] == 0 and totals["inputs"] >= 40
+    assert list(tmp_path.iterdir()) == []

@@ -3,9 +3,10 @@
 Each test mutates real inputs (DTBs pvdesc emits, QEMU's own ``dumpdtb`` DTBs,
 hand-written trees compiled by dtc, the shipped examples) with hypothesis and
 feeds them to a target from :mod:`fuzzing`.  The target raises on a crash or a
-wrong answer; the input is then saved under ``.fuzz-crashes/`` (see
-:func:`run_target`) so it can be added to ``tests/data/fuzz/``.  ``bench/fuzz.py``
-runs the same targets for much longer (and with atheris).
+wrong answer; the input is then saved under ``.fuzz-crashes/``, or the folder
+``PVDESC_FUZZ_CRASHES`` names (see :func:`run_target`), so it can be added to
+``tests/data/fuzz/``.  ``bench/fuzz.py`` runs the same targets for much longer (and
+with atheris).
 
 ``PVDESC_FUZZ_EXAMPLES`` scales every test's example count (default 1: about a
 minute and a half in all, some 10,000 inputs).
@@ -47,7 +48,7 @@ from mutators import (
 )
 
 SCALE = float(os.environ.get("PVDESC_FUZZ_EXAMPLES", "1"))
-CRASHES = ROOT / ".fuzz-crashes"
+CRASHES = Path(os.environ.get("PVDESC_FUZZ_CRASHES") or ROOT / ".fuzz-crashes")
 
 
 def fuzz_settings(examples: int) -> settings:
@@ -64,7 +65,7 @@ def run_target(name: str, data: bytes) -> None:
     try:
         T[name](data)
     except Exception as exc:
-        CRASHES.mkdir(exist_ok=True)
+        CRASHES.mkdir(parents=True, exist_ok=True)
         path = CRASHES / f"{name}-{hashlib.sha256(data).hexdigest()[:12]}.bin"
         path.write_bytes(data)
         raise AssertionError(f"{name} target failed on {path}: {exc!r}") from exc
