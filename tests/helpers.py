@@ -359,6 +359,19 @@ def checksum_valid(table: bytes) -> bool:
     return sum(table) & 0xFF == 0
 
 
+def checksum_broken(table: bytes) -> bytes:
+    """The same table with its header checksum byte (offset 9) one bit off: same length, other
+    bytes, a table every ACPI reader must refuse or warn about."""
+    broken = bytearray(table)
+    broken[9] ^= 0x01
+    return bytes(broken)
+
+
+def example_ssdt(path: Path) -> bytes:
+    """The SSDT the description at ``path`` builds (nothing written)."""
+    return next(o.data for o in build.plan(path).outputs if o.name.endswith(".ssdt.aml"))
+
+
 def header(table: bytes) -> Header:
     """The header at the start of ``table``."""
     sig, length, rev, _csum, oem, oem_tab, oem_rev, _cid, _crev = HEADER.unpack_from(table)

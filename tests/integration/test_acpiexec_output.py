@@ -14,9 +14,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import EXAMPLES, checksum_broken, example_ssdt
 
-from pvdesc.emit import build
 from pvdesc.tools import acpica, acpica_text, proc, validators
 
 #: Where one print call ends and another may begin: line ends, after a message's
@@ -25,10 +24,8 @@ _BOUNDARY = re.compile(r"\n|(?<=\(ACPI\): )|(?<=ACPI Error: )|(?= \([0-9A-F]{8}/
 
 
 def _corrupt_ssdt() -> bytes:
-    path = ROOT / "examples" / "uefi-acpi-hole.yaml"
-    aml = bytearray(next(o.data for o in build.plan(path).outputs if o.name.endswith(".aml")))
-    aml[9] ^= 0x01  # the header checksum: acpiexec warns, then refuses the table
-    return bytes(aml)
+    """An SSDT whose header checksum is wrong: acpiexec warns, then refuses the table."""
+    return checksum_broken(example_ssdt(EXAMPLES / "uefi-acpi-hole.yaml"))
 
 
 def _real_output(tmp_path: Path) -> str:

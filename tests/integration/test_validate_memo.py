@@ -15,13 +15,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, all_reports, alter_outputs
+from helpers import ROOT, all_reports, alter_outputs, checksum_broken, example_ssdt
 
 from pvdesc.commands.validate import chunk, memo
 from pvdesc.commands.validate import fleet as validate
 from pvdesc.commands.validate.results import Externals
 from pvdesc.core.ranges import Range
-from pvdesc.emit import build
 from pvdesc.tools import acpica, validators
 from pvdesc.tools.validators import Evaluation, Validator
 
@@ -29,17 +28,6 @@ ACPI_HOLE = ROOT / "examples" / "uefi-acpi-hole.yaml"
 ACPI_NUMA = ROOT / "examples" / "uefi-acpi-numa.yaml"
 ACPI_NUMA4 = ROOT / "examples" / "numa-4node-acpi.yaml"
 ACPI_ONLY = Externals("on", (Validator.IASL, Validator.ACPIEXEC), (), None)
-
-
-def _ssdt(path: Path) -> bytes:
-    return next(o.data for o in build.plan(path).outputs if o.name.endswith(".ssdt.aml"))
-
-
-def _corrupt(aml: bytes) -> bytes:
-    """The same table with its header checksum wrong: same length, other bytes."""
-    broken = bytearray(aml)
-    broken[9] ^= 0x01
-    return bytes(broken)
 
 
 def _copies(dest: Path, source: Path, n: int) -> list[str]:
@@ -75,8 +63,8 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[bytes]]:
 def test_each_distinct_table_runs_once_and_answers_as_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    good = _ssdt(ACPI_HOLE)
-    bad = _corrupt(good)
+    good = example_ssdt(ACPI_HOLE)
+    bad = checksum_broken(good)
     alone = [validators.round_trip_faults(t) for t in (good, bad)]
     assert alone[0] == [] and alone[1] and "checksum" in alone[1][0].lower(), alone
     seen = _counting(monkeypatch)
@@ -102,7 +90,9 @@ def test_a_corrupt_ssdt_amid_identical_ones_is_its_own_descriptions(
         alter_outputs(
             monkeypatch,
             lambda path: path == victim,
-            lambda o: o._replace(data=_corrupt(o.data)) if o.name.endswith(".ssdt.aml") else o,
+            lambda o: (
+                o._replace(data=checksum_broken(o.data)) if o.name.endswith(".ssdt.aml") else o
+            ),
         )
 
     corrupt_victims_ssdt()
@@ -140,8 +130,8 @@ def _read(answer: Evaluation) -> list[validators.Problem]:
 def test_acpiexec_runs_overlap_a_window_at_a_time_and_answer_as_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    good = [_ssdt(p) for p in (ACPI_HOLE, ACPI_NUMA, ACPI_NUMA4)]
-    tables = [*good, *(_corrupt(t) for t in good[:2]), good[0]]  # 5 distinct, one twice
+    good = [example_ssdt(p) for p in (ACPI_HOLE, ACPI_NUMA, ACPI_NUMA4)]
+    tables = [*good, *(checksum_broken(t) for t in good[:2]), good[0]]  # 5 distinct, one twice
     alone = [validators.evaluate(t) for t in tables]
     assert [a.error is None for a in alone] == [True, True, True, False, False, True]
     events: list[str] = []
@@ -192,7 +182,10 @@ def test_an_interrupted_block_stops_its_acpiexec_runs(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(acpica.Execution, "close", close)
     kept = memo.Memo()
-    with pytest.raises(KeyboardInterrupt), kept.evaluating([_ssdt(ACPI_HOLE), _ssdt(ACPI_NUMA)]):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        kept.evaluating([example_ssdt(ACPI_HOLE), example_ssdt(ACPI_NUMA)]),
+    ):
         raise KeyboardInterrupt
     assert len(closed) == 2 and kept.evaluations == {}
     assert all(job._job._proc.returncode is not None for job in closed)  # reaped

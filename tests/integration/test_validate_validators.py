@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, cli_in_process, dtc
+from helpers import ROOT, checksum_broken, cli_in_process, dtc, example_ssdt
 
 from pvdesc.commands.validate import reports
 from pvdesc.commands.validate.results import Externals, Failure, FileReport, FleetReport
@@ -95,11 +95,9 @@ def test_dt_validate_accepts_pvdesc_output(tmp_path: Path, schema: Path) -> None
 
 
 def test_iasl_round_trip_rejects_a_corrupt_table() -> None:
-    aml = next(o.data for o in build.plan(ACPI_HOLE).outputs if o.name.endswith(".ssdt.aml"))
+    aml = example_ssdt(ACPI_HOLE)
     assert validators.iasl_round_trip("t.aml", aml) == []
-    broken = bytearray(aml)
-    broken[9] ^= 0x01  # the header checksum
-    [problem] = validators.iasl_round_trip("t.aml", bytes(broken))
+    [problem] = validators.iasl_round_trip("t.aml", checksum_broken(aml))
     assert problem.validator is Validator.IASL
     assert (
         problem.message.startswith("t.aml: round trip: ") and "checksum" in problem.message.lower()
