@@ -106,11 +106,17 @@ def test_whatever_it_reads_argparse_reads_the_same(
         assert vars(got) == vars(argparse_namespace(words))
 
 
+def _subparser(command: str) -> argparse.ArgumentParser:
+    """The argparse parser of ``pvdesc COMMAND``."""
+    top = parser.make_parser(command)
+    (sub,) = (a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = sub.choices[command]
+    return found
+
+
 def test_it_knows_every_option_of_check() -> None:
     """An option added to check's argparse parser must be added here too, or this fails."""
-    top = parser.make_parser("check")
-    (sub,) = (a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    check = sub.choices["check"]
+    check = _subparser("check")
     options = {o for a in check._actions for o in a.option_strings}
     assert options - {"-h", "--help", "--acpi"} == set(plain.CHECK_OPTIONS)
     defaults = {a.dest: a.default for a in check._actions if a.dest != "help"}
@@ -153,9 +159,7 @@ def test_whatever_build_reads_argparse_reads_the_same(words: list[str]) -> None:
 
 def test_it_knows_every_option_of_build() -> None:
     """An option added to build's argparse parser must be added here too, or this fails."""
-    top = parser.make_parser("build")
-    (sub,) = (a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    build = sub.choices["build"]
+    build = _subparser("build")
     options = {o: a for a in build._actions for o in a.option_strings}
     assert set(options) - {"-h", "--help"} == set(plain.BUILD_OPTIONS)
     for option, (dest, takes_value) in plain.BUILD_OPTIONS.items():
